@@ -1,0 +1,30 @@
+"""Does switching off the top-k CAN neurons collapse the model, and in two stages?
+
+CAN (Lu, Tang, Cavallaro, arXiv 2512.00918): masking as few as 4 FFN neurons collapses LLaVA-1.5-7b; the critical
+neurons sit in the language model's down_proj. Each case measures one (model, site, image category, k) point;
+the plugin prints the stage-1 / stage-2 thresholds found on the k grid and writes can-results/collapse.{json,csv}.
+"""
+
+import pytest
+
+from harness.assertions import assert_clip_drop, assert_fluent_baseline, assert_ppl_blowup
+
+# The paper's claim, per (model, site): by this k the reference PPL is ≥ 10× the baseline and the CLIP score has
+# dropped. "As few as 4 neurons" for LLaVA-1.5-7b; 8 is the first point of the k grid at or above that.
+COLLAPSED_BY_K = {("llava-1.5-7b", "lm.down_proj"): 8}
+
+# Models whose unmasked captions must be fluent and on-topic (the random tiny model makes no such promise).
+FLUENT_BASELINE = {"llava-1.5-7b"}
+
+FFN_SITES = ["lm.gate_proj", "lm.up_proj", "lm.down_proj", "lm.mlp_hidden"]
+
+
+@pytest.mark.collapse_grid(models=["tiny-llava", "llava-1.5-7b"], sites=FFN_SITES)
+def test_collapse(collapse_curve, k):
+    point = collapse_curve.measure(k)
+    if k == 0 and point.model in FLUENT_BASELINE:
+        assert_fluent_baseline(collapse_curve)
+    bound = COLLAPSED_BY_K.get((point.model, point.site))
+    if bound is not None and k >= bound:
+        assert_ppl_blowup(collapse_curve, k, min_log10_ratio=1.0)
+        assert_clip_drop(collapse_curve, k, max_fraction=0.9)

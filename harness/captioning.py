@@ -1,0 +1,182 @@
+"""Batched greedy captioning and teacher-forced caption scoring for processor-driven VLMs.
+
+Generation pads prompts on the left (as HF generation needs); scoring rebuilds each sequence as prompt + caption
+and pads on the right, so every token keeps the positions it had when it was generated.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+
+import torch
+from PIL import Image
+
+from harness.metrics import is_degenerate
+
+
+@dataclass(frozen=True)
+class Caption:
+    """A generated caption: its tokens (with the final EOS when the model emitted one) and its text."""
+
+    token_ids: tuple[int, ...]
+    ended: bool  # the model emitted EOS (rather than running into max_new_tokens)
+    text: str
+    self_nll: float  # mean NLL of its own tokens under the model (and mask) that generated it
+
+    @property
+    def degenerate(self) -> bool:
+        content = self.token_ids[:-1] if self.ended else self.token_ids
+        return is_degenerate(content, self.text)
+
+
+@dataclass
+class TeacherForcedBatch:
+    """prompt + caption sequences, right-padded, with what is needed to score the caption tokens."""
+
+    inputs: dict[str, torch.Tensor]  # input_ids, attention_mask and the processor's image tensors
+    prompt_lengths: torch.Tensor  # [B] tokens before the caption (image tokens included)
+    total_lengths: torch.Tensor  # [B] prompt + caption tokens
+
+    @property
+    def first_target(self) -> int:
+        return int(self.prompt_lengths.min())
+
+    @property
+    def last_target(self) -> int:
+        return int(self.total_lengths.max()) - 1
+
+    def target_mask(self) -> torch.Tensor:
+        """[B, K] True where position first_target + j holds a caption token (the scored tokens)."""
+        positions = torch.arange(self.first_target, self.last_target + 1, device=self.prompt_lengths.device)
+        return (positions >= self.prompt_lengths[:, None]) & (positions < self.total_lengths[:, None])
+
+    def position_mask(self, which: str) -> torch.Tensor:
+        """[B, T] positions whose activations are aggregated: 'all' real tokens, or 'scored' (predicting a caption
+        token)."""
+        if which == "all":
+            return self.inputs["attention_mask"].bool()
+        positions = torch.arange(self.inputs["input_ids"].shape[1], device=self.prompt_lengths.device)
+        return (positions >= self.prompt_lengths[:, None] - 1) & (positions < self.total_lengths[:, None] - 1)
+
+
+def eos_token_ids(loaded) -> set[int]:
+    configured = loaded.model.generation_config.eos_token_id
+    if configured is None:
+        configured = loaded.tokenizer.eos_token_id
+    return set(configured) if isinstance(configured, list | tuple) else {int(configured)}
+
+
+def placeholder_token_ids(loaded) -> list[int]:
+    """Tokens that stand for image features: a caption containing one could not be scored (nor means anything)."""
+    image_token_id = getattr(loaded.processor, "image_token_id", None)
+    return [int(image_token_id)] if image_token_id is not None else []
+
+
+def encode_prompts(loaded, images: Sequence[Image.Image]) -> dict[str, torch.Tensor]:
+    """The processor's batch (left-padded prompt ids, attention mask, pixel values …) on the model's device."""
+    encoded = loaded.processor(
+        images=list(images), text=[loaded.spec.prompt] * len(images), return_tensors="pt", padding=True
+    )
+    batch = {}
+    for name, value in encoded.items():
+        if torch.is_tensor(value):
+            value = value.to(loaded.device)
+            batch[name] = value.to(loaded.dtype) if value.is_floating_point() else value
+    return batch
+
+
+@torch.no_grad()
+def generate_captions(
+    loaded, images: Sequence[Image.Image], *, max_new_tokens: int, batch_size: int
+) -> list[Caption]:
+    """Greedy captions; each one's self NLL comes from the generation logits (no extra forward pass)."""
+    eos = eos_token_ids(loaded)
+    pad_id = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else min(eos)
+    captions: list[Caption] = []
+    for start in range(0, len(images), batch_size):
+        batch = encode_prompts(loaded, images[start : start + batch_size])
+        output = loaded.model.generate(
+            **batch,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            output_logits=True,
+            return_dict_in_generate=True,
+            pad_token_id=pad_id,
+            suppress_tokens=placeholder_token_ids(loaded) or None,
+        )
+        new_tokens = output.sequences[:, batch["input_ids"].shape[1] :]
+        logprobs = torch.stack(output.logits, dim=1).float().log_softmax(-1)
+        token_logprobs = logprobs.gather(-1, new_tokens[..., None]).squeeze(-1)
+        for row in range(new_tokens.shape[0]):
+            tokens = new_tokens[row].tolist()
+            end = next((i + 1 for i, t in enumerate(tokens) if t in eos), len(tokens))
+            ids = tuple(tokens[:end])
+            captions.append(
+                Caption(
+                    token_ids=ids,
+                    ended=ids[-1] in eos,
+                    text=loaded.tokenizer.decode(ids, skip_special_tokens=True).strip(),
+                    self_nll=float(-token_logprobs[row, :end].mean()),
+                )
+            )
+    return captions
+
+
+def teacher_forced_batch(loaded, images: Sequence[Image.Image], captions: Sequence[Caption]) -> TeacherForcedBatch:
+    """Rebuild prompt + caption sequences (right-padded) for scoring or gradients."""
+    encoded = encode_prompts(loaded, images)
+    pad_id = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
+    prompts = [ids[mask.bool()] for ids, mask in zip(encoded["input_ids"], encoded["attention_mask"], strict=True)]
+    sequences = [
+        torch.cat([prompt, torch.tensor(caption.token_ids, dtype=prompt.dtype, device=prompt.device)])
+        for prompt, caption in zip(prompts, captions, strict=True)
+    ]
+    width = max(len(s) for s in sequences)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long, device=loaded.device)
+    attention = torch.zeros_like(input_ids)
+    for row, sequence in enumerate(sequences):
+        input_ids[row, : len(sequence)] = sequence
+        attention[row, : len(sequence)] = 1
+    inputs = {name: value for name, value in encoded.items() if name not in ("input_ids", "attention_mask")}
+    inputs.update(input_ids=input_ids, attention_mask=attention)
+    lengths = lambda seqs: torch.tensor([len(s) for s in seqs], device=loaded.device)  # noqa: E731
+    return TeacherForcedBatch(inputs=inputs, prompt_lengths=lengths(prompts), total_lengths=lengths(sequences))
+
+
+@cache
+def _accepts_logits_to_keep(model_cls: type) -> bool:
+    return "logits_to_keep" in inspect.signature(model_cls.forward).parameters
+
+
+def caption_nll_per_row(loaded, batch: TeacherForcedBatch) -> torch.Tensor:
+    """[B] mean NLL (nats) of each caption's tokens; differentiable when grad is enabled."""
+    first, last = batch.first_target, batch.last_target
+    kwargs = dict(batch.inputs, use_cache=False)
+    if _accepts_logits_to_keep(type(loaded.model)):
+        # only the positions that predict caption tokens go through lm_head (saves B·T·vocab logits)
+        kwargs["logits_to_keep"] = torch.arange(first - 1, last, device=loaded.device)
+        logits = loaded.model(**kwargs).logits
+    else:
+        logits = loaded.model(**kwargs).logits[:, first - 1 : last]
+    targets = batch.inputs["input_ids"][:, first : last + 1]
+    token_logprobs = logits.float().log_softmax(-1).gather(-1, targets[..., None]).squeeze(-1)
+    mask = batch.target_mask()
+    return -(token_logprobs * mask).sum(1) / mask.sum(1)
+
+
+@torch.no_grad()
+def score_captions(
+    loaded, images: Sequence[Image.Image], captions: Sequence[Caption], *, batch_size: int
+) -> list[float]:
+    """Mean NLL of each caption under `loaded` as it stands (unmasked: the reference PPL; masked: self PPL)."""
+    scores: list[float] = []
+    for start in range(0, len(images), batch_size):
+        batch = teacher_forced_batch(
+            loaded, images[start : start + batch_size], captions[start : start + batch_size]
+        )
+        scores.extend(caption_nll_per_row(loaded, batch).tolist())
+    return scores

@@ -1,0 +1,64 @@
+"""The collapse curve of one (model, site, category): the points measured so far, and how to show them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from tabulate import tabulate
+
+from harness.experiment import CollapsePoint, ModelExperiment
+from harness.metrics import format_ppl
+
+STAGE_NAMES = {0: "intact", 1: "degraded", 2: "collapsed"}
+
+
+class CollapseCurve:
+    """Points of one (model, site, category), measured on demand and kept for the session."""
+
+    def __init__(self, experiment: ModelExperiment, site: str, category: str):
+        self.experiment, self.site, self.category = experiment, site, category
+        self.points: dict[int, CollapsePoint] = {}
+        self.on_point: Callable[[CollapsePoint], None] | None = None  # the plugin records each measured point
+
+    @property
+    def model(self) -> str:
+        return self.experiment.name
+
+    @property
+    def label(self) -> str:
+        return f"{self.model} / {self.site} / {self.category}"
+
+    def measure(self, k: int) -> CollapsePoint:
+        """The point at k, measured once per session and reported to `on_point` every time it is asked for."""
+        if k not in self.points:
+            self.points[k] = self.experiment.measure(self.site, self.category, k)
+        if self.on_point is not None:
+            self.on_point(self.points[k])
+        return self.points[k]
+
+    def point(self, k: int) -> CollapsePoint:
+        if k not in self.points:
+            measured = ", ".join(map(str, sorted(self.points))) or "none"
+            raise KeyError(f"k={k} has not been measured on {self.label} (measured: {measured})")
+        return self.points[k]
+
+    def table(self) -> str:
+        return format_curve(self.points.values())
+
+
+def format_curve(points) -> str:
+    """A small table of a curve, for failure messages and `--can-show-curves`."""
+    rows = [
+        (
+            p.k,
+            format_ppl(p.log10_ppl_ref),
+            f"{p.log10_ppl_ratio:+.2f}",
+            f"{p.clip:.1f}",
+            f"{p.degenerate_rate:.0%}",
+            f"{p.stage} {STAGE_NAMES[p.stage]}",
+            (p.captions[0][:40] + "…") if p.captions and len(p.captions[0]) > 40 else (p.captions or [""])[0],
+        )
+        for p in sorted(points, key=lambda p: p.k)
+    ]
+    headers = ("k", "ref PPL", "Δlog10 PPL", "CLIP", "degenerate", "stage", "first caption")
+    return tabulate(rows, headers=headers, tablefmt="simple")

@@ -1,0 +1,308 @@
+"""One collapse experiment end to end: baseline, CAN ranking, masked evaluation at k, stage.
+
+`HarnessSession` owns what is expensive and shared (loaded models, CLIP scorers, images, rankings) and is what the
+pytest plugin keeps as a session fixture; `ModelExperiment` measures points on one loaded model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import torch
+
+import harness
+from harness.captioning import Caption, generate_captions, score_captions
+from harness.clip_score import ClipScorer, clip_score_matrix, clip_scores
+from harness.images import ImageSet, scan_image_root
+from harness.loading import LoadedModel, load_model
+from harness.masking import NeuronMask
+from harness.metrics import log10_ppl, require_finite
+from harness.ranking import Ranking, can_importance
+from harness.ranking_cache import RankingCache
+from harness.registry import ClipSpec, get_model_spec
+from harness.settings import HarnessSettings
+from harness.sites import ResolvedSite, resolve_site
+from harness.stages import classify_stage
+from harness.zoo import BUILTIN_IMAGES, ensure_built
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The unmasked model on one category: its captions are the ranking's targets and the k = 0 point."""
+
+    captions: list[Caption]
+    reference_nll: list[float]  # teacher-forced, per caption
+    clip: list[float]  # per image
+    clip_chance: float | None  # captions of other categories scored against these images
+    image_features: torch.Tensor
+
+
+@dataclass(frozen=True)
+class CollapsePoint:
+    """One evaluated (model, site, category, k): the row every report and table is built from."""
+
+    model: str
+    site: str
+    category: str
+    k: int
+    n_images: int
+    mean_nll_ref: float
+    mean_nll_self: float
+    log10_ppl_ref: float
+    log10_ppl_self: float
+    log10_ppl_baseline: float
+    log10_ppl_ratio: float
+    clip: float
+    clip_baseline: float
+    clip_chance: float | None
+    degenerate_rate: float
+    stage: int
+    captions: list[str]
+    mask_modes: list[str]
+    ranking_key: str | None
+    options: dict = field(default_factory=dict)
+
+    def to_row(self) -> dict:
+        return asdict(self)
+
+
+class ModelExperiment:
+    """Measures collapse points on one loaded model, caching baselines, sites and rankings."""
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        clip: ClipScorer,
+        images: ImageSet,
+        settings: HarnessSettings,
+        rankings: RankingCache,
+    ):
+        self.loaded, self.clip, self.images, self.settings, self.rankings = (
+            loaded,
+            clip,
+            images,
+            settings,
+            rankings,
+        )
+        self._baselines: dict[str, Baseline] = {}
+        self._sites: dict[str, ResolvedSite] = {}
+        self._rankings: dict[tuple[str, str], Ranking] = {}
+
+    @property
+    def name(self) -> str:
+        return self.loaded.spec.name
+
+    def site(self, name: str) -> ResolvedSite:
+        if name not in self._sites:
+            self._sites[name] = resolve_site(self.loaded, name)
+        return self._sites[name]
+
+    # -- baseline ---------------------------------------------------------------------------------------------
+    def _captions(self, category: str) -> list[Caption]:
+        images = self.images.images(category)
+        return generate_captions(
+            self.loaded, images, max_new_tokens=self.settings.max_new_tokens, batch_size=self.settings.batch_size
+        )
+
+    def baseline(self, category: str) -> Baseline:
+        if category not in self._baselines:
+            images = self.images.images(category)
+            captions = self._captions(category)
+            reference = score_captions(self.loaded, images, captions, batch_size=self.settings.batch_size)
+            features = self.clip.image_features(images)
+            clip = clip_scores(features, self.clip.text_features([c.text for c in captions])).tolist()
+            self._baselines[category] = Baseline(
+                captions, reference, clip, self._chance(category, features), features
+            )
+        return self._baselines[category]
+
+    def _chance(self, category: str, features: torch.Tensor) -> float | None:
+        """Mean CLIP score of this category's images paired with captions of images of other categories."""
+        others = [c.text for other in self.images.other_categories(category) for c in self._other_captions(other)]
+        if not others:
+            return None
+        return float(clip_score_matrix(features, self.clip.text_features(others)).mean())
+
+    def _other_captions(self, category: str) -> list[Caption]:
+        # captions of other categories, without computing their full baselines (no CLIP/NLL needed)
+        if category in self._baselines:
+            return self._baselines[category].captions
+        return self._captions(category)
+
+    # -- ranking ----------------------------------------------------------------------------------------------
+    def ranking(self, site_name: str, category: str) -> Ranking:
+        key = (site_name, category)
+        if key not in self._rankings:
+            site = self.site(site_name)
+            baseline = self.baseline(category)
+            images = self.images.images(category)
+            scores, cache_key = self.rankings.load_or_compute(
+                self.ranking_inputs(site_name, category),
+                (site.n_layers, site.width),
+                lambda: can_importance(
+                    self.loaded,
+                    site,
+                    images,
+                    baseline.captions,
+                    options=self.settings.can,
+                    batch_size=self.settings.batch_size,
+                ),
+            )
+            self._rankings[key] = Ranking(site=site_name, scores=scores, key=cache_key)
+        return self._rankings[key]
+
+    def ranking_inputs(self, site_name: str, category: str) -> dict[str, object]:
+        """Everything a ranking depends on: the cache key is a hash of exactly this."""
+        import transformers
+
+        spec = self.loaded.spec
+        return {
+            "harness": harness.__version__,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "model": spec.name,
+            "source": spec.source if spec.embedded is None else f"{spec.embedded.name}@{spec.embedded.version}",
+            "revision": spec.revision,
+            "weights": self.loaded.fingerprint,
+            "dtype": str(self.loaded.dtype),
+            "device": self.loaded.device.type,
+            "processor_kwargs": dict(spec.processor_kwargs),
+            "prompt": spec.prompt,
+            "max_new_tokens": self.settings.max_new_tokens,
+            "site": site_name,
+            "method": "can",
+            "alpha": self.settings.can.alpha,
+            "positions": self.settings.can.positions,
+            "loss": "teacher-forced NLL of the unmasked model's greedy caption",
+            "category": category,
+            "images": self.images.content_hashes(category),
+        }
+
+    # -- measurement ------------------------------------------------------------------------------------------
+    def measure(self, site_name: str, category: str, k: int) -> CollapsePoint:
+        """Mask the top-k CAN neurons of `site_name` (ranked on `category`) and measure the captions."""
+        site = self.site(site_name)
+        site.check_k(k)
+        baseline = self.baseline(category)
+        images = self.images.images(category)
+        if k == 0:
+            captions, reference, clip, modes, ranking_key = (
+                baseline.captions,
+                baseline.reference_nll,
+                baseline.clip,
+                [],
+                None,
+            )
+        else:
+            ranking = self.ranking(site_name, category)
+            with NeuronMask(site, ranking.top_k(k), mode=self.settings.mask_mode) as mask:
+                captions = self._captions(category)
+            reference = score_captions(self.loaded, images, captions, batch_size=self.settings.batch_size)
+            texts = self.clip.text_features([c.text for c in captions])
+            clip, modes, ranking_key = (
+                clip_scores(baseline.image_features, texts).tolist(),
+                sorted(mask.modes),
+                ranking.key,
+            )
+        where = f"{self.name} {site_name} {category} k={k}"
+        mean_ref = require_finite(_mean(reference), f"reference NLL of {where}")
+        mean_self = require_finite(_mean([c.self_nll for c in captions]), f"self NLL of {where}")
+        mean_clip = require_finite(_mean(clip), f"CLIP score of {where}")
+        base_log10 = log10_ppl(_mean(baseline.reference_nll))
+        degenerate_rate = _mean([float(c.degenerate) for c in captions])
+        ratio = log10_ppl(mean_ref) - base_log10
+        clip_baseline = _mean(baseline.clip)
+        return CollapsePoint(
+            model=self.name,
+            site=site_name,
+            category=category,
+            k=k,
+            n_images=len(images),
+            mean_nll_ref=mean_ref,
+            mean_nll_self=mean_self,
+            log10_ppl_ref=log10_ppl(mean_ref),
+            log10_ppl_self=log10_ppl(mean_self),
+            log10_ppl_baseline=base_log10,
+            log10_ppl_ratio=ratio,
+            clip=mean_clip,
+            clip_baseline=clip_baseline,
+            clip_chance=baseline.clip_chance,
+            degenerate_rate=degenerate_rate,
+            stage=classify_stage(
+                k=k,
+                log10_ppl_ratio=ratio,
+                clip=mean_clip,
+                clip_baseline=clip_baseline,
+                clip_chance=baseline.clip_chance,
+                degenerate_rate=degenerate_rate,
+                thresholds=self.settings.thresholds,
+            ),
+            captions=[c.text for c in captions],
+            mask_modes=modes,
+            ranking_key=ranking_key,
+            options=self.options_record(),
+        )
+
+    def options_record(self) -> dict:
+        spec = self.loaded.spec
+        return {
+            "alpha": self.settings.can.alpha,
+            "positions": self.settings.can.positions,
+            "max_new_tokens": self.settings.max_new_tokens,
+            "prompt": spec.prompt,
+            "clip": self.clip.spec.label,
+            "dtype": str(self.loaded.dtype).removeprefix("torch."),
+            "device": str(self.loaded.device),
+            "weights": self.loaded.fingerprint,
+            **self.settings.thresholds.as_dict(),
+        }
+
+
+def _mean(values: list[float]) -> float:
+    return math.fsum(values) / len(values)
+
+
+class HarnessSession:
+    """Loaded models, CLIP scorers and images shared by all cases of a pytest session (or a script)."""
+
+    def __init__(self, settings: HarnessSettings):
+        self.settings = settings
+        self.rankings = RankingCache(settings.cache_dir)
+        self._experiments: dict[str, ModelExperiment] = {}
+        self._clips: dict[ClipSpec, ClipScorer] = {}
+
+    @cached_property
+    def images(self) -> ImageSet:
+        root = self.settings.image_root or ensure_built(BUILTIN_IMAGES, self.settings.cache_dir)
+        categories = list(self.settings.categories) if self.settings.categories else None
+        return scan_image_root(Path(root), categories, self.settings.max_images)
+
+    def experiment(self, model_name: str) -> ModelExperiment:
+        """The experiment for a registered model; raises ModelUnavailableError when its weights are absent."""
+        if model_name not in self._experiments:
+            spec = get_model_spec(model_name)
+            loaded = load_model(
+                spec,
+                cache_dir=self.settings.cache_dir,
+                device=self.settings.device,
+                dtype=self.settings.dtype,
+                allow_download=self.settings.allow_download,
+            )
+            clip = self.clip(self.settings.clip or spec.clip, loaded.device)
+            self._experiments[model_name] = ModelExperiment(
+                loaded, clip, self.images, self.settings, self.rankings
+            )
+        return self._experiments[model_name]
+
+    def clip(self, spec: ClipSpec, device: torch.device) -> ClipScorer:
+        if spec not in self._clips:
+            self._clips[spec] = ClipScorer(
+                spec, cache_dir=self.settings.cache_dir, device=device, allow_download=self.settings.allow_download
+            )
+        return self._clips[spec]
+
+    def loaded_experiments(self) -> list[ModelExperiment]:
+        return list(self._experiments.values())

@@ -1,0 +1,165 @@
+"""Load a registered model through the real `from_pretrained` path, never downloading unless allowed."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from harness.devices import resolve_device, resolve_dtype
+from harness.errors import MaskError, ModelUnavailableError
+from harness.families import Family, get_family
+from harness.registry import ModelSpec
+from harness.zoo import ensure_built
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".json")
+_SAMPLE_BYTES = 1 << 16
+_SAMPLES_PER_FILE = 16
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for experiments: eval mode, gradients off for every parameter, on its device."""
+
+    spec: ModelSpec
+    model: nn.Module
+    processor: object
+    family: Family
+    device: torch.device
+    dtype: torch.dtype
+    path: Path
+    fingerprint: str
+    _checksums: dict[str, int] | None = None
+
+    @property
+    def tokenizer(self):
+        return self.processor.tokenizer
+
+    @property
+    def text_config(self):
+        return self.family.text_config(self.model.config)
+
+    def remember_parameters(self) -> None:
+        self._checksums = parameter_checksums(self.model)
+
+    def assert_unmodified(self) -> None:
+        """Raise if any parameter differs from when it was loaded (a mask that was not restored)."""
+        if self._checksums is None:
+            return
+        now = parameter_checksums(self.model)
+        changed = [name for name, value in now.items() if self._checksums.get(name) != value]
+        if changed:
+            raise MaskError(
+                f"{self.spec.name} was left modified: {len(changed)} parameter(s) differ from the loaded weights "
+                f"({', '.join(changed[:5])}{', …' if len(changed) > 5 else ''})"
+            )
+
+
+def parameter_checksums(model: nn.Module) -> dict[str, int]:
+    """Integer sum of each parameter's raw bits: any restored-or-not difference shows, at one read per weight."""
+    bit_views = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+    sums = {}
+    for name, parameter in model.named_parameters():
+        data = parameter.detach()
+        if data.device.type == "meta":
+            continue
+        bits = data.reshape(-1).view(bit_views[data.element_size()])
+        sums[name] = int(bits.sum(dtype=torch.int64))
+    return sums
+
+
+def weights_fingerprint(folder: Path) -> str:
+    """Cheap content fingerprint of a checkpoint folder: names, sizes and sampled bytes of its weight files.
+
+    Reading every byte of a 14 GB checkpoint would cost tens of seconds per session; sampling the head, the tail
+    and evenly spaced blocks of each file catches any re-training, conversion or truncation in practice.
+    """
+    digest = hashlib.sha256()
+    for file in sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES):
+        size = file.stat().st_size
+        digest.update(f"{file.relative_to(folder)}:{size}\n".encode())
+        with file.open("rb") as handle:
+            offsets = {0, max(size - _SAMPLE_BYTES, 0)}
+            offsets.update(size * i // _SAMPLES_PER_FILE for i in range(1, _SAMPLES_PER_FILE))
+            for offset in sorted(offsets):
+                handle.seek(offset)
+                digest.update(handle.read(_SAMPLE_BYTES))
+    return digest.hexdigest()[:16]
+
+
+def resolve_checkpoint_folder(spec: ModelSpec, cache_dir: Path, allow_download: bool = False) -> Path:
+    """Local folder holding the checkpoint; `ModelUnavailableError` (cases skip) when it is not on this machine."""
+    if spec.embedded is not None:
+        return ensure_built(spec.embedded, cache_dir)
+    local = Path(spec.source).expanduser()
+    if local.is_dir():
+        return local
+    if spec.source.startswith(("/", ".", "~")):
+        raise ModelUnavailableError(
+            f"{spec.name}: local checkpoint folder {str(local)!r} does not exist; point the model at an existing "
+            f"folder with --can-model-path {spec.name}=/path/to/checkpoint"
+        )
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(spec.source, revision=spec.revision, local_files_only=not allow_download))
+    except LocalEntryNotFoundError as error:
+        raise ModelUnavailableError(
+            f"{spec.name}: {spec.source!r} (revision {spec.revision or 'main'}) is not in the local Hugging Face "
+            f"cache {constants.HF_HUB_CACHE}. To make it available: run `hf download {spec.source}` on a machine "
+            f"with internet and copy the cache here (or set HF_HOME), pass --can-model-path {spec.name}=/path/to/"
+            f"folder, or let the harness download it with --can-allow-download"
+        ) from error
+
+
+def load_model(
+    spec: ModelSpec,
+    *,
+    cache_dir: Path,
+    device: str = "auto",
+    dtype: str | None = None,
+    allow_download: bool = False,
+) -> LoadedModel:
+    """Load `spec` with its registered classes; the processor pads on the left for batched generation."""
+    import transformers
+
+    folder = resolve_checkpoint_folder(spec, cache_dir, allow_download)
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype or spec.dtype, torch_device)
+    model_cls = getattr(transformers, spec.model_class)
+    processor_cls = getattr(transformers, spec.processor_class)
+    try:
+        model = model_cls.from_pretrained(folder, dtype=torch_dtype, local_files_only=True)
+        processor = processor_cls.from_pretrained(folder, local_files_only=True, **dict(spec.processor_kwargs))
+    except OSError as error:  # files missing from an incomplete download or copy
+        raise ModelUnavailableError(f"{spec.name}: the checkpoint in {folder} is incomplete: {error}") from error
+    model.to(torch_device).eval().requires_grad_(False)
+    processor.tokenizer.padding_side = "left"
+    loaded = LoadedModel(
+        spec=spec,
+        model=model,
+        processor=processor,
+        family=get_family(spec.family),
+        device=torch_device,
+        dtype=torch_dtype,
+        path=folder,
+        fingerprint=weights_fingerprint(folder),
+    )
+    loaded.remember_parameters()
+    return loaded
+
+
+def load_text_config(spec: ModelSpec, *, cache_dir: Path, allow_download: bool = False):
+    """The language model's config alone (no weights): enough to size sites when collecting cases."""
+    from transformers import AutoConfig
+
+    folder = resolve_checkpoint_folder(spec, cache_dir, allow_download)
+    try:
+        config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    except OSError as error:
+        raise ModelUnavailableError(f"{spec.name}: no readable config.json in {folder}: {error}") from error
+    return get_family(spec.family).text_config(config)

@@ -1,0 +1,168 @@
+"""Switch neurons off without copying the model, and put every bit back afterwards.
+
+Zeroing output channel j of a Linear is exactly zeroing row j of its weight (and bias entry j); zeroing its input
+unit j is exactly zeroing column j. Both cost nothing at run time. Forward hooks do the same where the weight
+cannot be edited in place (quantised or offloaded weights); both paths give identical outputs. The original
+values are kept and copied back bit for bit on exit, also when the body raises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+
+from harness.errors import MaskError
+from harness.sites import ResolvedSite
+
+MaskMode = Literal["auto", "weight", "hook"]
+MASK_MODES = ("auto", "weight", "hook")
+
+
+@dataclass
+class _LayerMask:
+    layer: int
+    module: nn.Linear
+    channels: torch.Tensor  # sorted unique channel indices, on the weight's device
+    mode: str = "weight"
+    saved: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # (parameter, original values)
+    reached: bool = False
+
+
+def weight_is_editable(module: nn.Linear) -> bool:
+    """A plain floating-point weight that lives in memory (not meta/offloaded, not quantised)."""
+    weight = module.weight
+    return isinstance(weight, nn.Parameter) and weight.is_floating_point() and weight.device.type != "meta"
+
+
+class NeuronMask:
+    """Context manager that zeroes neurons of one site (given as flat [layer·width + channel] indices)."""
+
+    def __init__(
+        self,
+        site: ResolvedSite,
+        flat_indices: torch.Tensor | Iterable[int],
+        mode: MaskMode = "auto",
+        verify: bool = True,
+    ):
+        if mode not in MASK_MODES:
+            raise MaskError(f"unknown mask mode {mode!r}; valid modes: {', '.join(MASK_MODES)}")
+        indices = torch.as_tensor(list(flat_indices) if not torch.is_tensor(flat_indices) else flat_indices)
+        indices = indices.to(torch.long).reshape(-1).cpu()
+        bad = indices[(indices < 0) | (indices >= site.size)]
+        if bad.numel():
+            raise MaskError(
+                f"neuron indices {bad[:5].tolist()} are outside site {site.name} "
+                f"({site.n_layers} layers × {site.width} channels: valid flat indices 0..{site.size - 1})"
+            )
+        self.site, self.mode, self.verify = site, mode, verify
+        self._layers: list[_LayerMask] = []
+        unique = torch.unique(indices)
+        for layer in torch.unique(unique // site.width).tolist():
+            module = site.modules[layer]
+            channels = (unique[unique // site.width == layer] % site.width).to(module.weight.device)
+            chosen = mode if mode != "auto" else ("weight" if weight_is_editable(module) else "hook")
+            self._layers.append(_LayerMask(layer, module, channels, chosen))
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._active = False
+
+    @property
+    def modes(self) -> set[str]:
+        """The mechanisms in use ('weight', 'hook'): recorded with every result."""
+        return {layer.mode for layer in self._layers}
+
+    def __enter__(self) -> NeuronMask:
+        if self._active:
+            raise MaskError(f"mask on {self.site.name} is already active; it cannot be entered twice")
+        self._active = True
+        try:
+            for layer in self._layers:
+                layer.reached = False
+                if layer.mode == "weight":
+                    self._zero_weights(layer)
+                else:
+                    self._add_zeroing_hook(layer)
+                if self.verify:
+                    self._add_verification_hook(layer)
+        except BaseException:
+            self._restore()
+            raise
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        self._restore()
+        if exc_type is None and self.verify:
+            missed = [self.site.hook_point(layer.layer) for layer in self._layers if not layer.reached]
+            if missed:
+                raise MaskError(
+                    f"mask on {self.site.name} never reached {', '.join(missed)}: no forward pass went through "
+                    "these modules while the mask was active, so the result does not measure this mask"
+                )
+
+    # -- weight editing ---------------------------------------------------------------------------------------
+    def _zero_weights(self, layer: _LayerMask) -> None:
+        weight, channels = layer.module.weight, layer.channels
+        with torch.no_grad():
+            if self.site.spec.unit == "output":
+                targets = [weight] + ([layer.module.bias] if layer.module.bias is not None else [])
+                for parameter in targets:
+                    layer.saved.append((parameter, parameter.index_select(0, channels).clone()))
+                    parameter.index_fill_(0, channels, 0)
+            else:
+                layer.saved.append((weight, weight.index_select(1, channels).clone()))
+                weight.index_fill_(1, channels, 0)
+
+    def _restore(self) -> None:
+        for handle in reversed(self._handles):
+            handle.remove()
+        self._handles.clear()
+        with torch.no_grad():
+            for layer in reversed(self._layers):
+                dim = 0 if self.site.spec.unit == "output" else 1
+                for parameter, original in reversed(layer.saved):
+                    parameter.index_copy_(dim, layer.channels, original)
+                layer.saved.clear()
+        self._active = False
+
+    # -- hooks ------------------------------------------------------------------------------------------------
+    def _add_zeroing_hook(self, layer: _LayerMask) -> None:
+        channels = layer.channels
+        if self.site.spec.unit == "output":
+
+            def zero_output(module, args, output):
+                return output.index_fill(-1, channels.to(output.device), 0)
+
+            self._handles.append(layer.module.register_forward_hook(zero_output))
+        else:
+
+            def zero_input(module, args):
+                return (args[0].index_fill(-1, channels.to(args[0].device), 0), *args[1:])
+
+            self._handles.append(layer.module.register_forward_pre_hook(zero_input))
+
+    def _add_verification_hook(self, layer: _LayerMask) -> None:
+        """On the first forward through the module, check that the masked neurons really are zero there."""
+        site, channels = self.site, layer.channels
+
+        def check(values: torch.Tensor, what: str) -> None:
+            if layer.reached:
+                return
+            if values.index_select(-1, channels.to(values.device)).count_nonzero():
+                raise MaskError(
+                    f"mask on {site.hook_point(layer.layer)} did not take effect: {what} of the masked channels "
+                    f"are non-zero during the forward pass (mode {layer.mode!r}); weights that are offloaded or "
+                    "re-materialised per call need mode='hook'"
+                )
+            layer.reached = True
+
+        if site.spec.unit == "output":
+            self._handles.append(layer.module.register_forward_hook(lambda m, a, out: check(out, "outputs")))
+        elif layer.mode == "hook":
+            self._handles.append(layer.module.register_forward_pre_hook(lambda m, args: check(args[0], "inputs")))
+        else:
+            self._handles.append(
+                layer.module.register_forward_pre_hook(lambda m, args: check(m.weight, "weight columns"))
+            )

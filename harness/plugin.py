@@ -1,0 +1,298 @@
+"""The pytest plugin: `--can-*` options, session fixtures, collapse-case parametrisation and the summary.
+
+Registered through the `pytest11` entry point (installed package) and by the repository's root conftest.
+A case opts in with `@pytest.mark.collapse_grid(models=[...], sites=[...])` and the fixtures `collapse_curve`
+and `k`; the plugin expands it over model × site × image category × k (a geometric grid from 0 = baseline).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from harness.errors import HarnessError, ModelUnavailableError
+
+SETTINGS = pytest.StashKey[object]()
+POINT_PROPERTY = "can_point"
+PARAMS = ("can_model", "can_site", "can_category", "k")
+
+
+def _csv(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("can", "critical-neuron collapse harness")
+    add = group.addoption
+    add("--can-models", type=_csv, help="comma-separated registered model names (default: each case's own list)")
+    add(
+        "--can-sites",
+        type=_csv,
+        help="comma-separated sites, e.g. lm.down_proj,lm.gate_proj (default: the case's)",
+    )
+    add("--can-categories", type=_csv, help="comma-separated image categories (default: every folder)")
+    add("--can-images", type=Path, help="image root with one folder per category (default: built-in shapes)")
+    add("--can-max-images", type=int, help="use at most N images per category (default: all)")
+    add(
+        "--can-k-max", type=int, default=8192, help="largest k on the grid (default 8192; capped at the site size)"
+    )
+    add("--can-k-factor", type=float, default=2.0, help="geometric growth of the k grid (default 2)")
+    add("--can-alpha", type=float, default=1.0, help="CAN exponent α on |∂L/∂a| in [0, 1] (default 1)")
+    add("--can-positions", default="all", help="positions aggregated by CAN: all | scored (default all)")
+    add("--can-batch-size", type=int, default=8, help="images per forward pass (default 8)")
+    add("--can-max-new-tokens", type=int, default=64, help="caption length limit (default 64)")
+    add("--can-clip-model", help="open_clip model name or local-dir:PATH (default: the model's registered CLIP)")
+    add("--can-clip-pretrained", help="open_clip pretrained tag for --can-clip-model (default openai)")
+    add("--can-device", default="auto", help="torch device; auto = GPU (gwN → GPU N mod count) else CPU")
+    add("--can-dtype", help="float32 | bfloat16 | float16 (default: auto = bf16 on GPU, fp32 on CPU)")
+    add("--can-mask-mode", default="auto", help="auto | weight | hook (default auto: weight edit when possible)")
+    add("--can-allow-download", action="store_true", help="let missing checkpoints download from the HF hub")
+    add("--can-model-path", action="append", default=[], metavar="NAME=PATH", help="load NAME from a local folder")
+    add("--can-cache-dir", type=Path, help="rankings and built models (default $CAN_HARNESS_CACHE or ~/.cache/…)")
+    add("--can-report-dir", type=Path, help="where collapse.json/.csv go (default <rootdir>/can-results)")
+    add("--can-stage1-ppl-ratio", type=float, default=2.0, help="stage 1 if reference PPL ≥ this × baseline")
+    add("--can-stage1-clip-fraction", type=float, default=0.9, help="… or CLIP ≤ this × baseline")
+    add("--can-stage2-log10-ppl", type=float, default=1.0, help="stage 2 needs log10(PPL/PPL₀) ≥ this …")
+    add(
+        "--can-stage2-degenerate-rate",
+        type=float,
+        default=0.5,
+        help="… and CLIP ≤ chance or at least this share of degenerate captions",
+    )
+    add("--can-show-curves", action="store_true", help="print every curve under the summary table")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "collapse_grid(models, sites): expand a case over model × site × image category × k (see harness.plugin)",
+    )
+    try:
+        config.stash[SETTINGS] = _settings_from_options(config)
+    except (ValueError, HarnessError) as error:
+        raise pytest.UsageError(f"harness option: {error}") from error
+    worker = getattr(config, "workerinput", None)
+    if worker is None:
+        config.pluginmanager.register(CollapseRecorder(config), "can-collapse-recorder")
+    else:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(worker.get("workercount", 1))))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """Under `-n N` use `--dist loadgroup`, so each model loads on one worker, unless --dist was given."""
+    explicit = any(arg == "--dist" or arg.startswith("--dist=") for arg in config.invocation_params.args)
+    if getattr(config.option, "dist", None) == "load" and not explicit:
+        config.option.dist = "loadgroup"
+
+
+def _settings_from_options(config: pytest.Config):
+    from harness.ranking import CanOptions
+    from harness.registry import ClipSpec, use_local_path
+    from harness.settings import HarnessSettings, default_cache_dir
+    from harness.stages import StageThresholds
+
+    option = config.getoption
+    for entry in option("can_model_path"):
+        name, sep, path = entry.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--can-model-path expects NAME=PATH, got {entry!r}")
+        use_local_path(name, path)
+    clip = None
+    if option("can_clip_model"):
+        clip = ClipSpec(model_name=option("can_clip_model"), pretrained=option("can_clip_pretrained"))
+    elif option("can_clip_pretrained"):
+        raise ValueError("--can-clip-pretrained needs --can-clip-model")
+    return HarnessSettings(
+        cache_dir=option("can_cache_dir") or default_cache_dir(),
+        image_root=option("can_images"),
+        categories=tuple(option("can_categories")) if option("can_categories") else None,
+        max_images=option("can_max_images"),
+        batch_size=option("can_batch_size"),
+        max_new_tokens=option("can_max_new_tokens"),
+        can=CanOptions(alpha=option("can_alpha"), positions=option("can_positions")),
+        thresholds=StageThresholds(
+            stage1_ppl_ratio=option("can_stage1_ppl_ratio"),
+            stage1_clip_fraction=option("can_stage1_clip_fraction"),
+            stage2_log10_ppl_ratio=option("can_stage2_log10_ppl"),
+            stage2_degenerate_rate=option("can_stage2_degenerate_rate"),
+        ),
+        clip=clip,
+        device=option("can_device"),
+        dtype=option("can_dtype"),
+        mask_mode=option("can_mask_mode"),
+        allow_download=option("can_allow_download"),
+        k_max=option("can_k_max"),
+        k_factor=option("can_k_factor"),
+    )
+
+
+# -- parametrisation ------------------------------------------------------------------------------------------
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    marker = metafunc.definition.get_closest_marker("collapse_grid")
+    if marker is None:
+        return
+    from harness.registry import get_model_spec
+    from harness.settings import k_grid
+    from harness.sites import get_site_spec, site_shape
+
+    config = metafunc.config
+    settings = config.stash[SETTINGS]
+    models = config.getoption("can_models") or list(marker.kwargs["models"])
+    sites = config.getoption("can_sites") or list(marker.kwargs["sites"])
+    for site in sites:
+        get_site_spec(site)  # unknown sites fail collection with the list of valid ones
+    categories = _categories(settings)
+    params = []
+    for model in models:
+        spec = get_model_spec(model)
+        text_config, unavailable = _text_config_or_reason(spec, settings)
+        for site in sites:
+            layers, width = site_shape(site, text_config) if text_config is not None else (1, settings.k_max)
+            marks = [pytest.mark.xdist_group(model)]
+            if unavailable:
+                marks.append(pytest.mark.skip(reason=unavailable))
+            for category in categories:
+                for k in k_grid(layers * width, settings.k_max, settings.k_factor):
+                    params.append(
+                        pytest.param(model, site, category, k, id=f"{model}-{site}-{category}-k{k}", marks=marks)
+                    )
+    metafunc.parametrize(PARAMS, params)
+
+
+def _categories(settings) -> list[str]:
+    from harness.images import scan_image_root
+    from harness.zoo import BUILTIN_IMAGES, ensure_built
+
+    root = settings.image_root or ensure_built(BUILTIN_IMAGES, settings.cache_dir)
+    categories = list(settings.categories) if settings.categories else None
+    return scan_image_root(root, categories, settings.max_images).categories
+
+
+def _text_config_or_reason(spec, settings):
+    from harness.loading import load_text_config
+
+    try:
+        return load_text_config(spec, cache_dir=settings.cache_dir, allow_download=settings.allow_download), None
+    except ModelUnavailableError as error:
+        return None, str(error)
+
+
+# -- fixtures -------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def can_settings(pytestconfig: pytest.Config):
+    """The run's HarnessSettings, built from the `--can-*` options."""
+    return pytestconfig.stash[SETTINGS]
+
+
+@pytest.fixture(scope="session")
+def can_session(can_settings):
+    """Loaded models, CLIP scorers, images and rankings shared by every case in this process."""
+    from harness.experiment import HarnessSession
+
+    return HarnessSession(can_settings)
+
+
+@pytest.fixture(scope="session")
+def _can_curves() -> dict:
+    return {}
+
+
+def _grid_parameter(request: pytest.FixtureRequest):
+    if not hasattr(request, "param"):
+        raise pytest.UsageError(
+            f"{request.node.nodeid}: `{request.fixturename}` is set by @pytest.mark.collapse_grid(models=..., "
+            "sites=...); mark the case with it"
+        )
+    return request.param
+
+
+@pytest.fixture
+def can_model(request: pytest.FixtureRequest) -> str:
+    """Registered model name of this case (from the collapse_grid expansion)."""
+    return _grid_parameter(request)
+
+
+@pytest.fixture
+def can_site(request: pytest.FixtureRequest) -> str:
+    """Site of this case, e.g. lm.down_proj."""
+    return _grid_parameter(request)
+
+
+@pytest.fixture
+def can_category(request: pytest.FixtureRequest) -> str:
+    """Image category of this case."""
+    return _grid_parameter(request)
+
+
+@pytest.fixture
+def collapse_curve(request, can_session, _can_curves, can_model: str, can_site: str, can_category: str):
+    """The CollapseCurve of this case's (model, site, category); every point it measures is recorded."""
+    from harness.curve import CollapseCurve
+
+    model, site, category = can_model, can_site, can_category
+    try:
+        experiment = can_session.experiment(model)
+    except ModelUnavailableError as error:
+        pytest.skip(str(error))
+    key = (model, site, category)
+    if key not in _can_curves:
+        _can_curves[key] = CollapseCurve(experiment, site, category)
+    curve = _can_curves[key]
+    curve.on_point = lambda point: request.node.user_properties.append(
+        (POINT_PROPERTY, json.dumps(point.to_row()))
+    )
+    yield curve
+    curve.on_point = None
+    experiment.loaded.assert_unmodified()
+
+
+# -- results --------------------------------------------------------------------------------------------------
+class CollapseRecorder:
+    """Collects the points recorded by cases (from workers too, via report.user_properties), then writes the
+    reports and prints the summary on the controller."""
+
+    def __init__(self, config: pytest.Config):
+        self.config = config
+        self.rows: list[dict] = []
+        self.reports: tuple[Path, Path] | None = None
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when == "call":
+            self.rows.extend(json.loads(value) for name, value in report.user_properties if name == POINT_PROPERTY)
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if not self.rows:
+            return
+        from harness.report import provenance, write_reports
+
+        config = self.config
+        directory = config.getoption("can_report_dir") or config.rootpath / "can-results"
+        meta = provenance(config.rootpath)
+        meta["command"] = " ".join(config.invocation_params.args)
+        self.reports = write_reports(self.rows, Path(directory), meta)
+
+    def pytest_terminal_summary(self, terminalreporter) -> None:
+        if not self.rows:
+            return
+        from harness.curve import format_curve
+        from harness.experiment import CollapsePoint
+        from harness.report import latest_points, render_summary, summarize
+
+        settings = self.config.stash[SETTINGS]
+        terminalreporter.write_sep(
+            "=", f"critical-neuron collapse (CAN, α={settings.can.alpha:g}, positions={settings.can.positions})"
+        )
+        terminalreporter.write_line(render_summary(summarize(self.rows)))
+        if self.config.getoption("can_show_curves"):
+            points = latest_points(self.rows)
+            for group in sorted({(p["model"], p["site"], p["category"]) for p in points}):
+                curve = [CollapsePoint(**p) for p in points if (p["model"], p["site"], p["category"]) == group]
+                terminalreporter.write_line(f"\n{' / '.join(group)}\n{format_curve(curve)}")
+        if self.reports is not None:
+            terminalreporter.write_line(f"reports: {self.reports[0]}  {self.reports[1]}")

@@ -1,0 +1,88 @@
+"""On-disk cache of rankings, keyed by a hash of everything a ranking depends on.
+
+Files are safetensors (loading executes no code), written to a temporary name and renamed into place under a file
+lock, so xdist workers asking for the same key compute it once and never see half a file. A file that fails to
+parse, carries another key, has the wrong shape or non-finite values is reported and rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+from filelock import FileLock
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from harness.errors import CacheError
+
+
+def cache_key(fields: Mapping[str, object]) -> str:
+    """sha256 of the canonical JSON of `fields` (sorted keys): any changed input gives a new key."""
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class RankingCache:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def path_for(self, key: str) -> Path:
+        return self.root / "rankings" / f"{key[:32]}.safetensors"
+
+    def load_or_compute(
+        self, fields: Mapping[str, object], shape: tuple[int, int], compute: Callable[[], torch.Tensor]
+    ) -> tuple[torch.Tensor, str]:
+        """(scores, key): from the cache when a valid entry exists, else computed once and stored."""
+        key = cache_key(fields)
+        path = self.path_for(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path) + ".lock"):
+            if path.exists():
+                scores, problem = self._read(path, key, shape)
+                if problem is None:
+                    return scores, key
+                warnings.warn(f"ranking cache file {path} is unusable ({problem}); recomputing it", stacklevel=2)
+            scores = compute().to(torch.float32).cpu().contiguous()
+            if tuple(scores.shape) != shape or not torch.isfinite(scores).all():
+                raise CacheError(
+                    f"refusing to cache a ranking of shape {tuple(scores.shape)} with non-finite "
+                    f"values or a shape other than {shape}"
+                )
+            self._write(path, scores, key, fields)
+        return scores, key
+
+    @staticmethod
+    def _read(path: Path, key: str, shape: tuple[int, int]) -> tuple[torch.Tensor | None, str | None]:
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as handle:
+                stored_key = (handle.metadata() or {}).get("key")
+            scores = load_file(str(path))["scores"]
+        except (SafetensorError, OSError, KeyError, ValueError) as error:
+            return None, f"cannot be read: {error}"
+        if stored_key != key:
+            return None, f"it holds key {stored_key!r}, not {key!r}"
+        if tuple(scores.shape) != shape:
+            return None, f"shape {tuple(scores.shape)} instead of {shape}"
+        if not torch.isfinite(scores).all():
+            return None, "non-finite scores"
+        return scores, None
+
+    @staticmethod
+    def _write(path: Path, scores: torch.Tensor, key: str, fields: Mapping[str, object]) -> None:
+        metadata = {"key": key, "fields": json.dumps(fields, sort_keys=True, default=str)}
+        handle, temporary = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+        os.close(handle)
+        try:
+            save_file({"scores": scores}, temporary, metadata=metadata)
+            os.replace(temporary, path)
+        finally:
+            if os.path.exists(temporary):
+                os.unlink(temporary)

@@ -1,0 +1,104 @@
+"""Short model names mapped to everything needed to load and prompt them (an lm-evaluation-harness-style registry).
+
+Users add their own entries with :func:`register_model` (e.g. from a `conftest.py`) or point an existing name at a
+local folder with :func:`use_local_path` / `--can-model-path NAME=PATH`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+from harness.errors import UnknownNameError
+
+LLAVA_15_PROMPT = "USER: <image>\n{instruction} ASSISTANT:"
+CAPTION_INSTRUCTION = "Provide a one-sentence caption for the provided image."
+
+
+@dataclass(frozen=True)
+class EmbeddedAsset:
+    """A checkpoint or data set the harness builds itself, offline, into its cache (tiny models, images)."""
+
+    name: str
+    version: str
+    build: Callable[[Path], object]  # writes the complete asset into the given (empty) folder
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """An open_clip model used to score captions: a built-in name + pretrained tag, or `local-dir:` folder."""
+
+    model_name: str = "ViT-L-14"
+    pretrained: str | None = "openai"
+    embedded: EmbeddedAsset | None = None
+
+    @property
+    def label(self) -> str:
+        if self.embedded is not None:
+            return f"{self.embedded.name}@{self.embedded.version}"
+        return f"{self.model_name}/{self.pretrained}" if self.pretrained else self.model_name
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to load and prompt one model.
+
+    `source` is a Hugging Face id (looked up in the local HF cache) or a local folder; `embedded` replaces it for
+    checkpoints the harness builds itself. Class names are strings so that the registry imports no transformers.
+    """
+
+    name: str
+    source: str
+    family: str = "llava"
+    revision: str | None = None
+    model_class: str = "LlavaForConditionalGeneration"
+    processor_class: str = "AutoProcessor"
+    processor_kwargs: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({"backend": "pil"}))
+    prompt_template: str = LLAVA_15_PROMPT
+    instruction: str = CAPTION_INSTRUCTION
+    dtype: str = "auto"
+    clip: ClipSpec = field(default_factory=ClipSpec)
+    embedded: EmbeddedAsset | None = None
+    description: str = ""
+
+    @property
+    def prompt(self) -> str:
+        return self.prompt_template.format(instruction=self.instruction)
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register_model(spec: ModelSpec, *, replace: bool = False) -> ModelSpec:
+    """Add a model under `spec.name`; re-registering a name needs `replace=True` so typos do not shadow."""
+    _ensure_builtin_models()
+    if spec.name in _REGISTRY and not replace and _REGISTRY[spec.name] != spec:
+        raise ValueError(f"model {spec.name!r} is already registered; pass replace=True to override it")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    _ensure_builtin_models()
+    if name not in _REGISTRY:
+        raise UnknownNameError("model", name, sorted(_REGISTRY))
+    return _REGISTRY[name]
+
+
+def registered_models() -> list[str]:
+    _ensure_builtin_models()
+    return sorted(_REGISTRY)
+
+
+def use_local_path(name: str, path: str | Path) -> ModelSpec:
+    """Point a registered model at a local checkpoint folder (e.g. a copy outside the HF cache)."""
+    spec = dataclasses.replace(get_model_spec(name), source=str(path), revision=None, embedded=None)
+    return register_model(spec, replace=True)
+
+
+def _ensure_builtin_models() -> None:
+    """Register the built-in entries on first lookup (lazily, because they refer to the zoo's builders)."""
+    import harness.builtin_models  # noqa: F401  (registers on import)

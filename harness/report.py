@@ -1,0 +1,139 @@
+"""Summary table of the two-stage thresholds, and JSON/CSV reports stamped with versions and the git commit."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import platform
+import subprocess
+from collections import defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+
+from tabulate import tabulate
+
+from harness.metrics import format_ppl
+from harness.stages import first_k_at_stage, is_monotone
+
+GROUP_KEYS = ("model", "site", "category")
+
+
+def provenance(root: Path | None = None) -> dict[str, object]:
+    """What produced a result: library versions, Python, platform, git commit (with a dirty flag), time."""
+    import open_clip
+    import torch
+    import transformers
+
+    import harness
+
+    return {
+        "harness": harness.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "open_clip": open_clip.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "git_commit": _git_commit(root or Path.cwd()),
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _git_commit(root: Path) -> str | None:
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=root, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+    except (OSError, subprocess.SubprocessError):
+        return None  # not a git checkout (e.g. an installed copy): recorded as null
+    return commit + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def latest_points(rows: Iterable[dict]) -> list[dict]:
+    """One row per (model, site, category, k), the last recorded winning, ordered for reading."""
+    unique = {(r["model"], r["site"], r["category"], r["k"]): r for r in rows}
+    return [unique[key] for key in sorted(unique)]
+
+
+def summarize(rows: Iterable[dict]) -> list[dict]:
+    """Per (model, site, category): baselines, chance level and the first k reaching stage 1 and stage 2."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for row in latest_points(rows):
+        groups[tuple(row[key] for key in GROUP_KEYS)].append(row)
+    summary = []
+    for key, points in groups.items():
+        stages = [(p["k"], p["stage"]) for p in points]
+        first = points[0]
+        summary.append(
+            {
+                **dict(zip(GROUP_KEYS, key, strict=True)),
+                "n_images": first["n_images"],
+                "log10_ppl_baseline": first["log10_ppl_baseline"],
+                "clip_baseline": first["clip_baseline"],
+                "clip_chance": first["clip_chance"],
+                "k_stage1": first_k_at_stage(stages, 1),
+                "k_stage2": first_k_at_stage(stages, 2),
+                "k_evaluated": [p["k"] for p in points],
+                "monotone": is_monotone(stages),
+            }
+        )
+    return summary
+
+
+def _threshold(k: int | None, evaluated: list[int]) -> str:
+    return str(k) if k is not None else f"none ≤ {max(evaluated)}"
+
+
+def render_summary(summary: list[dict]) -> str:
+    rows = [
+        (
+            s["model"],
+            s["site"],
+            s["category"],
+            s["n_images"],
+            format_ppl(s["log10_ppl_baseline"]),
+            f"{s['clip_baseline']:.1f}",
+            "n/a" if s["clip_chance"] is None else f"{s['clip_chance']:.1f}",
+            _threshold(s["k_stage1"], s["k_evaluated"]),
+            _threshold(s["k_stage2"], s["k_evaluated"]),
+            _grid_label(s["k_evaluated"]) + ("" if s["monotone"] else " NON-MONOTONE"),
+        )
+        for s in summary
+    ]
+    headers = (
+        "model",
+        "site",
+        "category",
+        "imgs",
+        "PPL₀",
+        "CLIP₀",
+        "chance",
+        "k₁ stage 1",
+        "k₂ stage 2",
+        "k grid",
+    )
+    return tabulate(rows, headers=headers, tablefmt="github")
+
+
+def _grid_label(ks: list[int]) -> str:
+    return f"{min(ks)}…{max(ks)} ({len(ks)} pts)" if len(ks) > 1 else str(ks[0])
+
+
+def write_reports(rows: list[dict], directory: Path, meta: dict) -> tuple[Path, Path]:
+    """`collapse.json` (meta, summary, every point with its captions) and `collapse.csv` (one row per point)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    points = latest_points(rows)
+    json_path, csv_path = directory / "collapse.json", directory / "collapse.csv"
+    document = {"meta": meta, "summary": summarize(points), "points": points}
+    json_path.write_text(json.dumps(document, indent=2, allow_nan=False))
+    flat = [{**{k: v for k, v in p.items() if k not in ("captions", "options")}, **p["options"]} for p in points]
+    columns = list(dict.fromkeys(key for row in flat for key in row))
+    with csv_path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for row in flat:
+            writer.writerow({k: json.dumps(v) if isinstance(v, list) else v for k, v in row.items()})
+    return json_path, csv_path

@@ -1,0 +1,60 @@
+"""Every option of a run in one frozen object: what the CLI sets, what results and cache keys record."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.masking import MASK_MODES
+from harness.ranking import CanOptions
+from harness.registry import ClipSpec
+from harness.stages import StageThresholds
+
+
+def default_cache_dir() -> Path:
+    import os
+
+    return Path(os.environ.get("CAN_HARNESS_CACHE", Path.home() / ".cache" / "can-harness"))
+
+
+@dataclass(frozen=True)
+class HarnessSettings:
+    cache_dir: Path = field(default_factory=default_cache_dir)
+    image_root: Path | None = None  # None: the built-in image set
+    categories: tuple[str, ...] | None = None  # None: every category under image_root
+    max_images: int | None = None  # per category
+    batch_size: int = 8
+    max_new_tokens: int = 64
+    can: CanOptions = field(default_factory=CanOptions)
+    thresholds: StageThresholds = field(default_factory=StageThresholds)
+    clip: ClipSpec | None = None  # None: the model's registered CLIP
+    device: str = "auto"
+    dtype: str | None = None  # None: the model's registered dtype
+    mask_mode: str = "auto"
+    allow_download: bool = False
+    k_max: int = 8192
+    k_factor: float = 2.0
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "max_new_tokens", "k_max"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)!r}")
+        if self.max_images is not None and self.max_images < 1:
+            raise ValueError(f"max_images must be ≥ 1 (or unset), got {self.max_images!r}")
+        if self.k_factor <= 1:
+            raise ValueError(f"k_factor must be > 1 for the k grid to grow, got {self.k_factor!r}")
+        if self.mask_mode not in MASK_MODES:
+            raise ValueError(f"unknown mask mode {self.mask_mode!r}; valid: {', '.join(MASK_MODES)}")
+
+
+def k_grid(site_size: int, k_max: int, factor: float = 2.0) -> list[int]:
+    """0 (the baseline), then k growing geometrically from 1 up to min(k_max, site_size), that bound included."""
+    limit = min(k_max, site_size)
+    grid, k = [0], 1.0
+    while round(k) <= limit:
+        if round(k) != grid[-1]:
+            grid.append(round(k))
+        k *= factor
+    if grid[-1] != limit and limit > 0:
+        grid.append(limit)
+    return grid

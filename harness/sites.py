@@ -1,0 +1,126 @@
+"""Sites: named sets of neurons, resolved by probing the module tree and checked against the config.
+
+A neuron is addressed as (site, layer, channel). Hook-point names follow TransformerLens' habit of naming the
+tensor, e.g. `lm.layers.1.mlp.down_proj.out` for an output channel and `....down_proj.in` for a hidden unit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import torch
+from torch import nn
+
+from harness.errors import InvalidKError, SiteResolutionError, UnknownNameError
+
+Unit = Literal["output", "input"]
+
+
+@dataclass(frozen=True)
+class SiteSpec:
+    """A kind of neuron: the output channels (or input units) of one Linear in every language-model layer."""
+
+    name: str
+    module: str  # attribute path below each decoder layer
+    unit: Unit
+    width_field: str  # text-config field that gives the number of channels per layer
+    description: str
+
+
+SITES: dict[str, SiteSpec] = {
+    spec.name: spec
+    for spec in (
+        SiteSpec("lm.gate_proj", "mlp.gate_proj", "output", "intermediate_size", "FFN gate projection outputs"),
+        SiteSpec("lm.up_proj", "mlp.up_proj", "output", "intermediate_size", "FFN up projection outputs"),
+        SiteSpec("lm.down_proj", "mlp.down_proj", "output", "hidden_size", "FFN down projection outputs"),
+        SiteSpec("lm.mlp_hidden", "mlp.down_proj", "input", "intermediate_size", "FFN hidden units act(gate)·up"),
+    )
+}
+
+
+class Neuron(NamedTuple):
+    site: str
+    layer: int
+    channel: int
+
+
+@dataclass(frozen=True)
+class ResolvedSite:
+    """A site bound to one loaded model: its Linear per layer and the channel count per layer."""
+
+    spec: SiteSpec
+    modules: tuple[nn.Linear, ...]
+    width: int
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.modules)
+
+    @property
+    def size(self) -> int:
+        """Number of neurons in the site across all layers: the largest valid k."""
+        return self.n_layers * self.width
+
+    def hook_point(self, layer: int) -> str:
+        return f"lm.layers.{layer}.{self.spec.module}.{'out' if self.spec.unit == 'output' else 'in'}"
+
+    def neurons(self, flat_indices: torch.Tensor) -> list[Neuron]:
+        """(site, layer, channel) for indices into the flattened [layer, channel] score table."""
+        return [Neuron(self.name, int(i) // self.width, int(i) % self.width) for i in flat_indices.tolist()]
+
+    def check_k(self, k: int) -> int:
+        if not isinstance(k, int) or isinstance(k, bool) or k < 0 or k > self.size:
+            raise InvalidKError(
+                f"k={k!r} is invalid for site {self.name}: it has {self.n_layers} layers × {self.width} channels, "
+                f"so k must be an integer in [0, {self.size}]"
+            )
+        return k
+
+
+def site_shape(name: str, text_config) -> tuple[int, int]:
+    """(layers, channels per layer) of a site, from the config alone (no weights needed)."""
+    spec = get_site_spec(name)
+    return text_config.num_hidden_layers, getattr(text_config, spec.width_field)
+
+
+def get_site_spec(name: str) -> SiteSpec:
+    if name not in SITES:
+        raise UnknownNameError("site", name, sorted(SITES))
+    return SITES[name]
+
+
+def resolve_site(loaded, name: str) -> ResolvedSite:
+    """Bind site `name` to the modules of `loaded` (a LoadedModel), asserting layer count and widths."""
+    spec = get_site_spec(name)
+    layers = loaded.family.language_layers(loaded.model)
+    n_layers, width = site_shape(name, loaded.text_config)
+    modules = []
+    for index, layer in enumerate(layers):
+        module = layer.get_submodule(spec.module) if _has_submodule(layer, spec.module) else None
+        if not isinstance(module, nn.Linear):
+            raise SiteResolutionError(
+                f"site {name}: layer {index} has no Linear at {spec.module!r} (found {type(module).__name__})"
+            )
+        actual = module.out_features if spec.unit == "output" else module.in_features
+        if actual != width:
+            raise SiteResolutionError(
+                f"site {name}: layer {index} {spec.module} has {actual} {spec.unit} channels but the config's "
+                f"{spec.width_field} is {width}"
+            )
+        modules.append(module)
+    if len(modules) != n_layers:
+        raise SiteResolutionError(f"site {name}: found {len(modules)} layers, config says {n_layers}")
+    return ResolvedSite(spec=spec, modules=tuple(modules), width=width)
+
+
+def _has_submodule(module: nn.Module, path: str) -> bool:
+    try:
+        module.get_submodule(path)
+    except AttributeError:
+        return False
+    return True

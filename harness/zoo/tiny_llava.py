@@ -1,0 +1,121 @@
+"""A tiny LLaVA (CLIP vision tower + Llama language model) with a word-level tokenizer, built offline.
+
+It has the exact module structure of `llava-hf/llava-1.5-7b-hf` (same classes, same processor type and prompt
+format) at widths of tens instead of thousands, so every code path a real checkpoint takes is exercised in
+milliseconds. Its weights are random: it produces arbitrary captions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+
+from harness.builtin_images import BUILTIN_WORDS
+from harness.registry import CAPTION_INSTRUCTION
+
+SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>")
+IMAGE_TOKEN = "<image>"
+PROMPT_WORDS = ("USER", "ASSISTANT", ":", ".", ",", "-", "a", "an", "the", "of", "is", "in", "on", "with", "and")
+
+
+def tiny_vocabulary() -> list[str]:
+    """Special tokens first (ids 0-3), then every word the prompt and the built-in captions use."""
+    words = [*SPECIAL_TOKENS]
+    instruction_words = CAPTION_INSTRUCTION.replace(".", " .").replace("-", " - ").split()
+    for word in (*PROMPT_WORDS, *instruction_words, *BUILTIN_WORDS):
+        if word not in words:
+            words.append(word)
+    return words
+
+
+def build_word_tokenizer(words: list[str]):
+    """A fast tokenizer that adds `<s>` like Llama's, splits on whitespace/punctuation and knows `<image>`."""
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.add_special_tokens([IMAGE_TOKEN])
+    backend.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", words.index("<s>"))]
+    )
+    backend.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces, no space before punctuation
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        padding_side="left",
+    )
+
+
+def build_tiny_llava(
+    folder: Path,
+    *,
+    seed: int = 0,
+    text_hidden: int = 64,
+    text_intermediate: int = 128,
+    text_layers: int = 2,
+    vision_hidden: int = 32,
+    vision_layers: int = 2,
+    image_size: int = 32,
+    patch_size: int = 8,
+) -> None:
+    """Write a complete LLaVA checkpoint (model, tokenizer, processor) into `folder` via `save_pretrained`."""
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    tokenizer = build_word_tokenizer(tiny_vocabulary())
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,  # the CLIP tower's CLS token, dropped by the "default" strategy
+    )
+    vision = CLIPVisionConfig(
+        hidden_size=vision_hidden,
+        intermediate_size=2 * vision_hidden,
+        num_hidden_layers=vision_layers,
+        num_attention_heads=2,
+        image_size=image_size,
+        patch_size=patch_size,
+        projection_dim=vision_hidden,
+    )
+    text = LlamaConfig(
+        hidden_size=text_hidden,
+        intermediate_size=text_intermediate,
+        num_hidden_layers=text_layers,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        image_seq_length=(image_size // patch_size) ** 2,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-2,
+    )
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
