@@ -35,7 +35,12 @@ class _LayerMask:
 def weight_is_editable(module: nn.Linear) -> bool:
     """A plain floating-point weight that lives in memory (not meta/offloaded, not quantised)."""
     weight = module.weight
-    return isinstance(weight, nn.Parameter) and weight.is_floating_point() and weight.device.type != "meta"
+    return (
+        isinstance(weight, nn.Parameter)
+        and weight.is_floating_point()
+        and weight.device.type != "meta"
+        and not weight.is_inference()  # inference tensors refuse in-place edits outside inference mode
+    )
 
 
 class NeuronMask:
@@ -109,23 +114,32 @@ class NeuronMask:
             if self.site.spec.unit == "output":
                 targets = [weight] + ([layer.module.bias] if layer.module.bias is not None else [])
                 for parameter in targets:
-                    layer.saved.append((parameter, parameter.index_select(0, channels).clone()))
+                    original = parameter.index_select(0, channels).clone()
                     parameter.index_fill_(0, channels, 0)
+                    layer.saved.append((parameter, original))  # only what was really changed is restored
             else:
-                layer.saved.append((weight, weight.index_select(1, channels).clone()))
+                original = weight.index_select(1, channels).clone()
                 weight.index_fill_(1, channels, 0)
+                layer.saved.append((weight, original))
 
     def _restore(self) -> None:
+        """Undo everything, continuing past a failing parameter so the others are still restored."""
         for handle in reversed(self._handles):
             handle.remove()
         self._handles.clear()
+        self._active = False
+        failures: list[str] = []
+        dim = 0 if self.site.spec.unit == "output" else 1
         with torch.no_grad():
             for layer in reversed(self._layers):
-                dim = 0 if self.site.spec.unit == "output" else 1
                 for parameter, original in reversed(layer.saved):
-                    parameter.index_copy_(dim, layer.channels, original)
+                    try:
+                        parameter.index_copy_(dim, layer.channels, original)
+                    except RuntimeError as error:
+                        failures.append(f"{self.site.hook_point(layer.layer)}: {error}")
                 layer.saved.clear()
-        self._active = False
+        if failures:
+            raise MaskError("could not restore the masked weights; the model is modified: " + "; ".join(failures))
 
     # -- hooks ------------------------------------------------------------------------------------------------
     def _add_zeroing_hook(self, layer: _LayerMask) -> None:

@@ -23,10 +23,13 @@ def format_ppl(log10_value: float) -> str:
     """Perplexity for humans, computed from its log10 without ever exponentiating a large number."""
     if not math.isfinite(log10_value):
         return str(log10_value)
-    if log10_value < 4:
-        return f"{10**log10_value:.3g}"
     exponent = math.floor(log10_value)
-    return f"{10 ** (log10_value - exponent):.2f}e{exponent}"
+    mantissa = round(10 ** (log10_value - exponent), 2)
+    if mantissa >= 10:  # 9.999 rounds up: carry into the exponent
+        mantissa, exponent = mantissa / 10, exponent + 1
+    if exponent < 3:
+        return f"{mantissa * 10**exponent:.3g}"
+    return f"{mantissa:.2f}e{exponent}"
 
 
 def is_degenerate(token_ids: Sequence[int], text: str) -> bool:

@@ -2,7 +2,9 @@
 
 It has the exact module structure of `llava-hf/llava-1.5-7b-hf` (same classes, same processor type and prompt
 format) at widths of tens instead of thousands, so every code path a real checkpoint takes is exercised in
-milliseconds. Its weights are random: it produces arbitrary captions.
+milliseconds. Its weights are random: it produces arbitrary captions. The language model is initialised with
+std 0.2 (HF's default is 0.02, which gives a near-uniform next-token distribution whatever is masked), so that
+masking visibly moves its outputs; the thresholds it yields say nothing about real models.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ def build_tiny_llava(
     vision_layers: int = 2,
     image_size: int = 32,
     patch_size: int = 8,
+    initializer_range: float = 0.2,
 ) -> None:
     """Write a complete LLaVA checkpoint (model, tokenizer, processor) into `folder` via `save_pretrained`."""
     from transformers import (
@@ -104,6 +107,7 @@ def build_tiny_llava(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        initializer_range=initializer_range,
     )
     config = LlavaConfig(
         vision_config=vision,

@@ -1,0 +1,33 @@
+# Two commands do all the set-up on a fresh machine (Python ≥ 3.10 with venv):
+#   make demo   the main job on the embedded default model: prints the collapse table
+#   make test   lint + the harness's own test suite (what CI runs)
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+
+.PHONY: setup demo test lint bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[test]"
+	touch $@
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(OFFLINE) $(BIN)/python -m pytest cases/ -k tiny-llava -q -p no:cacheprovider
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(OFFLINE) $(BIN)/python -m pytest tests/ -q -p no:cacheprovider
+
+bench: $(STAMP)
+	$(OFFLINE) $(BIN)/python benchmarks/bench_core.py
+
+clean:
+	rm -rf $(VENV) can-results .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,256 @@
+"""CAN importance against an independent per-image computation, and the order a ranking induces."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from harness.captioning import teacher_forced_batch
+from harness.errors import UnknownNameError
+from harness.masking import NeuronMask
+from harness.ranking import CanOptions, Ranking, can_importance
+from harness.sites import resolve_site
+
+CATEGORY = "circle"
+LAYERS_PATH = "model.language_model.layers"
+# site -> (Linear below each decoder layer, which side of it holds the neurons)
+SITE_TENSORS = {
+    "lm.down_proj": ("mlp.down_proj", "output"),
+    "lm.mlp_hidden": ("mlp.down_proj", "input"),
+}
+
+
+@pytest.fixture(scope="module")
+def baseline_captions(experiment):
+    return experiment.baseline(CATEGORY).captions
+
+
+@pytest.fixture(scope="module")
+def ragged_captions(baseline_captions, loaded):
+    """The baseline captions cut to different lengths (one ending in EOS), so batches need right padding."""
+    eos = loaded.tokenizer.eos_token_id
+    cuts = [(12, False), (5, True), (2, False), (9, False)]
+    return [
+        dataclasses.replace(c, token_ids=c.token_ids[:n] + ((eos,) if ended else ()), ended=ended)
+        for c, (n, ended) in zip(baseline_captions, cuts, strict=True)
+    ]
+
+
+@pytest.fixture(scope="module")
+def caption_sets(baseline_captions, ragged_captions):
+    return {"baseline": baseline_captions, "ragged": ragged_captions}
+
+
+def reference_terms(loaded, site_name, images, captions):
+    """Per image, one at a time: ([(activation, gradient)] per layer as [T, W] float64, prompt_len, total_len).
+
+    The loss is the caption tokens' mean cross-entropy; gradients flow from the token embeddings (made to require
+    grad) through retained activation gradients, not from a leaf at the hooked activation as the harness does.
+    """
+    path, unit = SITE_TENSORS[site_name]
+    modules = [layer.get_submodule(path) for layer in loaded.model.get_submodule(LAYERS_PATH)]
+    embed = loaded.model.get_input_embeddings()
+    terms = []
+    for image, caption in zip(images, captions, strict=True):
+        batch = teacher_forced_batch(loaded, [image], [caption])
+        prompt_len, total_len = int(batch.prompt_lengths[0]), int(batch.total_lengths[0])
+        captured = []
+
+        def grab(tensor, captured=captured):
+            tensor.retain_grad()
+            captured.append(tensor)
+
+        handles = [embed.register_forward_hook(lambda m, args, out: out.requires_grad_())]
+        for module in modules:
+            if unit == "output":
+                handles.append(module.register_forward_hook(lambda m, args, out: grab(out)))
+            else:
+                handles.append(module.register_forward_pre_hook(lambda m, args: grab(args[0])))
+        try:
+            with torch.enable_grad():
+                logits = loaded.model(**batch.inputs, use_cache=False).logits[0]
+                targets = batch.inputs["input_ids"][0, prompt_len:total_len]
+                F.cross_entropy(logits[prompt_len - 1 : total_len - 1], targets).backward()
+        finally:
+            for handle in handles:
+                handle.remove()
+        assert batch.inputs["input_ids"].shape[1] == total_len
+        layers = [(a[0].detach().double(), a.grad[0].double()) for a in captured]
+        terms.append((layers, prompt_len, total_len))
+    return terms
+
+
+def reference_can(terms, alpha, positions):
+    """mean over images of (mean over the chosen positions of |g|^α·|a|), [layers, W] float32."""
+    per_image = []
+    for layers, prompt_len, total_len in terms:
+        rows = slice(0, total_len) if positions == "all" else slice(prompt_len - 1, total_len - 1)
+        per_image.append(torch.stack([(g[rows].abs().pow(alpha) * a[rows].abs()).mean(0) for a, g in layers]))
+    return torch.stack(per_image).mean(0).float()
+
+
+@pytest.fixture(scope="module")
+def terms(loaded, images, caption_sets):
+    """Reference (activation, gradient) terms per (site, caption set), computed on first use."""
+    found = {}
+
+    def get(site_name, which):
+        if (site_name, which) not in found:
+            found[site_name, which] = reference_terms(
+                loaded, site_name, images.images(CATEGORY), caption_sets[which]
+            )
+        return found[site_name, which]
+
+    return get
+
+
+def harness_can(loaded, images, captions, site_name, batch_size=4, **options):
+    return can_importance(
+        loaded,
+        resolve_site(loaded, site_name),
+        images.images(CATEGORY),
+        captions,
+        options=CanOptions(**options),
+        batch_size=batch_size,
+    )
+
+
+@pytest.mark.parametrize("positions", ["all", "scored"])
+@pytest.mark.parametrize("alpha", [1.0, 0.5, 0.0])
+@pytest.mark.parametrize("which", ["baseline", "ragged"])
+@pytest.mark.parametrize("site_name", ["lm.down_proj", "lm.mlp_hidden"])
+def test_can_matches_per_image_hand_computation(
+    loaded, images, caption_sets, terms, site_name, which, alpha, positions, unmodified
+):
+    """Batched CAN scores equal mean over images of mean over positions of |∂L/∂a|^α·|a|, computed per image."""
+    expected = reference_can(terms(site_name, which), alpha, positions)
+    actual = harness_can(loaded, images, caption_sets[which], site_name, alpha=alpha, positions=positions)
+    assert actual.dtype == torch.float32
+    assert actual.shape == expected.shape
+    assert expected.abs().max() > 0
+    assert torch.allclose(actual, expected, rtol=1e-4, atol=1e-7), (actual - expected).abs().max()
+
+
+def test_positions_choice_changes_scores(loaded, images, ragged_captions):
+    """'all' and 'scored' aggregate different positions, so they give different scores."""
+    all_positions = harness_can(loaded, images, ragged_captions, "lm.down_proj", positions="all")
+    scored = harness_can(loaded, images, ragged_captions, "lm.down_proj", positions="scored")
+    assert not torch.allclose(all_positions, scored)
+
+
+def test_alpha_zero_is_activation_magnitude_without_backward(loaded, images, ragged_captions, terms, monkeypatch):
+    """α = 0 scores are mean |a| and need no backward pass at all."""
+    expected = torch.stack(
+        [torch.stack([a.abs().mean(0) for a, _ in layers]) for layers, _, _ in terms("lm.down_proj", "ragged")]
+    ).mean(0)
+
+    def no_backward(*args, **kwargs):
+        raise AssertionError("α = 0 must not run a backward pass")
+
+    monkeypatch.setattr(torch.autograd, "grad", no_backward)
+    monkeypatch.setattr(torch.autograd, "backward", no_backward)
+    monkeypatch.setattr(torch.Tensor, "backward", no_backward)
+    actual = harness_can(loaded, images, ragged_captions, "lm.down_proj", alpha=0.0)
+    assert torch.allclose(actual, expected.float(), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("positions", ["all", "scored"])
+def test_up_proj_and_hidden_units_have_equal_alpha_one_scores(loaded, images, ragged_captions, positions):
+    """Chain rule: h = act(gate)·up gives ∂L/∂up·up = ∂L/∂h·h, so α = 1 scores of the two sites coincide."""
+    up = harness_can(loaded, images, ragged_captions, "lm.up_proj", alpha=1.0, positions=positions)
+    hidden = harness_can(loaded, images, ragged_captions, "lm.mlp_hidden", alpha=1.0, positions=positions)
+    assert up.abs().max() > 0
+    assert torch.allclose(up, hidden, rtol=1e-4, atol=1e-8), (up - hidden).abs().max()
+
+
+@pytest.mark.parametrize("mode", ["weight", "hook"])
+@pytest.mark.parametrize(("layer", "channel"), [(0, 3), (1, 100)])
+def test_masking_hidden_unit_equals_masking_gate_or_up(
+    loaded, images, baseline_captions, layer, channel, mode, unmodified
+):
+    """Zeroing gate_proj, up_proj or the hidden unit j gives identical logits: SiLU(0)·up = SiLU(gate)·0 = 0."""
+    batch = teacher_forced_batch(loaded, images.images(CATEGORY), baseline_captions)
+
+    def logits():
+        with torch.no_grad():
+            return loaded.model(**batch.inputs, use_cache=False).logits
+
+    unmasked = logits()
+    width = loaded.text_config.intermediate_size
+    masked = {}
+    for site_name in ("lm.gate_proj", "lm.up_proj", "lm.mlp_hidden"):
+        with NeuronMask(resolve_site(loaded, site_name), [layer * width + channel], mode=mode):
+            masked[site_name] = logits()
+    assert not torch.equal(masked["lm.mlp_hidden"], unmasked)
+    assert torch.equal(masked["lm.gate_proj"], masked["lm.mlp_hidden"])
+    assert torch.equal(masked["lm.up_proj"], masked["lm.mlp_hidden"])
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+@pytest.mark.parametrize("positions", ["all", "scored"])
+def test_batches_do_not_interact(loaded, images, ragged_captions, batch_size, positions):
+    """Scores do not depend on how the images are batched (ragged captions, so padding differs)."""
+    together = harness_can(loaded, images, ragged_captions, "lm.down_proj", batch_size=4, positions=positions)
+    split = harness_can(
+        loaded, images, ragged_captions, "lm.down_proj", batch_size=batch_size, positions=positions
+    )
+    assert torch.allclose(split, together, rtol=1e-4, atol=1e-7), (split - together).abs().max()
+
+
+def test_order_breaks_ties_by_lower_index():
+    """Highest score first; equal scores keep flat-index order; every neuron appears exactly once."""
+    ranking = Ranking(site="lm.down_proj", scores=torch.tensor([[3.0, 1.0, 3.0], [2.0, 3.0, 1.0]]), key="k")
+    assert ranking.order.tolist() == [0, 2, 4, 3, 1, 5]
+    assert ranking.top_k(0).tolist() == []
+    assert ranking.top_k(2).tolist() == [0, 2]
+    assert ranking.top_k(6).tolist() == [0, 2, 4, 3, 1, 5]
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.integers(1, 4).flatmap(
+        lambda layers: st.integers(1, 6).flatmap(
+            lambda width: st.lists(
+                st.lists(st.integers(0, 3), min_size=width, max_size=width), min_size=layers, max_size=layers
+            )
+        )
+    )
+)
+def test_top_k_is_nested_and_order_is_a_permutation(rows):
+    """top_k(k) is a prefix of top_k(k + 1), sorted by (score desc, index asc), over heavily tied scores."""
+    ranking = Ranking(site="lm.down_proj", scores=torch.tensor(rows, dtype=torch.float32), key="k")
+    flat = [value for row in rows for value in row]
+    expected = sorted(range(len(flat)), key=lambda i: (-flat[i], i))
+    assert ranking.order.tolist() == expected
+    for k in range(len(flat)):
+        assert ranking.top_k(k + 1).tolist()[:k] == ranking.top_k(k).tolist()
+    assert sorted(ranking.top_k(len(flat)).tolist()) == list(range(len(flat)))
+
+
+@pytest.mark.parametrize("alpha", [-0.1, 1.5])
+def test_alpha_outside_unit_interval_is_rejected(alpha):
+    """α must lie in [0, 1]; the error names the bad value."""
+    with pytest.raises(ValueError, match=str(alpha)):
+        CanOptions(alpha=alpha)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_alpha_bounds_are_accepted(alpha):
+    """The interval is closed: 0 and 1 are valid."""
+    assert CanOptions(alpha=alpha).alpha == alpha
+
+
+def test_unknown_positions_are_rejected():
+    """An unknown position aggregation names itself and lists the valid ones."""
+    with pytest.raises(UnknownNameError) as error:
+        CanOptions(positions="bogus")
+    message = str(error.value)
+    assert "bogus" in message
+    assert "all" in message
+    assert "scored" in message
+    assert error.value.valid == ["all", "scored"]

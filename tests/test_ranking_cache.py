@@ -1,0 +1,255 @@
+"""The on-disk ranking cache: keys, load-or-compute, corruption, concurrent writers and the file format."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import multiprocessing
+import os
+import re
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from harness.errors import CacheError
+from harness.ranking import CanOptions
+from harness.ranking_cache import RankingCache, cache_key
+
+SHAPE = (2, 3)
+FIELDS = {"model": "tiny", "site": "lm.down_proj", "alpha": 1.0, "images": ["a", "b"], "options": {"x": 1}}
+GOOD = torch.tensor([[0.5, 0.25, 3.0], [1e-8, 7.0, 0.0]])
+
+
+def changed(value):
+    """A different value of the same type."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int | float):
+        return value + 1
+    if isinstance(value, str):
+        return value + "x"
+    if isinstance(value, list):
+        return [changed(value[0]), *value[1:]] if value else ["x"]
+    if isinstance(value, dict):
+        return {**value, "x": 1}
+    if value is None:
+        return "main"
+    raise TypeError(f"no change defined for {value!r}")
+
+
+class Counted:
+    """A compute function that counts its calls."""
+
+    def __init__(self, result):
+        self.result, self.calls = result, 0
+
+    def __call__(self):
+        self.calls += 1
+        return self.result.clone()
+
+
+@pytest.fixture(scope="module")
+def inputs(experiment):
+    return experiment.ranking_inputs("lm.down_proj", "circle")
+
+
+def test_every_ranking_input_changes_the_key(inputs):
+    """Changing any single field of a real ranking's inputs gives a new key."""
+    assert len(inputs) >= 15
+    original = cache_key(inputs)
+    for name, value in inputs.items():
+        assert cache_key({**inputs, name: changed(value)}) != original, name
+
+
+def test_adding_or_removing_a_field_changes_the_key(inputs):
+    """The key covers the set of fields, not only their values."""
+    original = cache_key(inputs)
+    assert cache_key({**inputs, "extra": None}) != original
+    assert cache_key({name: v for name, v in inputs.items() if name != "category"}) != original
+
+
+def test_key_is_stable_under_reordering(inputs):
+    """Insertion order of the fields (and of nested dict entries) does not matter."""
+    nested = {"a": 2, "backend": "pil", "z": 1}
+    forward = {**inputs, "processor_kwargs": nested}
+    backward = dict(reversed({**inputs, "processor_kwargs": dict(reversed(nested.items()))}.items()))
+    assert list(backward) != list(forward)
+    assert list(backward["processor_kwargs"]) != list(nested)
+    assert cache_key(backward) == cache_key(forward)
+    assert re.fullmatch(r"[0-9a-f]{64}", cache_key(inputs))
+
+
+def test_inputs_differ_between_sites_and_categories(experiment, inputs):
+    """Another site or another category is another ranking."""
+    keys = {
+        cache_key(inputs),
+        cache_key(experiment.ranking_inputs("lm.mlp_hidden", "circle")),
+        cache_key(experiment.ranking_inputs("lm.down_proj", "square")),
+    }
+    assert len(keys) == 3
+
+
+def test_every_can_option_is_in_the_inputs(experiment, inputs):
+    """Every CanOptions field is recorded with the value in use."""
+    for option in dataclasses.fields(CanOptions):
+        assert inputs[option.name] == getattr(experiment.settings.can, option.name)
+
+
+def test_computes_once_then_loads(tmp_path):
+    """The first call computes and stores; later calls (also from a new cache object) load bit-identical scores."""
+    compute = Counted(GOOD)
+    first, key = RankingCache(tmp_path).load_or_compute(FIELDS, SHAPE, compute)
+    second, key_again = RankingCache(tmp_path).load_or_compute(FIELDS, SHAPE, compute)
+    assert compute.calls == 1
+    assert key == key_again == cache_key(FIELDS)
+    assert first.dtype == second.dtype == torch.float32
+    assert torch.equal(first.view(torch.int32), GOOD.view(torch.int32))
+    assert torch.equal(second.view(torch.int32), GOOD.view(torch.int32))
+    RankingCache(tmp_path).load_or_compute({**FIELDS, "site": "lm.up_proj"}, SHAPE, compute)
+    assert compute.calls == 2
+
+
+def test_float64_results_are_stored_as_float32(tmp_path):
+    """Whatever dtype compute returns, the cache holds and returns float32."""
+    computed, _ = RankingCache(tmp_path).load_or_compute(FIELDS, SHAPE, lambda: GOOD.double())
+    loaded, _ = RankingCache(tmp_path).load_or_compute(FIELDS, SHAPE, Counted(GOOD))
+    assert computed.dtype == loaded.dtype == torch.float32
+    assert torch.equal(computed, loaded)
+
+
+def _bad_file(kind: str, key: str):
+    """A callable that writes a corrupt cache file of the given kind at a path."""
+    if kind in ("truncated", "empty", "garbage"):
+
+        def write(path: Path):
+            save_file({"scores": GOOD}, str(path), metadata={"key": key})
+            data = path.read_bytes()
+            contents = {"truncated": data[: len(data) // 2], "empty": b"", "garbage": bytes(range(256)) * 4}
+            path.write_bytes(contents[kind])
+
+        return write
+    tensors, metadata = {
+        "other key": ({"scores": GOOD}, {"key": "0" * 64}),
+        "no key": ({"scores": GOOD}, None),
+        "no scores": ({"other": GOOD}, {"key": key}),
+        "wrong shape": ({"scores": GOOD.reshape(3, 2)}, {"key": key}),
+        "nan": ({"scores": GOOD.clone().index_fill_(1, torch.tensor([1]), float("nan"))}, {"key": key}),
+        "inf": ({"scores": GOOD.clone().index_fill_(0, torch.tensor([0]), float("inf"))}, {"key": key}),
+    }[kind]
+    return lambda path: save_file(tensors, str(path), metadata=metadata)
+
+
+@pytest.mark.parametrize(
+    "kind", ["truncated", "empty", "garbage", "other key", "no key", "no scores", "wrong shape", "nan", "inf"]
+)
+def test_corrupt_file_is_reported_and_rebuilt(tmp_path, kind):
+    """An unusable file warns (naming the file), is recomputed, and the rewritten file then loads silently."""
+    cache, key = RankingCache(tmp_path), cache_key(FIELDS)
+    path = cache.path_for(key)
+    path.parent.mkdir(parents=True)
+    _bad_file(kind, key)(path)
+    compute = Counted(GOOD)
+    with pytest.warns(UserWarning, match=re.escape(str(path))):
+        scores, _ = cache.load_or_compute(FIELDS, SHAPE, compute)
+    assert compute.calls == 1
+    assert torch.equal(scores, GOOD)
+    assert torch.equal(load_file(str(path))["scores"], GOOD)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again, _ = RankingCache(tmp_path).load_or_compute(FIELDS, SHAPE, compute)
+    assert compute.calls == 1
+    assert torch.equal(again, GOOD)
+
+
+def _compute_slowly(counter: str) -> torch.Tensor:
+    time.sleep(0.5)
+    with open(counter, "a") as handle:
+        handle.write(f"{os.getpid()}\n")
+    return GOOD.clone()
+
+
+def _ask_concurrently(root: str, counter: str, barrier, results) -> None:
+    barrier.wait()
+    scores, key = RankingCache(Path(root)).load_or_compute(
+        FIELDS, SHAPE, functools.partial(_compute_slowly, counter)
+    )
+    results.put((key, scores.view(torch.int32).tolist()))
+
+
+def test_concurrent_processes_compute_once(tmp_path):
+    """Two processes asking for the same key at the same moment compute it once and get identical scores."""
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(2), context.Queue()
+    counter = tmp_path / "calls.txt"
+    processes = [
+        context.Process(target=_ask_concurrently, args=(str(tmp_path / "cache"), str(counter), barrier, results))
+        for _ in range(2)
+    ]
+    for process in processes:
+        process.start()
+    try:
+        answers = [results.get(timeout=60) for _ in processes]
+    finally:
+        for process in processes:
+            process.join(timeout=30)
+            if process.is_alive():
+                process.kill()
+    assert [process.exitcode for process in processes] == [0, 0]
+    assert counter.read_text().count("\n") == 1
+    assert answers[0] == answers[1] == (cache_key(FIELDS), GOOD.view(torch.int32).tolist())
+
+
+def test_file_is_safetensors_with_key_and_fields(tmp_path, inputs):
+    """The stored file is plain safetensors (no pickle): one 'scores' tensor, the key and the JSON fields."""
+    cache = RankingCache(tmp_path)
+    _, key = cache.load_or_compute(inputs, SHAPE, Counted(GOOD))
+    path = cache.path_for(key)
+    data = path.read_bytes()
+    header_length = int.from_bytes(data[:8], "little")
+    assert data[8:9] == b"{"
+    assert json.loads(data[8 : 8 + header_length])["scores"]["shape"] == list(SHAPE)
+    with safe_open(str(path), framework="pt") as handle:
+        assert list(handle.keys()) == ["scores"]
+        assert torch.equal(handle.get_tensor("scores"), GOOD)
+        metadata = handle.metadata()
+    assert metadata["key"] == key
+    assert json.loads(metadata["fields"]) == inputs
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        torch.zeros(3, 2),
+        torch.zeros(6),
+        GOOD.clone().index_fill_(1, torch.tensor([2]), float("nan")),
+        GOOD.clone().index_fill_(1, torch.tensor([0]), float("inf")),
+        GOOD.clone().index_fill_(1, torch.tensor([0]), float("-inf")),
+    ],
+    ids=["transposed", "flat", "nan", "inf", "-inf"],
+)
+def test_bad_compute_result_raises_and_stores_nothing(tmp_path, result):
+    """A wrong-shaped or non-finite result raises CacheError and leaves no cache file; a later good one is kept."""
+    cache = RankingCache(tmp_path)
+    with pytest.raises(CacheError):
+        cache.load_or_compute(FIELDS, SHAPE, lambda: result)
+    assert not [p for p in tmp_path.rglob("*") if p.is_file() and not p.name.endswith(".lock")]
+    scores, _ = cache.load_or_compute(FIELDS, SHAPE, Counted(GOOD))
+    assert torch.equal(scores, GOOD)
+    assert cache.path_for(cache_key(FIELDS)).is_file()
+
+
+def test_failing_compute_stores_nothing(tmp_path):
+    """An exception from compute propagates and leaves no cache file."""
+
+    def fail():
+        raise RuntimeError("out of memory")
+
+    with pytest.raises(RuntimeError, match="out of memory"):
+        RankingCache(tmp_path).load_or_compute(FIELDS, SHAPE, fail)
+    assert not [p for p in tmp_path.rglob("*") if p.is_file() and not p.name.endswith(".lock")]

@@ -1,0 +1,186 @@
+"""Sites: resolution against the module tree and the config, neuron addressing, k validation and probing errors."""
+
+from __future__ import annotations
+
+import copy
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from harness.errors import InvalidKError, SiteResolutionError, UnknownNameError
+from harness.families import get_family
+from harness.sites import SITES, Neuron, resolve_site
+
+EXPECTED_SITES = {"lm.gate_proj", "lm.up_proj", "lm.down_proj", "lm.mlp_hidden"}
+# (attribute below each decoder layer, counts output channels?, config field giving the width)
+SITE_LAYOUT = {
+    "lm.gate_proj": ("mlp.gate_proj", True, "intermediate_size"),
+    "lm.up_proj": ("mlp.up_proj", True, "intermediate_size"),
+    "lm.down_proj": ("mlp.down_proj", True, "hidden_size"),
+    "lm.mlp_hidden": ("mlp.down_proj", False, "intermediate_size"),
+}
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    return model.model.language_model.layers
+
+
+def with_model(loaded, model: nn.Module) -> SimpleNamespace:
+    """What resolve_site reads from a LoadedModel, around a different model."""
+    return SimpleNamespace(model=model, family=loaded.family, text_config=model.config.text_config)
+
+
+def test_registered_sites_are_the_llama_ffn_sites():
+    """The site registry holds exactly the four FFN sites the tests below describe."""
+    assert set(SITES) == EXPECTED_SITES
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_SITES))
+def test_resolve_site_matches_config_and_modules(name, loaded):
+    """Layer count and width come out as the config says, and each layer's module is the model's own Linear."""
+    config = loaded.model.config.text_config
+    path, output, field = SITE_LAYOUT[name]
+    site = resolve_site(loaded, name)
+    assert site.name == name
+    assert site.n_layers == config.num_hidden_layers == len(decoder_layers(loaded.model))
+    assert site.width == getattr(config, field)
+    assert site.size == config.num_hidden_layers * getattr(config, field)
+    for layer, module in zip(decoder_layers(loaded.model), site.modules, strict=True):
+        assert module is layer.get_submodule(path)
+        assert (module.out_features if output else module.in_features) == getattr(config, field)
+
+
+def test_unknown_site_names_every_valid_site(loaded):
+    """An unknown site raises UnknownNameError naming it and listing every valid site."""
+    with pytest.raises(UnknownNameError) as error:
+        resolve_site(loaded, "lm.gate")
+    message = str(error.value)
+    assert "'lm.gate'" in message
+    for name in EXPECTED_SITES:
+        assert name in message
+
+
+@pytest.mark.parametrize("k", [-1, "size+1", 1.5, True])
+def test_check_k_rejects_invalid_k(k, loaded):
+    """Negative, too large, fractional and boolean k raise InvalidKError naming k and the valid range."""
+    site = resolve_site(loaded, "lm.up_proj")
+    config = loaded.model.config.text_config
+    size = config.num_hidden_layers * config.intermediate_size
+    k = size + 1 if k == "size+1" else k
+    with pytest.raises(InvalidKError) as error:
+        site.check_k(k)
+    assert f"k={k!r}" in str(error.value)
+    assert f"[0, {size}]" in str(error.value)
+
+
+def test_check_k_accepts_the_bounds(loaded):
+    site = resolve_site(loaded, "lm.down_proj")
+    config = loaded.model.config.text_config
+    size = config.num_hidden_layers * config.hidden_size
+    assert site.check_k(0) == 0
+    assert site.check_k(size) == size
+
+
+@pytest.mark.parametrize("name", ["lm.gate_proj", "lm.down_proj"])
+def test_neurons_maps_flat_index_to_layer_and_channel(name, loaded):
+    """Flat index layer·width + channel maps back to (site, layer, channel)."""
+    width = getattr(loaded.model.config.text_config, SITE_LAYOUT[name][2])
+    cases = [(0, 0), (0, 1), (0, width - 1), (1, 0), (1, 7), (1, width - 1)]
+    flat = torch.tensor([layer * width + channel for layer, channel in cases])
+    neurons = resolve_site(loaded, name).neurons(flat)
+    assert neurons == [Neuron(name, layer, channel) for layer, channel in cases]
+    assert all(type(n.layer) is int and type(n.channel) is int for n in neurons)
+
+
+def test_layer_count_disagreeing_with_config_is_an_error(loaded):
+    """A model missing a decoder layer raises SiteResolutionError naming both counts."""
+    model = copy.deepcopy(loaded.model)
+    expected = len(decoder_layers(model))
+    del decoder_layers(model)[-1]
+    with pytest.raises(SiteResolutionError) as error:
+        resolve_site(with_model(loaded, model), "lm.gate_proj")
+    assert f"{expected - 1} layers" in str(error.value)
+    assert f"config says {expected}" in str(error.value)
+
+
+def test_model_without_language_layers_lists_probed_paths(loaded):
+    """A model (here the vision tower) with no decoder layers at any probed path raises SiteResolutionError
+    listing every probed path."""
+    tower = loaded.model.model.vision_tower
+    target = SimpleNamespace(model=tower, family=loaded.family, text_config=loaded.text_config)
+    with pytest.raises(SiteResolutionError, match="no language-model layers") as error:
+        resolve_site(target, "lm.gate_proj")
+    paths = loaded.family.language_layer_paths
+    assert "model.language_model.layers" in paths
+    for path in paths:
+        assert path in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "in_delta", "out_delta"),
+    [("lm.down_proj", 0, 1), ("lm.mlp_hidden", 1, 0), ("lm.gate_proj", 0, -1)],
+)
+def test_width_mismatch_names_layer_and_config_field(name, in_delta, out_delta, loaded):
+    """A Linear whose width disagrees with the config raises SiteResolutionError naming the layer and field."""
+    model = copy.deepcopy(loaded.model)
+    path, _, field = SITE_LAYOUT[name]
+    parent, attribute = path.rsplit(".", 1)
+    mlp = decoder_layers(model)[1].get_submodule(parent)
+    old = getattr(mlp, attribute)
+    setattr(mlp, attribute, nn.Linear(old.in_features + in_delta, old.out_features + out_delta, bias=False))
+    with pytest.raises(SiteResolutionError) as error:
+        resolve_site(with_model(loaded, model), name)
+    assert "layer 1 " in str(error.value)
+    assert field in str(error.value)
+
+
+def test_missing_linear_is_an_error(loaded):
+    """A layer whose module at the site's path is not a Linear raises SiteResolutionError naming the layer."""
+    model = copy.deepcopy(loaded.model)
+    decoder_layers(model)[0].mlp.up_proj = nn.Identity()
+    with pytest.raises(SiteResolutionError, match="layer 0 has no Linear"):
+        resolve_site(with_model(loaded, model), "lm.up_proj")
+
+
+@pytest.fixture(scope="module")
+def llava_7b():
+    """LLaVA-1.5-7b's architecture on the meta device: full-size modules, no weights."""
+    # imported here, after `harness` (which repairs the torchvision import transformers relies on)
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    config = LlavaConfig(
+        text_config=LlamaConfig(
+            hidden_size=4096,
+            intermediate_size=11008,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            vocab_size=32064,
+        ),
+        vision_config=CLIPVisionConfig(
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            image_size=336,
+            patch_size=14,
+            projection_dim=768,
+        ),
+    )
+    with torch.device("meta"):
+        model = LlavaForConditionalGeneration(config)
+    return SimpleNamespace(model=model, family=get_family("llava"), text_config=config.text_config)
+
+
+@pytest.mark.parametrize(
+    ("name", "width"),
+    [("lm.gate_proj", 11008), ("lm.up_proj", 11008), ("lm.mlp_hidden", 11008), ("lm.down_proj", 4096)],
+)
+def test_full_size_llava_sites_resolve(name, width, llava_7b):
+    """Every site of the real 7b architecture resolves to 32 layers of the right width."""
+    site = resolve_site(llava_7b, name)
+    assert site.n_layers == 32
+    assert site.width == width
+    assert site.size == 32 * width
+    assert all(module.weight.device.type == "meta" for module in site.modules)
