@@ -83,12 +83,20 @@ def pytest_configure(config: pytest.Config) -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(worker.get("workercount", 1))))
 
 
-@pytest.hookimpl(trylast=True)
-def pytest_cmdline_main(config: pytest.Config) -> None:
-    """Under `-n N` use `--dist loadgroup`, so each model loads on one worker, unless --dist was given."""
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """Under `-n N` (default `--dist load`, or `--dist loadgroup`) keep each model's cases on one worker.
+
+    xdist's own loadgroup cannot be relied on: with pytest ≥ 9.2 its `@group` node-id suffix is lost
+    (pytest-dev/pytest-xdist#1386), so this scheduler reads the model from the case id instead.
+    """
     explicit = any(arg == "--dist" or arg.startswith("--dist=") for arg in config.invocation_params.args)
-    if getattr(config.option, "dist", None) == "load" and not explicit:
-        config.option.dist = "loadgroup"
+    dist = config.getoption("dist")
+    if dist == "loadgroup" or (dist == "load" and not explicit):
+        from harness.xdist_scheduling import ModelGroupScheduling
+
+        return ModelGroupScheduling(config, log)
+    return None
 
 
 def _settings_from_options(config: pytest.Config):

@@ -1,0 +1,153 @@
+"""Image folders: the built-in shapes are reproducible, scanning is ordered and hashed, and every bad file is
+reported in one error."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import random
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from harness.builtin_images import write_builtin_images
+from harness.errors import ImageFolderError, UnknownNameError
+from harness.images import scan_image_root
+
+
+def write_png(path: Path, colour=(200, 30, 30), mode: str = "RGB", size=(8, 8)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, colour).save(path)
+    return path
+
+
+def folder_bytes(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_builtin_images_are_byte_identical_for_a_seed(tmp_path):
+    """The same seed writes byte-identical files; another seed writes different ones."""
+    first = folder_bytes(write_builtin_images(tmp_path / "a", per_category=3, seed=7))
+    again = folder_bytes(write_builtin_images(tmp_path / "b", per_category=3, seed=7))
+    other = folder_bytes(write_builtin_images(tmp_path / "c", per_category=3, seed=8))
+    assert len(first) == 9
+    assert {Path(name).parent.name for name in first} == {"circle", "square", "triangle"}
+    assert first == again
+    assert first != other
+
+
+def test_categories_are_sorted_folder_names(tmp_path):
+    """Categories are the subfolder names in sorted order, hidden folders excluded."""
+    for name in ("zebra", "apple", "mango", ".cache"):
+        write_png(tmp_path / name / "0.png")
+    assert scan_image_root(tmp_path).categories == ["apple", "mango", "zebra"]
+
+
+def test_selected_categories_keep_the_requested_order(tmp_path):
+    """Asking for some categories returns exactly those, in the order asked for."""
+    for name in ("zebra", "apple", "mango"):
+        write_png(tmp_path / name / "0.png")
+    assert scan_image_root(tmp_path, ["zebra", "apple"]).categories == ["zebra", "apple"]
+
+
+def test_records_are_sorted_and_hashed(tmp_path):
+    """Records come in file-name order with the SHA-256 of each file's bytes."""
+    write_png(tmp_path / "cats" / "b.png", (0, 0, 255))
+    write_png(tmp_path / "cats" / "a.png", (255, 0, 0))
+    Image.new("RGB", (8, 8), (0, 255, 0)).save(tmp_path / "cats" / "c.JPG", "JPEG")
+    records = scan_image_root(tmp_path).records["cats"]
+    assert [r.path.name for r in records] == ["a.png", "b.png", "c.JPG"]
+    assert all(r.category == "cats" for r in records)
+    assert [r.sha256 for r in records] == [hashlib.sha256(r.path.read_bytes()).hexdigest() for r in records]
+    assert len({r.sha256 for r in records}) == 3
+
+
+def test_max_per_category_keeps_the_first_files(tmp_path):
+    """max_per_category takes the first N files of each category in name order."""
+    for index in range(4):
+        write_png(tmp_path / "dogs" / f"{index}.png", (index * 60, 0, 0))
+        write_png(tmp_path / "cats" / f"{index}.png", (0, index * 60, 0))
+    image_set = scan_image_root(tmp_path, max_per_category=2)
+    assert {c: [r.path.name for r in rs] for c, rs in image_set.records.items()} == {
+        "cats": ["0.png", "1.png"],
+        "dogs": ["0.png", "1.png"],
+    }
+
+
+def test_single_category_folder(tmp_path):
+    """A folder holding images directly is one category named after the folder."""
+    root = tmp_path / "birds"
+    write_png(root / "1.png")
+    write_png(root / "2.png")
+    image_set = scan_image_root(root)
+    assert image_set.categories == ["birds"]
+    assert [r.path.name for r in image_set.records["birds"]] == ["1.png", "2.png"]
+
+
+def test_hidden_files_are_ignored(tmp_path):
+    """Dot files such as .DS_Store are neither images nor problems."""
+    write_png(tmp_path / "cats" / "0.png")
+    (tmp_path / "cats" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    assert [r.path.name for r in scan_image_root(tmp_path).records["cats"]] == ["0.png"]
+
+
+def test_missing_root_is_an_image_folder_error(tmp_path):
+    """A root that does not exist raises ImageFolderError naming it."""
+    with pytest.raises(ImageFolderError, match="no-such-folder"):
+        scan_image_root(tmp_path / "no-such-folder")
+
+
+def test_every_problem_is_listed_in_one_error(tmp_path):
+    """Empty folders, corrupt and truncated images and non-image files are all named in a single error."""
+    rng = random.Random(0)
+    write_png(tmp_path / "cats" / "good.png")
+    (tmp_path / "cats" / "corrupt.png").write_bytes(rng.randbytes(512))
+    noise = Image.frombytes("RGB", (64, 64), rng.randbytes(64 * 64 * 3))
+    buffer = io.BytesIO()
+    noise.save(buffer, "JPEG")
+    (tmp_path / "cats" / "truncated.jpg").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    (tmp_path / "cats" / ".DS_Store").write_bytes(rng.randbytes(64))
+    write_png(tmp_path / "dogs" / "good.png")
+    (tmp_path / "dogs" / "notes.txt").write_text("taken at the park\n")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ImageFolderError) as error:
+        scan_image_root(tmp_path)
+    message = str(error.value)
+    assert message.startswith("4 problem(s)"), message
+    assert f"{tmp_path / 'cats' / 'corrupt.png'}: corrupt image" in message
+    assert f"{tmp_path / 'cats' / 'truncated.jpg'}: corrupt image" in message
+    assert f"{tmp_path / 'dogs' / 'notes.txt'}: not an image" in message
+    assert f"{tmp_path / 'empty'}: no images" in message
+    assert "good.png" not in message
+    assert ".DS_Store" not in message
+
+
+def test_unknown_category_lists_valid_ones(tmp_path):
+    """Asking for a category that has no folder raises UnknownNameError listing the folders."""
+    for name in ("cats", "dogs"):
+        write_png(tmp_path / name / "0.png")
+    with pytest.raises(UnknownNameError) as error:
+        scan_image_root(tmp_path, ["cats", "horses"])
+    assert error.value.name == "horses"
+    assert error.value.valid == ["cats", "dogs"]
+    assert "'horses'" in str(error.value) and "cats, dogs" in str(error.value)
+
+
+def test_images_are_decoded_to_rgb(tmp_path):
+    """RGBA and greyscale files come back as RGB images of the same size and colour."""
+    write_png(tmp_path / "mixed" / "a_rgba.png", (10, 20, 30, 128), mode="RGBA", size=(5, 7))
+    write_png(tmp_path / "mixed" / "b_grey.png", 77, mode="L", size=(6, 4))
+    rgba, grey = scan_image_root(tmp_path).images("mixed")
+    assert (rgba.mode, rgba.size, rgba.getpixel((0, 0))) == ("RGB", (5, 7), (10, 20, 30))
+    assert (grey.mode, grey.size, grey.getpixel((0, 0))) == ("RGB", (6, 4), (77, 77, 77))
+
+
+def test_other_categories_exclude_the_category(tmp_path):
+    """other_categories lists every category but the one asked about, and rejects unknown ones."""
+    for name in ("a", "b", "c"):
+        write_png(tmp_path / name / "0.png")
+    image_set = scan_image_root(tmp_path)
+    assert image_set.other_categories("b") == ["a", "c"]
+    with pytest.raises(UnknownNameError):
+        image_set.other_categories("d")

@@ -1,0 +1,341 @@
+"""Loading: the tiny LLaVA through `from_pretrained`, building embedded assets once, clear errors for missing
+checkpoints, the registry, weight fingerprints, the torchvision workaround and device/dtype choice."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+from huggingface_hub import constants
+
+from harness import registry
+from harness._torchvision_compat import ensure_torchvision_importable
+from harness.devices import resolve_device, resolve_dtype, xdist_worker_index
+from harness.errors import MaskError, ModelUnavailableError, UnknownNameError
+from harness.loading import load_model, parameter_checksums, resolve_checkpoint_folder, weights_fingerprint
+from harness.registry import EmbeddedAsset, ModelSpec
+from harness.zoo import ensure_built
+
+LM_WEIGHT = "model.language_model.layers.0.mlp.down_proj.weight"
+
+
+# -- the tiny LLaVA through from_pretrained ---------------------------------------------------------------------
+def test_tiny_llava_folder_is_a_saved_checkpoint(loaded):
+    """The built folder holds what `save_pretrained` writes for a LLaVA model and its processor."""
+    names = {p.name for p in loaded.path.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "processor_config.json"} <= names
+
+
+def test_tiny_llava_loads_with_the_real_classes(loaded):
+    """Model and processor are the llava-hf classes, with a PIL image processor and left padding."""
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    assert type(loaded.model) is transformers.LlavaForConditionalGeneration
+    assert type(loaded.processor) is transformers.LlavaProcessor
+    assert isinstance(loaded.processor.image_processor, CLIPImageProcessorPil)
+    assert loaded.tokenizer.padding_side == "left"
+    assert (loaded.device, loaded.dtype) == (torch.device("cpu"), torch.float32)
+
+
+def test_tiny_llava_is_frozen_in_eval_mode(loaded):
+    """Every module is in eval mode and no parameter requires grad."""
+    assert not any(module.training for module in loaded.model.modules())
+    assert not any(p.requires_grad for p in loaded.model.parameters())
+
+
+def test_tiny_llava_weights_equal_a_plain_reload(loaded):
+    """Reloading the folder with transformers directly gives bitwise-equal weights."""
+    again = transformers.LlavaForConditionalGeneration.from_pretrained(loaded.path, dtype=torch.float32)
+    ours, theirs = loaded.model.state_dict(), again.state_dict()
+    assert ours.keys() == theirs.keys()
+    assert [name for name in ours if not torch.equal(ours[name], theirs[name])] == []
+
+
+# -- embedded assets ----------------------------------------------------------------------------------------------
+def write_payload(folder: Path) -> None:
+    (folder / "payload.txt").write_text("built\n")
+
+
+def test_ensure_built_builds_once(tmp_path):
+    """A second call returns the same complete folder without calling the builder again."""
+    calls = []
+
+    def build(folder: Path) -> None:
+        calls.append(folder)
+        write_payload(folder)
+
+    asset = EmbeddedAsset(name="counted", version="3", build=build)
+    first = ensure_built(asset, tmp_path)
+    stamp = (first / ".complete").stat().st_mtime_ns
+    second = ensure_built(asset, tmp_path)
+    assert first == second == tmp_path / "zoo" / "counted-v3"
+    assert len(calls) == 1
+    assert (second / "payload.txt").read_text() == "built\n"
+    assert (second / ".complete").stat().st_mtime_ns == stamp
+
+
+def test_ensure_built_replaces_an_incomplete_build(tmp_path):
+    """A target folder without the .complete marker is removed and rebuilt."""
+    stale = tmp_path / "zoo" / "partial-v1"
+    stale.mkdir(parents=True)
+    (stale / "half-written.bin").write_bytes(b"\x00" * 10)
+    folder = ensure_built(EmbeddedAsset(name="partial", version="1", build=write_payload), tmp_path)
+    assert folder == stale
+    assert sorted(p.name for p in folder.iterdir()) == [".complete", "payload.txt"]
+
+
+def slow_logged_build(folder: Path) -> None:
+    """Builder for the concurrency test: logs each call next to the staging folder and takes a while."""
+    with (folder.parent / "builds.log").open("a") as log:
+        log.write(f"{os.getpid()}\n")
+    time.sleep(0.5)
+    write_payload(folder)
+
+
+def build_after_barrier(cache_dir: Path, barrier, results) -> None:
+    barrier.wait()
+    results.put(str(ensure_built(EmbeddedAsset(name="raced", version="1", build=slow_logged_build), cache_dir)))
+
+
+def test_concurrent_builds_produce_one_complete_folder(tmp_path):
+    """Two processes asking at once: one builds, the other waits and gets the same complete folder."""
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(2), context.Queue()
+    processes = [context.Process(target=build_after_barrier, args=(tmp_path, barrier, results)) for _ in range(2)]
+    for process in processes:
+        process.start()
+    paths = [results.get(timeout=60) for _ in processes]
+    for process in processes:
+        process.join(timeout=60)
+    assert [p.exitcode for p in processes] == [0, 0]
+    zoo = tmp_path / "zoo"
+    assert paths == [str(zoo / "raced-v1")] * 2
+    assert len((zoo / "builds.log").read_text().splitlines()) == 1
+    assert sorted(p.name for p in (zoo / "raced-v1").iterdir()) == [".complete", "payload.txt"]
+    assert sorted(p.name for p in zoo.iterdir() if p.is_dir()) == ["raced-v1"]  # no staging folder left
+
+
+# -- unavailable checkpoints --------------------------------------------------------------------------------------
+def test_missing_hub_checkpoint_says_how_to_get_it(tmp_path):
+    """An HF id not in the local cache names the id, the cache and the three ways to make it available."""
+    spec = ModelSpec(name="ghost", source="nobody-here/ghost-vlm-7b")
+    with pytest.raises(ModelUnavailableError) as error:
+        load_model(spec, cache_dir=tmp_path)
+    message = str(error.value)
+    assert "'nobody-here/ghost-vlm-7b'" in message
+    assert str(constants.HF_HUB_CACHE) in message
+    assert "hf download nobody-here/ghost-vlm-7b" in message
+    assert "--can-model-path ghost=" in message
+    assert "--can-allow-download" in message
+
+
+def test_missing_local_folder_points_at_model_path_option(tmp_path):
+    """A local source that does not exist names the folder and suggests --can-model-path."""
+    spec = ModelSpec(name="ghost", source=str(tmp_path / "not-there"))
+    with pytest.raises(ModelUnavailableError) as error:
+        load_model(spec, cache_dir=tmp_path)
+    assert str(tmp_path / "not-there") in str(error.value)
+    assert "--can-model-path ghost=" in str(error.value)
+
+
+def test_folder_without_weights_is_incomplete(loaded, tmp_path):
+    """A folder with config and processor files but no weights is reported as an incomplete checkpoint."""
+    folder = tmp_path / "no-weights"
+    folder.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "processor_config.json"):
+        shutil.copy(loaded.path / name, folder / name)
+    with pytest.raises(ModelUnavailableError, match="incomplete") as error:
+        load_model(ModelSpec(name="ghost", source=str(folder)), cache_dir=tmp_path)
+    assert str(folder) in str(error.value)
+
+
+# -- registry -----------------------------------------------------------------------------------------------------
+@pytest.fixture
+def scratch_registry(monkeypatch):
+    """A copy of the registry (built-ins included) that is thrown away after the test."""
+    registry.registered_models()
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+
+
+def test_unknown_model_lists_registered_names():
+    """get_model_spec on an unknown name raises UnknownNameError listing every registered model."""
+    with pytest.raises(UnknownNameError) as error:
+        registry.get_model_spec("nope")
+    message = str(error.value)
+    assert "'nope'" in message
+    assert all(name in message for name in ("tiny-llava", "llava-1.5-7b", "instructblip-vicuna-7b"))
+
+
+def test_register_twice_needs_replace(scratch_registry):
+    """Re-registering a name with a different spec needs replace=True; the same spec again is accepted."""
+    spec = registry.register_model(ModelSpec(name="mine", source="me/model-a"))
+    assert registry.register_model(ModelSpec(name="mine", source="me/model-a")) == spec
+    with pytest.raises(ValueError, match="'mine' is already registered"):
+        registry.register_model(ModelSpec(name="mine", source="me/model-b"))
+    assert registry.get_model_spec("mine").source == "me/model-a"
+    registry.register_model(ModelSpec(name="mine", source="me/model-b"), replace=True)
+    assert registry.get_model_spec("mine").source == "me/model-b"
+
+
+def test_use_local_path_points_a_name_at_a_folder(scratch_registry, loaded, tmp_path):
+    """use_local_path keeps the entry's prompt and classes but loads from the given folder."""
+    before = registry.get_model_spec("llava-1.5-7b")
+    spec = registry.use_local_path("llava-1.5-7b", loaded.path)
+    assert registry.get_model_spec("llava-1.5-7b") == spec
+    assert (spec.source, spec.embedded, spec.revision) == (str(loaded.path), None, None)
+    assert (spec.prompt, spec.model_class) == (before.prompt, before.model_class)
+    assert resolve_checkpoint_folder(spec, tmp_path) == loaded.path
+
+
+def test_builtin_models():
+    """The tiny model is embedded; the paper's two models point at their Hugging Face ids."""
+    assert {"tiny-llava", "llava-1.5-7b", "instructblip-vicuna-7b"} <= set(registry.registered_models())
+    tiny = registry.get_model_spec("tiny-llava")
+    assert tiny.embedded is not None and tiny.embedded.name == "tiny-llava"
+    llava = registry.get_model_spec("llava-1.5-7b")
+    assert (llava.source, llava.family, llava.model_class) == (
+        "llava-hf/llava-1.5-7b-hf",
+        "llava",
+        "LlavaForConditionalGeneration",
+    )
+    blip = registry.get_model_spec("instructblip-vicuna-7b")
+    assert (blip.source, blip.family, blip.model_class) == (
+        "Salesforce/instructblip-vicuna-7b",
+        "instructblip",
+        "InstructBlipForConditionalGeneration",
+    )
+
+
+# -- fingerprints and checksums -----------------------------------------------------------------------------------
+@pytest.fixture
+def checkpoint_copy(loaded, tmp_path) -> Path:
+    return Path(shutil.copytree(loaded.path, tmp_path / "copy"))
+
+
+def test_fingerprint_is_stable_and_location_independent(checkpoint_copy, tmp_path):
+    """The fingerprint repeats, ignores the folder's location and mtimes."""
+    fingerprint = weights_fingerprint(checkpoint_copy)
+    moved = Path(shutil.copytree(checkpoint_copy, tmp_path / "elsewhere"))
+    os.utime(moved / "model.safetensors", (0, 0))
+    assert weights_fingerprint(checkpoint_copy) == fingerprint
+    assert weights_fingerprint(moved) == fingerprint
+
+
+def test_fingerprint_sees_a_changed_weight_byte(checkpoint_copy):
+    """Flipping one byte in the middle of model.safetensors changes the fingerprint."""
+    before = weights_fingerprint(checkpoint_copy)
+    weights = checkpoint_copy / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    assert weights_fingerprint(checkpoint_copy) != before
+
+
+def test_fingerprint_sees_an_added_weight_file(checkpoint_copy):
+    """A new weight file in the folder changes the fingerprint."""
+    before = weights_fingerprint(checkpoint_copy)
+    (checkpoint_copy / "adapter.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+    assert weights_fingerprint(checkpoint_copy) != before
+
+
+def test_one_changed_element_is_detected(loaded):
+    """Moving one weight element by one ulp changes exactly that parameter's checksum and fails the check."""
+    parameter = dict(loaded.model.named_parameters())[LM_WEIGHT]
+    before = parameter_checksums(loaded.model)
+    original = parameter[1, 2].clone()
+    try:
+        parameter[1, 2] = torch.nextafter(original, torch.tensor(float("inf")))
+        after = parameter_checksums(loaded.model)
+        assert [name for name in before if before[name] != after[name]] == [LM_WEIGHT]
+        with pytest.raises(MaskError, match=f"tiny-llava was left modified: 1 parameter.*{LM_WEIGHT}"):
+            loaded.assert_unmodified()
+    finally:
+        parameter[1, 2] = original
+    loaded.assert_unmodified()
+
+
+# -- torchvision workaround ---------------------------------------------------------------------------------------
+def run_python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_vision_libraries_import_after_harness():
+    """In a fresh interpreter, open_clip and the two model classes import once harness is imported."""
+    result = run_python(
+        """
+        import harness
+        import open_clip
+        from transformers import InstructBlipForConditionalGeneration, LlavaForConditionalGeneration
+        print("imported", open_clip.__name__)
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "imported open_clip"
+
+
+def test_ensure_torchvision_importable_is_idempotent():
+    """Calling the workaround again after torchvision is loaded changes nothing and raises nothing."""
+    ensure_torchvision_importable()
+    ensure_torchvision_importable()
+    import torchvision
+
+    assert torchvision.__name__ == "torchvision"
+
+
+def test_harness_imports_with_torchvision_blocked():
+    """Where torchvision cannot be imported at all, importing harness still works."""
+    result = run_python(
+        """
+        import sys
+        sys.modules["torchvision"] = None
+        import harness
+        import harness.loading
+        print("ok")
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+# -- devices ------------------------------------------------------------------------------------------------------
+@pytest.mark.skipif(torch.cuda.is_available(), reason="auto picks a GPU on this machine")
+def test_auto_device_is_cpu_without_gpu():
+    """With no GPU, auto resolves to the CPU whatever the worker."""
+    assert resolve_device("auto", "gw3") == torch.device("cpu")
+    assert resolve_device("auto") == torch.device("cpu")
+
+
+@pytest.mark.parametrize(("worker", "index"), [("gw0", 0), ("gw12", 12), ("master", None), ("gw", None)])
+def test_xdist_worker_index(worker, index):
+    """gwN parses to N; anything else is not a worker."""
+    assert xdist_worker_index(worker) == index
+
+
+def test_xdist_worker_index_outside_xdist(monkeypatch):
+    """Without a worker id argument or PYTEST_XDIST_WORKER, there is no worker index."""
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
+    assert xdist_worker_index(None) is None
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw5")
+    assert xdist_worker_index(None) == 5
+
+
+def test_dtype_resolution():
+    """auto is float32 on CPU; names map to dtypes; an unknown name lists the valid ones."""
+    cpu = torch.device("cpu")
+    assert resolve_dtype("auto", cpu) == torch.float32
+    assert resolve_dtype("bfloat16", cpu) == torch.bfloat16
+    with pytest.raises(UnknownNameError) as error:
+        resolve_dtype("bogus", cpu)
+    assert "'bogus'" in str(error.value)
+    assert error.value.valid == ["auto", "float32", "bfloat16", "float16"]
