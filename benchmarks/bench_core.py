@@ -5,12 +5,16 @@
 2. Masked vs unmasked greedy generation (weight-edit masks should cost nothing; hook masks a little).
 
 Usage: python benchmarks/bench_core.py [--model tiny-llava] [--site lm.down_proj] [--images 16] [--repeats 7]
+A wider random LLaVA, built offline (hidden, intermediate, layers of the language model; 224-px images):
+       python benchmarks/bench_core.py --random-llava 512,1376,4
 On a GPU with a local HF cache: python benchmarks/bench_core.py --model llava-1.5-7b --images 32
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import platform
 import statistics
 import time
@@ -24,7 +28,9 @@ from harness.captioning import caption_nll_per_row, generate_captions, teacher_f
 from harness.experiment import HarnessSession
 from harness.masking import NeuronMask
 from harness.ranking import can_importance
+from harness.registry import EmbeddedAsset, get_model_spec, register_model
 from harness.settings import HarnessSettings, default_cache_dir
+from harness.zoo import build_tiny_llava
 
 
 def timed(function: Callable[[], object], device: torch.device) -> float:
@@ -48,9 +54,29 @@ def side_by_side(candidates: dict[str, Callable[[], object]], repeats: int, devi
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
+def register_random_llava(shape: str) -> str:
+    """Register (in this process only) a random LLaVA whose language model is hidden × intermediate × layers."""
+    hidden, intermediate, layers = (int(x) for x in shape.split(","))
+    name = f"random-llava-{hidden}x{intermediate}x{layers}"
+    build = functools.partial(
+        build_tiny_llava,
+        text_hidden=hidden,
+        text_intermediate=intermediate,
+        text_layers=layers,
+        vision_hidden=128,
+        image_size=224,
+        patch_size=14,
+        initializer_range=0.02,
+    )
+    embedded = EmbeddedAsset(name=name, version="1", build=build)
+    register_model(dataclasses.replace(get_model_spec("tiny-llava"), name=name, embedded=embedded))
+    return name
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tiny-llava")
+    parser.add_argument("--random-llava", metavar="H,I,L", help="a random LLaVA of this LM shape instead")
     parser.add_argument("--site", default="lm.down_proj")
     parser.add_argument("--category", default=None, help="image category (default: the first)")
     parser.add_argument("--images", type=int, default=16, help="images per measurement (repeats the category)")
@@ -61,6 +87,8 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--cache-dir", type=Path, default=default_cache_dir())
     args = parser.parse_args()
+    if args.random_llava:
+        args.model = register_random_llava(args.random_llava)
 
     settings = HarnessSettings(
         cache_dir=args.cache_dir,
