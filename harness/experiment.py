@@ -88,6 +88,7 @@ class ModelExperiment:
             rankings,
         )
         self._baselines: dict[str, Baseline] = {}
+        self._unmasked_captions: dict[str, list[Caption]] = {}
         self._sites: dict[str, ResolvedSite] = {}
         self._rankings: dict[tuple[str, str], Ranking] = {}
 
@@ -107,10 +108,16 @@ class ModelExperiment:
             self.loaded, images, max_new_tokens=self.settings.max_new_tokens, batch_size=self.settings.batch_size
         )
 
+    def unmasked_captions(self, category: str) -> list[Caption]:
+        """The unmasked model's greedy captions, generated once per category (baselines and chance levels)."""
+        if category not in self._unmasked_captions:
+            self._unmasked_captions[category] = self._captions(category)
+        return self._unmasked_captions[category]
+
     def baseline(self, category: str) -> Baseline:
         if category not in self._baselines:
             images = self.images.images(category)
-            captions = self._captions(category)
+            captions = self.unmasked_captions(category)
             reference = score_captions(self.loaded, images, captions, batch_size=self.settings.batch_size)
             features = self.clip.image_features(images)
             clip = clip_scores(features, self.clip.text_features([c.text for c in captions])).tolist()
@@ -121,16 +128,14 @@ class ModelExperiment:
 
     def _chance(self, category: str, features: torch.Tensor) -> float | None:
         """Mean CLIP score of this category's images paired with captions of images of other categories."""
-        others = [c.text for other in self.images.other_categories(category) for c in self._other_captions(other)]
+        others = [
+            caption.text
+            for other in self.images.other_categories(category)
+            for caption in self.unmasked_captions(other)
+        ]
         if not others:
             return None
         return float(clip_score_matrix(features, self.clip.text_features(others)).mean())
-
-    def _other_captions(self, category: str) -> list[Caption]:
-        # captions of other categories, without computing their full baselines (no CLIP/NLL needed)
-        if category in self._baselines:
-            return self._baselines[category].captions
-        return self._captions(category)
 
     # -- ranking ----------------------------------------------------------------------------------------------
     def ranking(self, site_name: str, category: str) -> Ranking:
