@@ -10,7 +10,8 @@ import pytest
 from harness.assertions import assert_clip_drop, assert_fluent_baseline, assert_ppl_blowup
 
 # The paper's claim, per (model, site): by this k the reference PPL is ≥ 10× the baseline and the CLIP score has
-# dropped. "As few as 4 neurons" for LLaVA-1.5-7b; 8 is the first point of the k grid at or above that.
+# dropped. The paper says "as few as 4 neurons" for LLaVA-1.5-7b (one summary says 5); 8 is the first point of
+# the k grid that covers both readings.
 COLLAPSED_BY_K = {("llava-1.5-7b", "lm.down_proj"): 8}
 
 # Models whose unmasked captions must be fluent and on-topic (the random tiny model makes no such promise).

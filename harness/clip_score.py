@@ -33,6 +33,7 @@ class ClipScorer:
                     "push_to_hf_hub format or pass a built-in name with --can-clip-model/--can-clip-pretrained"
                 )
         else:
+            check_clip_name(spec)
             _check_pretrained_available(model_name, pretrained, allow_download)
         self.spec, self.device = spec, device
         self.model, _, self.preprocess = open_clip.create_model_and_transforms(
@@ -70,22 +71,29 @@ def clip_score_matrix(image_features: torch.Tensor, text_features: torch.Tensor)
     return 100.0 * (image_features @ text_features.T).clamp(min=0)
 
 
-def _check_pretrained_available(model_name: str, tag: str | None, allow_download: bool) -> None:
+def check_clip_name(spec: ClipSpec) -> None:
+    """A named model must exist in open_clip and come with a pretrained tag it knows: a randomly initialised CLIP
+    would score every caption as noise. (`local-dir:` folders and embedded CLIPs carry their own weights.)"""
+    import open_clip
+
+    if spec.embedded is not None or spec.model_name.startswith(LOCAL_DIR):
+        return
+    if spec.model_name not in open_clip.list_models():
+        raise UnknownNameError("open_clip model", spec.model_name, open_clip.list_models())
+    tags = open_clip.list_pretrained_tags_by_model(spec.model_name)
+    if spec.pretrained is None or (spec.pretrained not in tags and not os.path.isfile(spec.pretrained)):
+        raise UnknownNameError(f"pretrained tag (or weight file) for {spec.model_name}", spec.pretrained, tags)
+
+
+def _check_pretrained_available(model_name: str, tag: str, allow_download: bool) -> None:
     """Raise ModelUnavailableError (cases skip) when the weights for `tag` are not cached and may not download."""
     import open_clip
+    from huggingface_hub import try_to_load_from_cache
     from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 
-    if model_name not in open_clip.list_models():
-        raise UnknownNameError("open_clip model", model_name, open_clip.list_models())
-    if tag is None or os.path.isfile(tag) or allow_download:
+    if os.path.isfile(tag) or allow_download:
         return
     config = open_clip.get_pretrained_cfg(model_name, tag)
-    if not config:
-        raise UnknownNameError(
-            f"pretrained tag for {model_name}", tag, open_clip.list_pretrained_tags_by_model(model_name)
-        )
-    from huggingface_hub import try_to_load_from_cache
-
     if config.get("hf_hub"):
         repo, filename = os.path.split(config["hf_hub"])
         names = [filename] if filename else [HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME]

@@ -12,7 +12,7 @@ class UnknownNameError(HarnessError, KeyError):
 
     def __init__(self, kind: str, name: object, valid: list[str] | tuple[str, ...]):
         self.kind, self.name, self.valid = kind, name, list(valid)
-        super().__init__(f"unknown {kind} {name!r}; valid {kind}s: {', '.join(map(str, valid)) or '(none)'}")
+        super().__init__(f"unknown {kind} {name!r}; valid choices: {', '.join(map(str, valid)) or '(none)'}")
 
     def __str__(self) -> str:  # KeyError would otherwise print the repr of the message
         return self.args[0]
@@ -20,6 +20,10 @@ class UnknownNameError(HarnessError, KeyError):
 
 class ModelUnavailableError(HarnessError):
     """The checkpoint is not on this machine and downloading was not allowed: cases skip with this message."""
+
+
+class UnsupportedModelError(HarnessError):
+    """A registered model whose family the harness cannot run experiments on yet."""
 
 
 class SiteResolutionError(HarnessError):

@@ -16,17 +16,21 @@ import torch
 import harness
 from harness.captioning import Caption, generate_captions, score_captions
 from harness.clip_score import ClipScorer, clip_score_matrix, clip_scores
+from harness.errors import HarnessError
+from harness.families import check_family_supported
 from harness.images import ImageSet, scan_image_root
 from harness.loading import LoadedModel, load_model
 from harness.masking import NeuronMask
 from harness.metrics import log10_ppl, require_finite
 from harness.ranking import Ranking, can_importance
-from harness.ranking_cache import RankingCache
+from harness.ranking_cache import RankingCache, code_fingerprint
 from harness.registry import ClipSpec, get_model_spec
 from harness.settings import HarnessSettings
 from harness.sites import ResolvedSite, resolve_site
 from harness.stages import classify_stage
 from harness.zoo import BUILTIN_IMAGES, ensure_built
+
+MAX_REPORTED_NEURONS = 64
 
 
 @dataclass(frozen=True)
@@ -36,8 +40,7 @@ class Baseline:
     captions: list[Caption]
     reference_nll: list[float]  # teacher-forced, per caption
     clip: list[float]  # per image
-    clip_chance: float | None  # captions of other categories scored against these images
-    image_features: torch.Tensor
+    clip_chance: float | None  # these captions scored against images of the other categories
 
 
 @dataclass(frozen=True)
@@ -58,9 +61,12 @@ class CollapsePoint:
     clip: float
     clip_baseline: float
     clip_chance: float | None
+    clip_chance_baseline: float | None
+    chance_images: int
     degenerate_rate: float
     stage: int
     captions: list[str]
+    masked_neurons: list[tuple[int, int, float]]  # (layer, channel, score) of the first ≤ 64, in rank order
     mask_modes: list[str]
     ranking_key: str | None
     options: dict = field(default_factory=dict)
@@ -70,7 +76,7 @@ class CollapsePoint:
 
 
 class ModelExperiment:
-    """Measures collapse points on one loaded model, caching baselines, sites and rankings."""
+    """Measures collapse points on one loaded model, caching baselines, sites, image features and rankings."""
 
     def __init__(
         self,
@@ -88,9 +94,9 @@ class ModelExperiment:
             rankings,
         )
         self._baselines: dict[str, Baseline] = {}
-        self._unmasked_captions: dict[str, list[Caption]] = {}
         self._sites: dict[str, ResolvedSite] = {}
         self._rankings: dict[tuple[str, str], Ranking] = {}
+        self._image_features: dict[str, torch.Tensor] = {}
 
     @property
     def name(self) -> str:
@@ -101,41 +107,40 @@ class ModelExperiment:
             self._sites[name] = resolve_site(self.loaded, name)
         return self._sites[name]
 
-    # -- baseline ---------------------------------------------------------------------------------------------
+    # -- captions and their scores ----------------------------------------------------------------------------
     def _captions(self, category: str) -> list[Caption]:
         images = self.images.images(category)
         return generate_captions(
             self.loaded, images, max_new_tokens=self.settings.max_new_tokens, batch_size=self.settings.batch_size
         )
 
-    def unmasked_captions(self, category: str) -> list[Caption]:
-        """The unmasked model's greedy captions, generated once per category (baselines and chance levels)."""
-        if category not in self._unmasked_captions:
-            self._unmasked_captions[category] = self._captions(category)
-        return self._unmasked_captions[category]
+    def image_features(self, category: str) -> torch.Tensor:
+        if category not in self._image_features:
+            self._image_features[category] = self.clip.image_features(self.images.images(category))
+        return self._image_features[category]
+
+    def _clip_and_chance(self, category: str, captions: list[Caption]) -> tuple[list[float], float | None]:
+        """CLIP score of each (image, its caption), and the chance level: the same captions scored against
+        every image of the other categories (what a caption that does not describe the image scores)."""
+        texts = self.clip.text_features([c.text for c in captions])
+        own = clip_scores(self.image_features(category), texts).tolist()
+        others = self.images.other_categories(category)
+        if not others:
+            return own, None
+        other_features = torch.cat([self.image_features(other) for other in others])
+        return own, float(clip_score_matrix(other_features, texts).mean())
+
+    def chance_images(self, category: str) -> int:
+        return sum(len(self.images.check_category(other)) for other in self.images.other_categories(category))
 
     def baseline(self, category: str) -> Baseline:
         if category not in self._baselines:
             images = self.images.images(category)
-            captions = self.unmasked_captions(category)
+            captions = self._captions(category)
             reference = score_captions(self.loaded, images, captions, batch_size=self.settings.batch_size)
-            features = self.clip.image_features(images)
-            clip = clip_scores(features, self.clip.text_features([c.text for c in captions])).tolist()
-            self._baselines[category] = Baseline(
-                captions, reference, clip, self._chance(category, features), features
-            )
+            clip, chance = self._clip_and_chance(category, captions)
+            self._baselines[category] = Baseline(captions, reference, clip, chance)
         return self._baselines[category]
-
-    def _chance(self, category: str, features: torch.Tensor) -> float | None:
-        """Mean CLIP score of this category's images paired with captions of images of other categories."""
-        others = [
-            caption.text
-            for other in self.images.other_categories(category)
-            for caption in self.unmasked_captions(other)
-        ]
-        if not others:
-            return None
-        return float(clip_score_matrix(features, self.clip.text_features(others)).mean())
 
     # -- ranking ----------------------------------------------------------------------------------------------
     def ranking(self, site_name: str, category: str) -> Ranking:
@@ -166,11 +171,11 @@ class ModelExperiment:
         spec = self.loaded.spec
         return {
             "harness": harness.__version__,
+            "code": code_fingerprint(),
             "torch": torch.__version__,
             "transformers": transformers.__version__,
             "model": spec.name,
-            "source": spec.source if spec.embedded is None else f"{spec.embedded.name}@{spec.embedded.version}",
-            "revision": spec.revision,
+            "checkpoint": self.loaded.checkpoint_id,
             "weights": self.loaded.fingerprint,
             "dtype": str(self.loaded.dtype),
             "device": self.loaded.device.type,
@@ -194,24 +199,20 @@ class ModelExperiment:
         baseline = self.baseline(category)
         images = self.images.images(category)
         if k == 0:
-            captions, reference, clip, modes, ranking_key = (
-                baseline.captions,
-                baseline.reference_nll,
-                baseline.clip,
-                [],
-                None,
-            )
+            captions, reference, clip = baseline.captions, baseline.reference_nll, baseline.clip
+            chance = baseline.clip_chance
+            neurons, modes, ranking_key = [], [], None
         else:
             ranking = self.ranking(site_name, category)
-            with NeuronMask(site, ranking.top_k(k), mode=self.settings.mask_mode) as mask:
+            top = ranking.top_k(k)
+            with NeuronMask(site, top, mode=self.settings.mask_mode) as mask:
                 captions = self._captions(category)
             reference = score_captions(self.loaded, images, captions, batch_size=self.settings.batch_size)
-            texts = self.clip.text_features([c.text for c in captions])
-            clip, modes, ranking_key = (
-                clip_scores(baseline.image_features, texts).tolist(),
-                sorted(mask.modes),
-                ranking.key,
-            )
+            clip, chance = self._clip_and_chance(category, captions)
+            shown = top[:MAX_REPORTED_NEURONS]
+            scores = ranking.scores.reshape(-1)[shown].tolist()
+            neurons = [(n.layer, n.channel, s) for n, s in zip(site.neurons(shown), scores, strict=True)]
+            modes, ranking_key = sorted(mask.modes), ranking.key
         where = f"{self.name} {site_name} {category} k={k}"
         mean_ref = require_finite(_mean(reference), f"reference NLL of {where}")
         mean_self = require_finite(_mean([c.self_nll for c in captions]), f"self NLL of {where}")
@@ -234,18 +235,21 @@ class ModelExperiment:
             log10_ppl_ratio=ratio,
             clip=mean_clip,
             clip_baseline=clip_baseline,
-            clip_chance=baseline.clip_chance,
+            clip_chance=chance,
+            clip_chance_baseline=baseline.clip_chance,
+            chance_images=self.chance_images(category),
             degenerate_rate=degenerate_rate,
             stage=classify_stage(
                 k=k,
                 log10_ppl_ratio=ratio,
                 clip=mean_clip,
                 clip_baseline=clip_baseline,
-                clip_chance=baseline.clip_chance,
+                clip_chance=chance,
                 degenerate_rate=degenerate_rate,
                 thresholds=self.settings.thresholds,
             ),
             captions=[c.text for c in captions],
+            masked_neurons=neurons,
             mask_modes=modes,
             ranking_key=ranking_key,
             options=self.options_record(),
@@ -258,7 +262,8 @@ class ModelExperiment:
             "positions": self.settings.can.positions,
             "max_new_tokens": self.settings.max_new_tokens,
             "prompt": spec.prompt,
-            "clip": self.clip.spec.label,
+            "clip_model": self.clip.spec.label,
+            "checkpoint": self.loaded.checkpoint_id,
             "dtype": str(self.loaded.dtype).removeprefix("torch."),
             "device": str(self.loaded.device),
             "weights": self.loaded.fingerprint,
@@ -271,36 +276,50 @@ def _mean(values: list[float]) -> float:
 
 
 class HarnessSession:
-    """Loaded models, CLIP scorers and images shared by all cases of a pytest session (or a script)."""
+    """Loaded models, CLIP scorers and images shared by all cases of a pytest session (or a script).
 
-    def __init__(self, settings: HarnessSettings):
+    A model that failed to load (missing weights, CLIP unavailable, unsupported family) is remembered, so the
+    following cases of that model fail or skip at once instead of loading it again.
+    """
+
+    def __init__(self, settings: HarnessSettings, images: ImageSet | None = None):
         self.settings = settings
         self.rankings = RankingCache(settings.cache_dir)
         self._experiments: dict[str, ModelExperiment] = {}
+        self._failures: dict[str, HarnessError] = {}
         self._clips: dict[ClipSpec, ClipScorer] = {}
+        if images is not None:
+            self.images = images
 
     @cached_property
     def images(self) -> ImageSet:
-        root = self.settings.image_root or ensure_built(BUILTIN_IMAGES, self.settings.cache_dir)
-        categories = list(self.settings.categories) if self.settings.categories else None
-        return scan_image_root(Path(root), categories, self.settings.max_images)
+        """Every category under the image root (the others set the chance level of each evaluated one)."""
+        return load_image_set(self.settings)
 
     def experiment(self, model_name: str) -> ModelExperiment:
         """The experiment for a registered model; raises ModelUnavailableError when its weights are absent."""
+        if model_name in self._failures:
+            raise self._failures[model_name]
         if model_name not in self._experiments:
-            spec = get_model_spec(model_name)
-            loaded = load_model(
-                spec,
-                cache_dir=self.settings.cache_dir,
-                device=self.settings.device,
-                dtype=self.settings.dtype,
-                allow_download=self.settings.allow_download,
-            )
-            clip = self.clip(self.settings.clip or spec.clip, loaded.device)
-            self._experiments[model_name] = ModelExperiment(
-                loaded, clip, self.images, self.settings, self.rankings
-            )
+            try:
+                self._experiments[model_name] = self._start(model_name)
+            except HarnessError as error:
+                self._failures[model_name] = error
+                raise
         return self._experiments[model_name]
+
+    def _start(self, model_name: str) -> ModelExperiment:
+        spec = get_model_spec(model_name)
+        check_family_supported(spec)
+        loaded = load_model(
+            spec,
+            cache_dir=self.settings.cache_dir,
+            device=self.settings.device,
+            dtype=self.settings.dtype,
+            allow_download=self.settings.allow_download,
+        )
+        clip = self.clip(self.settings.clip or spec.clip, loaded.device)
+        return ModelExperiment(loaded, clip, self.images, self.settings, self.rankings)
 
     def clip(self, spec: ClipSpec, device: torch.device) -> ClipScorer:
         if spec not in self._clips:
@@ -309,5 +328,11 @@ class HarnessSession:
             )
         return self._clips[spec]
 
-    def loaded_experiments(self) -> list[ModelExperiment]:
-        return list(self._experiments.values())
+
+def load_image_set(settings: HarnessSettings) -> ImageSet:
+    """All categories under the configured root (built-in shapes by default), the selection checked by name."""
+    root = settings.image_root or ensure_built(BUILTIN_IMAGES, settings.cache_dir)
+    images = scan_image_root(Path(root), max_per_category=settings.max_images)
+    for category in settings.categories or ():
+        images.check_category(category)
+    return images

@@ -66,7 +66,11 @@ def scan_image_root(
     if not root.is_dir():
         raise ImageFolderError(f"image folder {str(root)!r} does not exist or is not a folder")
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not folders:
+    problems: list[str] = []
+    if folders:  # a root of category folders: loose files beside them would be silently ignored
+        loose = sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
+        problems += [f"{p}: file outside the category folders (move it into one)" for p in loose]
+    else:
         folders = [root]  # a single category folder
     found = {folder.name: folder for folder in folders}
     if categories:
@@ -75,7 +79,6 @@ def scan_image_root(
                 raise UnknownNameError("image category", name, sorted(found))
         folders = [found[name] for name in categories]
     records: dict[str, list[ImageRecord]] = {}
-    problems: list[str] = []
     for folder in folders:
         files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
         images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]

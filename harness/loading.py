@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from harness.zoo import ensure_built
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".json")
 _SAMPLE_BYTES = 1 << 16
-_SAMPLES_PER_FILE = 16
+_SAMPLES_PER_FILE = 64
 
 
 @dataclass
@@ -32,6 +33,7 @@ class LoadedModel:
     dtype: torch.dtype
     path: Path
     fingerprint: str
+    checkpoint_id: str
     _checksums: dict[str, int] | None = None
 
     @property
@@ -59,7 +61,8 @@ class LoadedModel:
 
 
 def parameter_checksums(model: nn.Module) -> dict[str, int]:
-    """Integer sum of each parameter's raw bits: any restored-or-not difference shows, at one read per weight."""
+    """Integer sum of each parameter's raw bits, at one read per weight: catches any element left changed
+    (a zeroed row, a one-ulp change); not a hash, so it would miss values swapped between positions."""
     bit_views = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
     sums = {}
     for name, parameter in model.named_parameters():
@@ -72,15 +75,20 @@ def parameter_checksums(model: nn.Module) -> dict[str, int]:
 
 
 def weights_fingerprint(folder: Path) -> str:
-    """Cheap content fingerprint of a checkpoint folder: names, sizes and sampled bytes of its weight files.
+    """Content fingerprint of a checkpoint folder's weight and config files, cheap even for 14 GB checkpoints.
 
-    Reading every byte of a 14 GB checkpoint would cost tens of seconds per session; sampling the head, the tail
-    and evenly spaced blocks of each file catches any re-training, conversion or truncation in practice.
+    Files in the Hugging Face cache are symlinks to blobs named by their content hash: that name is used as is.
+    Other files contribute their size and sampled bytes (head, tail and evenly spaced 64 KiB blocks), since
+    reading every byte would cost tens of seconds per session.
     """
     digest = hashlib.sha256()
     for file in sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES):
         size = file.stat().st_size
         digest.update(f"{file.relative_to(folder)}:{size}\n".encode())
+        target = file.resolve()
+        if target.parent.name == "blobs":  # HF cache: the blob name is the file's sha256 (or git sha1)
+            digest.update(target.name.encode())
+            continue
         with file.open("rb") as handle:
             offsets = {0, max(size - _SAMPLE_BYTES, 0)}
             offsets.update(size * i // _SAMPLES_PER_FILE for i in range(1, _SAMPLES_PER_FILE))
@@ -106,7 +114,7 @@ def resolve_checkpoint_folder(spec: ModelSpec, cache_dir: Path, allow_download: 
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
-        return Path(snapshot_download(spec.source, revision=spec.revision, local_files_only=not allow_download))
+        folder = Path(snapshot_download(spec.source, revision=spec.revision, local_files_only=not allow_download))
     except LocalEntryNotFoundError as error:
         raise ModelUnavailableError(
             f"{spec.name}: {spec.source!r} (revision {spec.revision or 'main'}) is not in the local Hugging Face "
@@ -114,6 +122,29 @@ def resolve_checkpoint_folder(spec: ModelSpec, cache_dir: Path, allow_download: 
             f"with internet and copy the cache here (or set HF_HOME), pass --can-model-path {spec.name}=/path/to/"
             f"folder, or let the harness download it with --can-allow-download"
         ) from error
+    return folder
+
+
+def missing_checkpoint_files(folder: Path) -> list[str]:
+    """What a loadable checkpoint lacks: config.json, or weights (a single file, or every shard of an index)."""
+    missing = [] if (folder / "config.json").is_file() else ["config.json"]
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        index = folder / index_name
+        if index.is_file():
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            return missing + [shard for shard in shards if not (folder / shard).is_file()]
+    if not any((folder / name).is_file() for name in ("model.safetensors", "pytorch_model.bin")):
+        missing.append("model.safetensors (or pytorch_model.bin, or a sharded index)")
+    return missing
+
+
+def checkpoint_id(spec: ModelSpec, folder: Path) -> str:
+    """Where the weights came from, for results and cache keys: embedded version, hub id + commit, or local."""
+    if spec.embedded is not None:
+        return f"embedded:{spec.embedded.name}@v{spec.embedded.version}"
+    if folder.parent.name == "snapshots":  # HF cache layout: snapshots/<commit>
+        return f"hf:{spec.source}@{folder.name}"
+    return "local"  # identified by the weights fingerprint alone: moving the folder changes nothing
 
 
 def load_model(
@@ -128,15 +159,19 @@ def load_model(
     import transformers
 
     folder = resolve_checkpoint_folder(spec, cache_dir, allow_download)
+    missing = missing_checkpoint_files(folder)
+    if missing:
+        raise ModelUnavailableError(
+            f"{spec.name}: the checkpoint in {folder} is incomplete (missing {', '.join(missing)}); finish the "
+            f"download (`hf download {spec.source}`) or copy the missing files"
+        )
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype or spec.dtype, torch_device)
     model_cls = getattr(transformers, spec.model_class)
     processor_cls = getattr(transformers, spec.processor_class)
-    try:
-        model = model_cls.from_pretrained(folder, dtype=torch_dtype, local_files_only=True)
-        processor = processor_cls.from_pretrained(folder, local_files_only=True, **dict(spec.processor_kwargs))
-    except OSError as error:  # files missing from an incomplete download or copy
-        raise ModelUnavailableError(f"{spec.name}: the checkpoint in {folder} is incomplete: {error}") from error
+    # a present-but-broken checkpoint raises here: an error, never a skip, so regression runs cannot hide it
+    model = model_cls.from_pretrained(folder, dtype=torch_dtype, local_files_only=True)
+    processor = processor_cls.from_pretrained(folder, local_files_only=True, **dict(spec.processor_kwargs))
     model.to(torch_device).eval().requires_grad_(False)
     processor.tokenizer.padding_side = "left"
     loaded = LoadedModel(
@@ -148,6 +183,7 @@ def load_model(
         dtype=torch_dtype,
         path=folder,
         fingerprint=weights_fingerprint(folder),
+        checkpoint_id=checkpoint_id(spec, folder),
     )
     loaded.remember_parameters()
     return loaded
@@ -158,8 +194,7 @@ def load_text_config(spec: ModelSpec, *, cache_dir: Path, allow_download: bool =
     from transformers import AutoConfig
 
     folder = resolve_checkpoint_folder(spec, cache_dir, allow_download)
-    try:
-        config = AutoConfig.from_pretrained(folder, local_files_only=True)
-    except OSError as error:
-        raise ModelUnavailableError(f"{spec.name}: no readable config.json in {folder}: {error}") from error
+    if not (folder / "config.json").is_file():
+        raise ModelUnavailableError(f"{spec.name}: no config.json in {folder}; the checkpoint is incomplete")
+    config = AutoConfig.from_pretrained(folder, local_files_only=True)
     return get_family(spec.family).text_config(config)

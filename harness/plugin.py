@@ -16,6 +16,7 @@ import pytest
 from harness.errors import HarnessError, ModelUnavailableError
 
 SETTINGS = pytest.StashKey[object]()
+IMAGES = pytest.StashKey[object]()
 POINT_PROPERTY = "can_point"
 PARAMS = ("can_model", "can_site", "can_category", "k")
 
@@ -41,14 +42,23 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     add("--can-k-factor", type=float, default=2.0, help="geometric growth of the k grid (default 2)")
     add("--can-alpha", type=float, default=1.0, help="CAN exponent α on |∂L/∂a| in [0, 1] (default 1)")
-    add("--can-positions", default="all", help="positions aggregated by CAN: all | scored (default all)")
+    add("--can-positions", default="all", choices=("all", "scored"), help="positions CAN averages over (all)")
     add("--can-batch-size", type=int, default=8, help="images per forward pass (default 8)")
     add("--can-max-new-tokens", type=int, default=64, help="caption length limit (default 64)")
     add("--can-clip-model", help="open_clip model name or local-dir:PATH (default: the model's registered CLIP)")
-    add("--can-clip-pretrained", help="open_clip pretrained tag for --can-clip-model (default openai)")
+    add("--can-clip-pretrained", help="open_clip pretrained tag for a named --can-clip-model (default openai)")
     add("--can-device", default="auto", help="torch device; auto = GPU (gwN → GPU N mod count) else CPU")
-    add("--can-dtype", help="float32 | bfloat16 | float16 (default: auto = bf16 on GPU, fp32 on CPU)")
-    add("--can-mask-mode", default="auto", help="auto | weight | hook (default auto: weight edit when possible)")
+    add(
+        "--can-dtype",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        help="default: the model's registered dtype (auto = bf16 on GPU, fp32 on CPU)",
+    )
+    add(
+        "--can-mask-mode",
+        default="auto",
+        choices=("auto", "weight", "hook"),
+        help="how neurons are zeroed (default auto: weight edit where the weight is an in-memory float tensor)",
+    )
     add("--can-allow-download", action="store_true", help="let missing checkpoints download from the HF hub")
     add("--can-model-path", action="append", default=[], metavar="NAME=PATH", help="load NAME from a local folder")
     add("--can-cache-dir", type=Path, help="rankings and built models (default $CAN_HARNESS_CACHE or ~/.cache/…)")
@@ -63,6 +73,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="… and CLIP ≤ chance or at least this share of degenerate captions",
     )
     add("--can-show-curves", action="store_true", help="print every curve under the summary table")
+    add(
+        "--can-dist-group",
+        default="model",
+        choices=("model", "curve"),
+        help="under -n: one worker per model (each model loads once) or per (model, site, category) curve "
+        "(every worker loads the model: use with one GPU per worker)",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -85,17 +102,18 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.hookimpl(tryfirst=True, optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
-    """Under `-n N` (default `--dist load`, or `--dist loadgroup`) keep each model's cases on one worker.
+    """Under `-n N` (default `--dist load`, or `--dist loadgroup`) send each model's (or each curve's) cases to
+    one worker.
 
     xdist's own loadgroup cannot be relied on: with pytest ≥ 9.2 its `@group` node-id suffix is lost
-    (pytest-dev/pytest-xdist#1386), so this scheduler reads the model from the case id instead.
+    (pytest-dev/pytest-xdist#1386), so this scheduler reads the group from the case id instead.
     """
     explicit = any(arg == "--dist" or arg.startswith("--dist=") for arg in config.invocation_params.args)
     dist = config.getoption("dist")
     if dist == "loadgroup" or (dist == "load" and not explicit):
-        from harness.xdist_scheduling import ModelGroupScheduling
+        from harness.xdist_scheduling import CollapseCaseScheduling
 
-        return ModelGroupScheduling(config, log)
+        return CollapseCaseScheduling(config, log, by=config.getoption("can_dist_group"))
     return None
 
 
@@ -113,7 +131,12 @@ def _settings_from_options(config: pytest.Config):
         use_local_path(name, path)
     clip = None
     if option("can_clip_model"):
-        clip = ClipSpec(model_name=option("can_clip_model"), pretrained=option("can_clip_pretrained"))
+        from harness.clip_score import LOCAL_DIR, check_clip_name
+
+        name = option("can_clip_model")
+        pretrained = None if name.startswith(LOCAL_DIR) else (option("can_clip_pretrained") or "openai")
+        clip = ClipSpec(model_name=name, pretrained=pretrained)
+        check_clip_name(clip)
     elif option("can_clip_pretrained"):
         raise ValueError("--can-clip-pretrained needs --can-clip-model")
     return HarnessSettings(
@@ -151,18 +174,24 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
     config = metafunc.config
     settings = config.stash[SETTINGS]
+    if not {"models", "sites"} <= set(marker.kwargs):
+        raise pytest.UsageError(
+            f"{metafunc.definition.nodeid}: @pytest.mark.collapse_grid needs models=[...] and sites=[...], "
+            f"got {sorted(marker.kwargs)}"
+        )
     models = config.getoption("can_models") or list(marker.kwargs["models"])
     sites = config.getoption("can_sites") or list(marker.kwargs["sites"])
     for site in sites:
         get_site_spec(site)  # unknown sites fail collection with the list of valid ones
-    categories = _categories(settings)
+    images = _image_set(config)  # scanned (and the category selection checked) before anything is collected
+    categories = list(settings.categories or images.categories)
     params = []
     for model in models:
         spec = get_model_spec(model)
         text_config, unavailable = _text_config_or_reason(spec, settings)
         for site in sites:
             layers, width = site_shape(site, text_config) if text_config is not None else (1, settings.k_max)
-            marks = [pytest.mark.xdist_group(model)]
+            marks = []
             if unavailable:
                 marks.append(pytest.mark.skip(reason=unavailable))
             for category in categories:
@@ -173,13 +202,13 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     metafunc.parametrize(PARAMS, params)
 
 
-def _categories(settings) -> list[str]:
-    from harness.images import scan_image_root
-    from harness.zoo import BUILTIN_IMAGES, ensure_built
+def _image_set(config: pytest.Config):
+    """The run's images, scanned and validated once per process (collection and the session share it)."""
+    if IMAGES not in config.stash:
+        from harness.experiment import load_image_set
 
-    root = settings.image_root or ensure_built(BUILTIN_IMAGES, settings.cache_dir)
-    categories = list(settings.categories) if settings.categories else None
-    return scan_image_root(root, categories, settings.max_images).categories
+        config.stash[IMAGES] = load_image_set(config.stash[SETTINGS])
+    return config.stash[IMAGES]
 
 
 def _text_config_or_reason(spec, settings):
@@ -199,11 +228,11 @@ def can_settings(pytestconfig: pytest.Config):
 
 
 @pytest.fixture(scope="session")
-def can_session(can_settings):
+def can_session(pytestconfig: pytest.Config, can_settings):
     """Loaded models, CLIP scorers, images and rankings shared by every case in this process."""
     from harness.experiment import HarnessSession
 
-    return HarnessSession(can_settings)
+    return HarnessSession(can_settings, images=_image_set(pytestconfig))
 
 
 @pytest.fixture(scope="session")

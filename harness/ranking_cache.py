@@ -7,7 +7,9 @@ parse, carries another key, has the wrong shape or non-finite values is reported
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib
 import json
 import os
 import tempfile
@@ -21,6 +23,18 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from harness.errors import CacheError
+
+RANKING_CODE = ("harness.ranking", "harness.captioning", "harness.sites")
+
+
+@functools.cache
+def code_fingerprint() -> str:
+    """Hash of the source of the modules that compute a ranking: editing them (even in an editable install whose
+    version string does not move) invalidates cached rankings."""
+    digest = hashlib.sha256()
+    for name in RANKING_CODE:
+        digest.update(Path(importlib.import_module(name).__file__).read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def cache_key(fields: Mapping[str, object]) -> str:

@@ -47,9 +47,10 @@ def _git_commit(root: Path) -> str | None:
 
     try:
         commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
     except (OSError, subprocess.SubprocessError):
         return None  # not a git checkout (e.g. an installed copy): recorded as null
-    return commit + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    return commit + ("-dirty" if dirty else "")
 
 
 def latest_points(rows: Iterable[dict]) -> list[dict]:
@@ -73,7 +74,7 @@ def summarize(rows: Iterable[dict]) -> list[dict]:
                 "n_images": first["n_images"],
                 "log10_ppl_baseline": first["log10_ppl_baseline"],
                 "clip_baseline": first["clip_baseline"],
-                "clip_chance": first["clip_chance"],
+                "clip_chance": first["clip_chance_baseline"],
                 "k_stage1": first_k_at_stage(stages, 1),
                 "k_stage2": first_k_at_stage(stages, 2),
                 "k_evaluated": [p["k"] for p in points],
@@ -99,27 +100,36 @@ def render_summary(summary: list[dict]) -> str:
             "n/a" if s["clip_chance"] is None else f"{s['clip_chance']:.1f}",
             _threshold(s["k_stage1"], s["k_evaluated"]),
             _threshold(s["k_stage2"], s["k_evaluated"]),
-            _grid_label(s["k_evaluated"]) + ("" if s["monotone"] else " NON-MONOTONE"),
+            _grid_label(s["k_evaluated"]),
+            "; ".join(_notes(s)),
         )
         for s in summary
     ]
-    headers = (
-        "model",
-        "site",
-        "category",
-        "imgs",
-        "PPL₀",
-        "CLIP₀",
-        "chance",
-        "k₁ stage 1",
-        "k₂ stage 2",
-        "k grid",
-    )
+    headers = ("model", "site", "category", "imgs", "PPL₀", "CLIP₀", "chance", "k₁ stage 1", "k₂ stage 2")
+    headers += ("k grid", "notes")
     return tabulate(rows, headers=headers, tablefmt="github")
+
+
+def _notes(summary_row: dict) -> list[str]:
+    """Warnings a reader must see next to the thresholds (explained in the README)."""
+    notes = [] if summary_row["monotone"] else ["non-monotone"]  # the stage falls again at a larger k
+    chance = summary_row["clip_chance"]
+    if chance is not None and summary_row["clip_baseline"] <= chance:
+        notes.append("CLIP₀ ≤ chance")  # the CLIP clauses cannot tell collapse from the baseline
+    return notes
 
 
 def _grid_label(ks: list[int]) -> str:
     return f"{min(ks)}…{max(ks)} ({len(ks)} pts)" if len(ks) > 1 else str(ks[0])
+
+
+def _flat_row(point: dict) -> dict:
+    """A point without its captions, its options merged in as columns (a name clash would lose a value)."""
+    row = {key: value for key, value in point.items() if key not in ("captions", "options")}
+    clashes = set(row) & set(point["options"])
+    if clashes:
+        raise ValueError(f"option names {sorted(clashes)} clash with point fields in the CSV report")
+    return {**row, **point["options"]}
 
 
 def write_reports(rows: list[dict], directory: Path, meta: dict) -> tuple[Path, Path]:
@@ -129,7 +139,7 @@ def write_reports(rows: list[dict], directory: Path, meta: dict) -> tuple[Path, 
     json_path, csv_path = directory / "collapse.json", directory / "collapse.csv"
     document = {"meta": meta, "summary": summarize(points), "points": points}
     json_path.write_text(json.dumps(document, indent=2, allow_nan=False))
-    flat = [{**{k: v for k, v in p.items() if k not in ("captions", "options")}, **p["options"]} for p in points]
+    flat = [_flat_row(point) for point in points]
     columns = list(dict.fromkeys(key for row in flat for key in row))
     with csv_path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)

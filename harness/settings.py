@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
+from harness.devices import DTYPES
 from harness.masking import MASK_MODES
 from harness.ranking import CanOptions
 from harness.registry import ClipSpec
@@ -41,10 +45,19 @@ class HarnessSettings:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)!r}")
         if self.max_images is not None and self.max_images < 1:
             raise ValueError(f"max_images must be ≥ 1 (or unset), got {self.max_images!r}")
-        if self.k_factor <= 1:
-            raise ValueError(f"k_factor must be > 1 for the k grid to grow, got {self.k_factor!r}")
+        if not (math.isfinite(self.k_factor) and self.k_factor > 1):
+            raise ValueError(f"k_factor must be a finite number > 1 for the k grid to grow, got {self.k_factor!r}")
         if self.mask_mode not in MASK_MODES:
             raise ValueError(f"unknown mask mode {self.mask_mode!r}; valid: {', '.join(MASK_MODES)}")
+        if self.dtype is not None and self.dtype != "auto" and self.dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {self.dtype!r}; valid: auto, {', '.join(DTYPES)}")
+        if self.device != "auto":
+            try:
+                torch.device(self.device)
+            except RuntimeError as error:
+                raise ValueError(
+                    f"invalid device {self.device!r} (e.g. auto, cpu, cuda, cuda:1): {error}"
+                ) from None
 
 
 def k_grid(site_size: int, k_max: int, factor: float = 2.0) -> list[int]:

@@ -6,6 +6,7 @@ tensor, e.g. `lm.layers.1.mlp.down_proj.out` for an output channel and `....down
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
@@ -74,12 +75,17 @@ class ResolvedSite:
         return [Neuron(self.name, int(i) // self.width, int(i) % self.width) for i in flat_indices.tolist()]
 
     def check_k(self, k: int) -> int:
-        if not isinstance(k, int) or isinstance(k, bool) or k < 0 or k > self.size:
+        """k as a Python int; any integer type (numpy, 0-d tensor) is accepted, bools and fractions are not."""
+        try:
+            value = None if isinstance(k, bool) else operator.index(k)
+        except TypeError:
+            value = None
+        if value is None or value < 0 or value > self.size:
             raise InvalidKError(
                 f"k={k!r} is invalid for site {self.name}: it has {self.n_layers} layers × {self.width} channels, "
                 f"so k must be an integer in [0, {self.size}]"
             )
-        return k
+        return value
 
 
 def site_shape(name: str, text_config) -> tuple[int, int]:

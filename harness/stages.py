@@ -21,6 +21,9 @@ class StageThresholds:
     stage2_degenerate_rate: float = 0.5
 
     def __post_init__(self) -> None:
+        for name, value in self.as_dict().items():
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
         if self.stage1_ppl_ratio <= 1:
             raise ValueError(f"stage-1 PPL ratio must be > 1, got {self.stage1_ppl_ratio}")
         if not 0 < self.stage1_clip_fraction <= 1:

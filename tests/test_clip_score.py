@@ -79,7 +79,8 @@ def test_negative_cosines_clamp_to_zero():
 
 
 def test_baseline_clip_and_chance_match_hand_scores(experiment, images):
-    """Baseline CLIP pairs each image with its own caption; chance pairs it with all other categories' captions."""
+    """Baseline CLIP pairs each image with its own caption; chance pairs the same captions with every image of the
+    other categories."""
     assert sorted(images.categories) == ["circle", "square", "triangle"]
     pictures = images.images("circle")
     baseline = experiment.baseline("circle")
@@ -87,9 +88,9 @@ def test_baseline_clip_and_chance_match_hand_scores(experiment, images):
         hand_score(experiment.clip, image, c.text) for image, c in zip(pictures, baseline.captions, strict=True)
     ]
     assert baseline.clip == pytest.approx(own, abs=1e-4)
-    others = [c.text for category in ("square", "triangle") for c in experiment.baseline(category).captions]
+    others = [image for category in ("square", "triangle") for image in images.images(category)]
     assert len(others) == 8
-    chance = [hand_score(experiment.clip, image, text) for image in pictures for text in others]
+    chance = [hand_score(experiment.clip, image, c.text) for image in others for c in baseline.captions]
     assert baseline.clip_chance == pytest.approx(sum(chance) / len(chance), abs=1e-4)
 
 
