@@ -80,8 +80,11 @@ def check_clip_name(spec: ClipSpec) -> None:
         return
     if spec.model_name not in open_clip.list_models():
         raise UnknownNameError("open_clip model", spec.model_name, open_clip.list_models())
-    tags = open_clip.list_pretrained_tags_by_model(spec.model_name)
-    if spec.pretrained is None or (spec.pretrained not in tags and not os.path.isfile(spec.pretrained)):
+    known = spec.pretrained is not None and (
+        bool(open_clip.get_pretrained_cfg(spec.model_name, spec.pretrained)) or os.path.isfile(spec.pretrained)
+    )
+    if not known:
+        tags = open_clip.list_pretrained_tags_by_model(spec.model_name)
         raise UnknownNameError(f"pretrained tag (or weight file) for {spec.model_name}", spec.pretrained, tags)
 
 

@@ -54,11 +54,12 @@ def format_curve(points) -> str:
             format_ppl(p.log10_ppl_ref),
             f"{p.log10_ppl_ratio:+.2f}",
             f"{p.clip:.1f}",
+            "n/a" if p.clip_chance is None else f"{p.clip_chance:.1f}",
             f"{p.degenerate_rate:.0%}",
             f"{p.stage} {STAGE_NAMES[p.stage]}",
             (p.captions[0][:40] + "…") if p.captions and len(p.captions[0]) > 40 else (p.captions or [""])[0],
         )
         for p in sorted(points, key=lambda p: p.k)
     ]
-    headers = ("k", "ref PPL", "Δlog10 PPL", "CLIP", "degenerate", "stage", "first caption")
+    headers = ("k", "ref PPL", "Δlog10 PPL", "CLIP", "chance", "degenerate", "stage", "first caption")
     return tabulate(rows, headers=headers, tablefmt="simple")

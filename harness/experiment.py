@@ -16,7 +16,6 @@ import torch
 import harness
 from harness.captioning import Caption, generate_captions, score_captions
 from harness.clip_score import ClipScorer, clip_score_matrix, clip_scores
-from harness.errors import HarnessError
 from harness.families import check_family_supported
 from harness.images import ImageSet, scan_image_root
 from harness.loading import LoadedModel, load_model
@@ -195,7 +194,7 @@ class ModelExperiment:
     def measure(self, site_name: str, category: str, k: int) -> CollapsePoint:
         """Mask the top-k CAN neurons of `site_name` (ranked on `category`) and measure the captions."""
         site = self.site(site_name)
-        site.check_k(k)
+        k = site.check_k(k)
         baseline = self.baseline(category)
         images = self.images.images(category)
         if k == 0:
@@ -286,7 +285,7 @@ class HarnessSession:
         self.settings = settings
         self.rankings = RankingCache(settings.cache_dir)
         self._experiments: dict[str, ModelExperiment] = {}
-        self._failures: dict[str, HarnessError] = {}
+        self._failures: dict[str, Exception] = {}
         self._clips: dict[ClipSpec, ClipScorer] = {}
         if images is not None:
             self.images = images
@@ -303,7 +302,7 @@ class HarnessSession:
         if model_name not in self._experiments:
             try:
                 self._experiments[model_name] = self._start(model_name)
-            except HarnessError as error:
+            except Exception as error:  # remembered, then re-raised unchanged: never swallowed
                 self._failures[model_name] = error
                 raise
         return self._experiments[model_name]

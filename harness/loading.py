@@ -86,7 +86,7 @@ def weights_fingerprint(folder: Path) -> str:
         size = file.stat().st_size
         digest.update(f"{file.relative_to(folder)}:{size}\n".encode())
         target = file.resolve()
-        if target.parent.name == "blobs":  # HF cache: the blob name is the file's sha256 (or git sha1)
+        if file.is_symlink() and target.parent.name == "blobs":  # HF cache: blob name = content sha256/sha1
             digest.update(target.name.encode())
             continue
         with file.open("rb") as handle:
@@ -142,7 +142,8 @@ def checkpoint_id(spec: ModelSpec, folder: Path) -> str:
     """Where the weights came from, for results and cache keys: embedded version, hub id + commit, or local."""
     if spec.embedded is not None:
         return f"embedded:{spec.embedded.name}@v{spec.embedded.version}"
-    if folder.parent.name == "snapshots":  # HF cache layout: snapshots/<commit>
+    hub_folder = "models--" + spec.source.replace("/", "--")
+    if folder.parent.name == "snapshots" and folder.parent.parent.name == hub_folder:  # <hub>/snapshots/<commit>
         return f"hf:{spec.source}@{folder.name}"
     return "local"  # identified by the weights fingerprint alone: moving the folder changes nothing
 

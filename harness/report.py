@@ -107,7 +107,7 @@ def render_summary(summary: list[dict]) -> str:
     ]
     headers = ("model", "site", "category", "imgs", "PPL₀", "CLIP₀", "chance", "k₁ stage 1", "k₂ stage 2")
     headers += ("k grid", "notes")
-    return tabulate(rows, headers=headers, tablefmt="github")
+    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
 
 
 def _notes(summary_row: dict) -> list[str]:
@@ -136,10 +136,10 @@ def write_reports(rows: list[dict], directory: Path, meta: dict) -> tuple[Path, 
     """`collapse.json` (meta, summary, every point with its captions) and `collapse.csv` (one row per point)."""
     directory.mkdir(parents=True, exist_ok=True)
     points = latest_points(rows)
+    flat = [_flat_row(point) for point in points]  # before writing anything: a clash must not leave half a report
     json_path, csv_path = directory / "collapse.json", directory / "collapse.csv"
     document = {"meta": meta, "summary": summarize(points), "points": points}
     json_path.write_text(json.dumps(document, indent=2, allow_nan=False))
-    flat = [_flat_row(point) for point in points]
     columns = list(dict.fromkeys(key for row in flat for key in row))
     with csv_path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)

@@ -76,8 +76,9 @@ class ResolvedSite:
 
     def check_k(self, k: int) -> int:
         """k as a Python int; any integer type (numpy, 0-d tensor) is accepted, bools and fractions are not."""
+        is_bool = isinstance(k, bool) or str(getattr(k, "dtype", "")) in ("torch.bool", "bool")
         try:
-            value = None if isinstance(k, bool) else operator.index(k)
+            value = None if is_bool else operator.index(k)
         except TypeError:
             value = None
         if value is None or value < 0 or value > self.size:

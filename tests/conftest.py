@@ -1,22 +1,45 @@
 """Shared fixtures: the tiny LLaVA and tiny CLIP, built offline into a temporary cache and loaded back through
-the same registry / `from_pretrained` path a real checkpoint takes."""
+the same registry / `from_pretrained` path a real checkpoint takes, on CPU in float32, with an empty Hugging Face
+cache."""
 
 from __future__ import annotations
 
 import os
+import sys
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach the hub
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import pytest
-import torch
+# An empty Hugging Face cache for the whole test session (pytester subprocesses and xdist workers inherit it), so
+# no test depends on what this machine happens to have cached. huggingface_hub reads these variables once, on
+# import: they must be set before anything imports it.
+if "huggingface_hub" in sys.modules:
+    raise RuntimeError("huggingface_hub was imported before tests/conftest.py could point it at an empty cache")
+_HF_HOME = tempfile.TemporaryDirectory(prefix="can-tests-hf-")  # removed when the session's interpreter exits
+EMPTY_HF_HOME = os.path.realpath(_HF_HOME.name)
+EMPTY_HF_HUB_CACHE = os.path.join(EMPTY_HF_HOME, "hub")
+os.environ["HF_HOME"] = EMPTY_HF_HOME
+os.environ["HF_HUB_CACHE"] = EMPTY_HF_HUB_CACHE
+os.environ.pop("HUGGINGFACE_HUB_CACHE", None)
 
-from harness.experiment import HarnessSession, ModelExperiment
-from harness.settings import HarnessSettings
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from huggingface_hub import constants as hf_constants  # noqa: E402
+
+from harness.experiment import HarnessSession, ModelExperiment  # noqa: E402
+from harness.settings import HarnessSettings  # noqa: E402
+
+if hf_constants.HF_HUB_CACHE != EMPTY_HF_HUB_CACHE:
+    raise RuntimeError(f"the tests' HF cache is {hf_constants.HF_HUB_CACHE}, not the empty {EMPTY_HF_HUB_CACHE}")
 
 # The tiny models gain nothing from several threads; on a loaded 2-core machine two threads make a tiny matmul
 # thousands of times slower (measured: 23 ms vs 8 µs).
 torch.set_num_threads(1)
+
+
+def pytest_unconfigure(config):
+    _HF_HOME.cleanup()
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +50,8 @@ def cache_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def settings(cache_dir) -> HarnessSettings:
-    return HarnessSettings(cache_dir=cache_dir, max_new_tokens=12, batch_size=4)
+    """CPU and float32 whatever the machine has: results and cached rankings do not depend on a GPU."""
+    return HarnessSettings(cache_dir=cache_dir, max_new_tokens=12, batch_size=4, device="cpu", dtype="float32")
 
 
 @pytest.fixture(scope="session")

@@ -6,9 +6,9 @@ import huggingface_hub.constants
 import pytest
 import torch
 
-from harness.clip_score import ClipScorer, clip_score_matrix, clip_scores
+from harness.clip_score import ClipScorer, check_clip_name, clip_score_matrix, clip_scores
 from harness.errors import ModelUnavailableError, UnknownNameError
-from harness.registry import ClipSpec
+from harness.registry import ClipSpec, get_model_spec
 
 TEXTS = ["a red circle", "a blue square on a green background", "triangle", "yellow yellow yellow"]
 
@@ -92,6 +92,67 @@ def test_baseline_clip_and_chance_match_hand_scores(experiment, images):
     assert len(others) == 8
     chance = [hand_score(experiment.clip, image, c.text) for image in others for c in baseline.captions]
     assert baseline.clip_chance == pytest.approx(sum(chance) / len(chance), abs=1e-4)
+
+
+def test_masked_point_clip_and_chance_match_hand_scores(experiment, images):
+    """At k > 0 the point's CLIP pairs each image with its masked caption, and its chance scores those masked
+    captions against all 8 images of the other categories; clip_chance_baseline stays the k = 0 chance."""
+    point = experiment.measure("lm.down_proj", "circle", 4)
+    own = [
+        hand_score(experiment.clip, image, text)
+        for image, text in zip(images.images("circle"), point.captions, strict=True)
+    ]
+    assert point.clip == pytest.approx(sum(own) / len(own), abs=1e-4)
+    others = [image for category in ("square", "triangle") for image in images.images(category)]
+    chance = [hand_score(experiment.clip, image, text) for image in others for text in point.captions]
+    assert point.clip_chance == pytest.approx(sum(chance) / len(chance), abs=1e-4)
+    assert min(chance) < max(chance)  # the hand scores are not all clamped to zero
+    assert point.chance_images == len(others) == 8
+    assert point.clip_chance_baseline == experiment.baseline("circle").clip_chance
+
+
+def test_check_clip_name_accepts_known_names_and_own_weights(tmp_path):
+    """A known model with a known tag or an existing weight file passes, and so do local-dir: folders and
+    embedded CLIPs (they carry their own weights); nothing is loaded or looked up in a cache."""
+    weights = tmp_path / "my-vit.pt"
+    weights.write_bytes(b"not read")
+    for spec in (
+        ClipSpec("ViT-B-32", "openai"),
+        ClipSpec("ViT-B-32", "laion2b_s34b_b79k"),
+        ClipSpec("ViT-B-32", str(weights)),
+        ClipSpec(f"local-dir:{tmp_path / 'nowhere'}", None),
+        get_model_spec("tiny-llava").clip,
+    ):
+        assert check_clip_name(spec) is None, spec
+
+
+@pytest.mark.parametrize(
+    ("spec", "named"),
+    [
+        (ClipSpec("ViT-B-32", None), "None"),
+        (ClipSpec("ViT-B-32", "no-such-tag"), "'no-such-tag'"),
+        (ClipSpec("ViT-B-32", "/no/such/weights.pt"), "'/no/such/weights.pt'"),
+    ],
+    ids=["no-tag", "unknown-tag", "missing-file"],
+)
+def test_check_clip_name_needs_a_pretrained_tag_it_knows(spec, named):
+    """A named CLIP without pretrained weights would be random: no tag, an unknown tag or a missing weight file
+    raises UnknownNameError naming the model and the value and listing the model's real tags."""
+    with pytest.raises(UnknownNameError) as error:
+        check_clip_name(spec)
+    message = str(error.value)
+    assert "ViT-B-32" in message
+    assert named in message
+    assert "openai" in error.value.valid
+    assert "laion2b_s34b_b79k" in message
+
+
+def test_check_clip_name_rejects_an_unknown_model():
+    """An open_clip model that does not exist is named, with every model open_clip knows listed."""
+    with pytest.raises(UnknownNameError) as error:
+        check_clip_name(ClipSpec("No-Such-CLIP", "openai"))
+    assert error.value.name == "No-Such-CLIP"
+    assert {"ViT-B-32", "ViT-L-14"} <= set(error.value.valid)
 
 
 @pytest.fixture

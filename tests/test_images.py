@@ -151,3 +151,24 @@ def test_other_categories_exclude_the_category(tmp_path):
     assert image_set.other_categories("b") == ["a", "c"]
     with pytest.raises(UnknownNameError):
         image_set.other_categories("d")
+
+
+def test_loose_files_beside_category_folders_are_named(tmp_path):
+    """A root of category folders with files lying at its top level (which would be silently ignored) raises
+    ImageFolderError naming each loose file, even when only another category is selected; dot files are fine."""
+    write_png(tmp_path / "cats" / "0.png")
+    write_png(tmp_path / "dogs" / "0.png")
+    write_png(tmp_path / "stray.png")
+    (tmp_path / "README.txt").write_text("cats and dogs\n")
+    (tmp_path / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    for categories in (None, ["cats"]):
+        with pytest.raises(ImageFolderError) as error:
+            scan_image_root(tmp_path, categories)
+        message = str(error.value)
+        assert message.startswith("2 problem(s)"), message
+        assert f"{tmp_path / 'README.txt'}: file outside the category folders" in message
+        assert f"{tmp_path / 'stray.png'}: file outside the category folders" in message
+        assert ".DS_Store" not in message
+    (tmp_path / "README.txt").unlink()
+    (tmp_path / "stray.png").unlink()
+    assert scan_image_root(tmp_path).categories == ["cats", "dogs"]

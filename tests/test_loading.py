@@ -3,8 +3,11 @@ checkpoints, the registry, weight fingerprints, the torchvision workaround and d
 
 from __future__ import annotations
 
+import hashlib
+import json
 import multiprocessing
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -16,16 +19,42 @@ import pytest
 import torch
 import transformers
 from huggingface_hub import constants
+from safetensors import SafetensorError
 
 from harness import registry
 from harness._torchvision_compat import ensure_torchvision_importable
 from harness.devices import resolve_device, resolve_dtype, xdist_worker_index
 from harness.errors import MaskError, ModelUnavailableError, UnknownNameError
-from harness.loading import load_model, parameter_checksums, resolve_checkpoint_folder, weights_fingerprint
+from harness.loading import (
+    checkpoint_id,
+    load_model,
+    load_text_config,
+    missing_checkpoint_files,
+    parameter_checksums,
+    resolve_checkpoint_folder,
+    weights_fingerprint,
+)
 from harness.registry import EmbeddedAsset, ModelSpec
 from harness.zoo import ensure_built
 
 LM_WEIGHT = "model.language_model.layers.0.mlp.down_proj.weight"
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+NO_WEIGHTS = "model.safetensors (or pytorch_model.bin, or a sharded index)"
+
+
+def load_on_cpu(spec: ModelSpec, cache_dir: Path):
+    return load_model(spec, cache_dir=cache_dir, device="cpu", dtype="float32")
+
+
+def test_tests_run_against_an_empty_hugging_face_cache():
+    """tests/conftest.py points HF_HOME and HF_HUB_CACHE at a fresh temporary folder before huggingface_hub is
+    imported, so no test sees (or depends on) what this machine has cached."""
+    assert os.environ["HF_HUB_CACHE"] == constants.HF_HUB_CACHE
+    assert Path(constants.HF_HUB_CACHE).parent == Path(os.environ["HF_HOME"])
+    assert Path(os.environ["HF_HOME"]).name.startswith("can-tests-hf-")
+    assert not Path(os.environ["HF_HOME"]).is_relative_to(Path.home())
+    hub = Path(constants.HF_HUB_CACHE)
+    assert not hub.exists() or not any(hub.glob("models--*"))
 
 
 # -- the tiny LLaVA through from_pretrained ---------------------------------------------------------------------
@@ -44,6 +73,7 @@ def test_tiny_llava_loads_with_the_real_classes(loaded):
     assert isinstance(loaded.processor.image_processor, CLIPImageProcessorPil)
     assert loaded.tokenizer.padding_side == "left"
     assert (loaded.device, loaded.dtype) == (torch.device("cpu"), torch.float32)
+    assert loaded.checkpoint_id == "embedded:tiny-llava@v1"
 
 
 def test_tiny_llava_is_frozen_in_eval_mode(loaded):
@@ -158,6 +188,82 @@ def test_folder_without_weights_is_incomplete(loaded, tmp_path):
     assert str(folder) in str(error.value)
 
 
+def test_folder_without_config_is_incomplete(checkpoint_copy, tmp_path):
+    """Weights without config.json: load_model names the missing file, load_text_config says it has none."""
+    (checkpoint_copy / "config.json").unlink()
+    spec = ModelSpec(name="ghost", source=str(checkpoint_copy))
+    with pytest.raises(ModelUnavailableError, match=r"incomplete \(missing config\.json\)"):
+        load_on_cpu(spec, tmp_path)
+    with pytest.raises(ModelUnavailableError, match=r"no config\.json") as error:
+        load_text_config(spec, cache_dir=tmp_path)
+    assert str(checkpoint_copy) in str(error.value)
+
+
+def test_sharded_checkpoint_missing_a_shard_is_incomplete(checkpoint_copy, tmp_path):
+    """An index naming a shard that is not there: unavailable (a skip), naming the shard."""
+    (checkpoint_copy / "model.safetensors").unlink()
+    write_index(checkpoint_copy, "model.safetensors.index.json", ["model-00001-of-00002.safetensors"])
+    with pytest.raises(ModelUnavailableError, match=r"missing model-00001-of-00002\.safetensors"):
+        load_on_cpu(ModelSpec(name="ghost", source=str(checkpoint_copy)), tmp_path)
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_corrupt_weights_raise_the_loading_error_not_unavailable(checkpoint_copy, tmp_path, damage):
+    """A weight file that is present but unreadable raises the underlying error: a broken checkpoint must fail
+    the run, never be skipped as "unavailable"."""
+    weights = checkpoint_copy / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(random.Random(0).randbytes(4096) if damage == "garbage" else data[: len(data) // 2])
+    with pytest.raises(SafetensorError) as error:
+        load_on_cpu(ModelSpec(name="broken", source=str(checkpoint_copy)), tmp_path)
+    assert not isinstance(error.value, ModelUnavailableError)
+
+
+def write_index(folder: Path, name: str, shards: list[str]) -> None:
+    weight_map = {f"tensor.{i}": shard for i, shard in enumerate(shards * 2)}  # each shard named twice
+    (folder / name).write_text(json.dumps({"metadata": {"total_size": 0}, "weight_map": weight_map}))
+
+
+SHARDS = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+BIN_SHARDS = ["pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin"]
+
+
+@pytest.mark.parametrize(
+    ("files", "index", "missing"),
+    [
+        (["config.json", "model.safetensors"], None, []),
+        (["config.json", "pytorch_model.bin"], None, []),
+        (["model.safetensors"], None, ["config.json"]),
+        (["config.json", "tokenizer.json"], None, [NO_WEIGHTS]),
+        ([], None, ["config.json", NO_WEIGHTS]),
+        (["config.json", *SHARDS], ("model.safetensors.index.json", SHARDS), []),
+        (["config.json", SHARDS[0]], ("model.safetensors.index.json", SHARDS), [SHARDS[1]]),
+        (["config.json", SHARDS[1]], ("model.safetensors.index.json", SHARDS), [SHARDS[0]]),
+        ([], ("model.safetensors.index.json", SHARDS), ["config.json", *SHARDS]),
+        (["config.json", BIN_SHARDS[1]], ("pytorch_model.bin.index.json", BIN_SHARDS), [BIN_SHARDS[0]]),
+    ],
+    ids=[
+        "safetensors",
+        "bin",
+        "no-config",
+        "no-weights",
+        "empty",
+        "all-shards",
+        "no-second-shard",
+        "no-first-shard",
+        "index-alone",
+        "bin-shard",
+    ],
+)
+def test_missing_checkpoint_files(tmp_path, files, index, missing):
+    """config.json, and the single weight file or every shard an index names; nothing else."""
+    for name in files:
+        (tmp_path / name).write_bytes(b"{}")
+    if index is not None:
+        write_index(tmp_path, *index)
+    assert missing_checkpoint_files(tmp_path) == missing
+
+
 # -- registry -----------------------------------------------------------------------------------------------------
 @pytest.fixture
 def scratch_registry(monkeypatch):
@@ -263,6 +369,112 @@ def test_one_changed_element_is_detected(loaded):
     loaded.assert_unmodified()
 
 
+def test_fingerprint_samples_64_blocks_per_file(tmp_path):
+    """A 4 MiB weight file is covered by its 64 sampled 64 KiB blocks: a byte flipped in any block, including
+    blocks between the 16 a coarser sampling would read, changes the fingerprint."""
+    block = 1 << 16
+    weights = tmp_path / "model.safetensors"
+    data = bytearray(random.Random(1).randbytes(64 * block))
+    weights.write_bytes(bytes(data))
+    before = weights_fingerprint(tmp_path)
+    for index in (1, 5, 33, 62):  # none at a multiple of 4 (1/16 of the file)
+        flipped = bytearray(data)
+        flipped[index * block + 777] ^= 0xFF
+        weights.write_bytes(bytes(flipped))
+        assert weights_fingerprint(tmp_path) != before, index
+    weights.write_bytes(bytes(data))
+    assert weights_fingerprint(tmp_path) == before
+
+
+def hub_snapshot(repo: Path, files: dict[str, bytes], blob_names: dict[str, str] | None = None) -> Path:
+    """A Hugging Face cache repo folder: blobs named by content hash, snapshots/<commit>/ symlinks to them."""
+    blobs, snapshot = repo / "blobs", repo / "snapshots" / COMMIT
+    blobs.mkdir(parents=True, exist_ok=True)
+    snapshot.mkdir(parents=True, exist_ok=True)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(COMMIT)
+    for name, data in files.items():
+        blob = blobs / (blob_names or {}).get(name, hashlib.sha256(data).hexdigest())
+        blob.write_bytes(data)
+        link = snapshot / name
+        link.unlink(missing_ok=True)
+        link.symlink_to(os.path.relpath(blob, snapshot))
+    return snapshot
+
+
+def test_fingerprint_of_hub_cache_files_uses_the_blob_name(tmp_path):
+    """Files symlinked into blobs/ contribute their blob name, not sampled bytes. By design: a Hugging Face blob
+    is named by the hash of its content, so a new name means new content and the same name the same content
+    (rewriting a blob in place behind the cache's back is not detected)."""
+    files = {"config.json": b'{"model_type": "llava"}', "model.safetensors": bytes(range(256)) * 64}
+    repo = tmp_path / "models--someone--tiny"
+    snapshot = hub_snapshot(repo, files, {"model.safetensors": "a" * 64})
+    before = weights_fingerprint(snapshot)
+    assert (snapshot / "model.safetensors").is_symlink()
+
+    blob = repo / "blobs" / ("a" * 64)
+    blob.write_bytes(bytes(reversed(blob.read_bytes())))  # other bytes, same size, same blob name
+    assert weights_fingerprint(snapshot) == before
+
+    hub_snapshot(repo, {"model.safetensors": blob.read_bytes()}, {"model.safetensors": "b" * 64})
+    assert os.readlink(snapshot / "model.safetensors").endswith("b" * 64)
+    assert weights_fingerprint(snapshot) != before
+
+
+def test_plain_files_in_a_folder_named_blobs_are_still_sampled(tmp_path):
+    """Only symlinks into a blobs/ folder are identified by name: regular files in a checkpoint folder that
+    happens to be called `blobs` are sampled like any other, so a changed byte changes the fingerprint."""
+    folder = tmp_path / "blobs"
+    folder.mkdir()
+    weights = folder / "model.safetensors"
+    data = bytearray(random.Random(2).randbytes(1 << 16))
+    weights.write_bytes(bytes(data))
+    before = weights_fingerprint(folder)
+    data[100] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    assert weights_fingerprint(folder) != before
+
+
+@pytest.mark.parametrize(
+    ("folder", "expected"),
+    [
+        (f"models--someone--vlm/snapshots/{COMMIT}", f"hf:someone/vlm@{COMMIT}"),
+        ("my-checkpoints/vlm", "local"),
+        ("snapshots", "local"),
+    ],
+)
+def test_checkpoint_id_of_hub_and_local_folders(tmp_path, folder, expected):
+    """A folder under snapshots/ is the hub id at that commit; any other folder is `local` (its weights
+    fingerprint identifies it)."""
+    assert checkpoint_id(ModelSpec(name="vlm", source="someone/vlm"), tmp_path / folder) == expected
+
+
+def test_local_folder_under_a_snapshots_folder_is_local(tmp_path):
+    """A model pointed at a local folder (--can-model-path) is `local` even when that folder's parent happens to
+    be called snapshots: its source is a path, not a hub id."""
+    folder = tmp_path / "snapshots" / "v2"
+    assert checkpoint_id(ModelSpec(name="vlm", source=str(folder)), folder) == "local"
+
+
+def test_checkpoint_from_the_hub_cache_records_id_and_commit(loaded, tmp_path, monkeypatch):
+    """A checkpoint found in a (fake, offline) Hugging Face cache loads from its snapshot folder and is
+    identified as hf:<id>@<commit>; its fingerprint follows the blob names."""
+    hub = tmp_path / "hub"
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
+    files = {p.name: p.read_bytes() for p in loaded.path.iterdir() if not p.name.startswith(".")}
+    snapshot = hub_snapshot(hub / "models--someone--tiny-llava", files)
+    hf = load_on_cpu(ModelSpec(name="hub-tiny", source="someone/tiny-llava"), tmp_path)
+    assert hf.path == snapshot
+    assert hf.checkpoint_id == f"hf:someone/tiny-llava@{COMMIT}"
+    assert hf.fingerprint == weights_fingerprint(snapshot)
+    hub_snapshot(
+        hub / "models--someone--tiny-llava",
+        {"model.safetensors": files["model.safetensors"]},
+        {"model.safetensors": "c" * 64},
+    )
+    assert weights_fingerprint(snapshot) != hf.fingerprint
+
+
 # -- torchvision workaround ---------------------------------------------------------------------------------------
 def run_python(code: str) -> subprocess.CompletedProcess:
     return subprocess.run(
@@ -328,6 +540,23 @@ def test_xdist_worker_index_outside_xdist(monkeypatch):
     assert xdist_worker_index(None) is None
     monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw5")
     assert xdist_worker_index(None) == 5
+
+
+@pytest.mark.parametrize(
+    ("worker", "env", "expected"),
+    [("gw3", None, "cuda:1"), ("gw2", None, "cuda:0"), (None, None, "cuda:0"), (None, "gw5", "cuda:1")],
+)
+def test_auto_device_spreads_xdist_workers_over_the_gpus(monkeypatch, worker, env, expected):
+    """With 2 GPUs, worker gwN takes GPU N mod 2 and a serial run GPU 0; an explicit device is kept as given."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    if env is None:
+        monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
+    else:
+        monkeypatch.setenv("PYTEST_XDIST_WORKER", env)
+    assert resolve_device("auto", worker) == torch.device(expected)
+    assert resolve_device("cpu", worker) == torch.device("cpu")
+    assert resolve_device("cuda:0", worker) == torch.device("cuda:0")
 
 
 def test_dtype_resolution():

@@ -1,7 +1,8 @@
 """The pytest plugin end to end: the real collapse cases, selection, xdist, option errors and case misuse.
 
-Every run goes through pytester with the plugin active via its `pytest11` entry point, on a restricted grid
-(lm.down_proj × circle, square × k ≤ 4) and one shared cache so the tiny model is built and ranked once.
+Every run goes through pytester with the plugin active via its `pytest11` entry point, on CPU in float32, on a
+restricted grid (lm.down_proj × circle, square × k ≤ 4) and one shared cache so the tiny model is built and ranked
+once.
 """
 
 from __future__ import annotations
@@ -9,7 +10,10 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import os
+import random
 import re
+import shutil
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -38,6 +42,7 @@ TINY_IDS = [f"tiny-llava-lm.down_proj-{c}-k{k}" for c in CATEGORIES for k in KS]
 LLAVA_IDS = [f"llava-1.5-7b-lm.down_proj-{c}-k{k}" for c in CATEGORIES for k in KS]
 ONE_CELL = ("--can-categories", "circle", "--can-k-max", "1", "--can-max-new-tokens", "8")
 SITES = ["lm.gate_proj", "lm.up_proj", "lm.down_proj", "lm.mlp_hidden"]
+CPU_FLOAT32 = ("--can-device", "cpu", "--can-dtype", "float32")  # whatever accelerator the machine has
 GRID_MARK = '@pytest.mark.collapse_grid(models=["tiny-llava"], sites=["lm.down_proj"])'
 
 
@@ -83,6 +88,7 @@ def run_cases(pytester: pytest.Pytester, cache_dir: Path, shared_runs: dict[str,
             return shared_runs[key]
         report_dir = pytester.path / f"reports-{key or 'run'}"
         full = ("-p", "no:cacheprovider", "--can-cache-dir", str(cache_dir), "--can-report-dir", str(report_dir))
+        full += CPU_FLOAT32
         runner = pytester.runpytest_subprocess if subprocess else pytester.runpytest
         result = runner(*full, *args)
         json_path, csv_path = report_dir / "collapse.json", report_dir / "collapse.csv"
@@ -125,9 +131,10 @@ def test_serial_run_passes_and_prints_one_row_per_curve(serial):
     assert any(re.search(r"=+ critical-neuron collapse \(CAN, α=1, positions=all\) =+", s) for s in serial.lines)
     header, separator, *rows = summary_table(serial.lines)
     assert cells(header)[:4] == ["model", "site", "category", "imgs"]
+    assert cells(header)[-2:] == ["k grid", "notes"]
     assert set(separator) <= {"|", "-"}
     assert [cells(row)[:4] for row in rows] == [["tiny-llava", "lm.down_proj", c, "4"] for c in CATEGORIES]
-    assert all(cells(row)[-1].startswith("0…4 (4 pts)") for row in rows)
+    assert all(cells(row)[-2] == "0…4 (4 pts)" for row in rows)
     assert any(re.fullmatch(r"reports: \S+/collapse\.json  \S+/collapse\.csv", line) for line in serial.lines)
 
 
@@ -151,7 +158,9 @@ def test_serial_run_writes_json_with_provenance_and_points(serial):
         assert len(point["captions"]) == 4 and all(isinstance(c, str) for c in point["captions"])
         options = point["options"]
         assert options["alpha"] == 1.0
-        assert options["clip"] == "tiny-clip@1"
+        assert options["clip_model"] == "tiny-clip@1"
+        assert options["checkpoint"] == "embedded:tiny-llava@v1"
+        assert "clip" not in options  # renamed: it clashed with the point's CLIP score in the CSV
         assert options["max_new_tokens"] == 8
         assert options["stage1_ppl_ratio"] == 2.0
         assert options["stage2_log10_ppl_ratio"] == 1.0
@@ -179,6 +188,7 @@ def test_unavailable_model_is_skipped_with_how_to_fix(serial):
     assert "hf download llava-hf/llava-1.5-7b-hf" in reason
     assert "--can-model-path llava-1.5-7b=" in reason
     assert "--can-allow-download" in reason
+    assert f"local Hugging Face cache {os.environ['HF_HUB_CACHE']}." in reason  # the tests' empty cache
 
 
 def collected_ids(lines: list[str]) -> list[str]:
@@ -304,3 +314,260 @@ def test_curve_without_grid_marker_is_a_usage_error(run_cases, pytester):
     run = run_cases("test_unmarked.py")
     assert run.outcomes == {"errors": 1}
     assert any("UsageError" in line and "collapse_grid" in line for line in run.lines), run.lines
+
+
+# -- results: chance level, masked neurons, CSV columns, notes ----------------------------------------------------
+def curve_points(run: Run, category: str) -> list[dict]:
+    """The tiny model's points of one category, in k order."""
+    return [p for p in run.report["points"] if p["model"] == "tiny-llava" and p["category"] == category]
+
+
+def row_of(run: Run, category: str) -> list[str]:
+    return next(cells(row) for row in summary_table(run.lines)[2:] if cells(row)[2] == category)
+
+
+def test_chance_level_uses_every_other_category_on_every_point(serial):
+    """Every point's chance is scored against the 8 images of the two other categories (triangle included, though
+    it is not selected); clip_chance_baseline is the k = 0 chance on every point, and the summary shows it."""
+    summary = {s["category"]: s for s in serial.report["summary"]}
+    for category in CATEGORIES:
+        points = curve_points(serial, category)
+        assert [p["k"] for p in points] == list(KS)
+        chance_at_0 = points[0]["clip_chance"]
+        assert isinstance(chance_at_0, float)
+        assert [p["clip_chance_baseline"] for p in points] == [chance_at_0] * len(KS)
+        assert [p["chance_images"] for p in points] == [8] * len(KS)
+        assert all(isinstance(p["clip_chance"], float) for p in points)
+        assert summary[category]["clip_chance"] == chance_at_0
+        assert float(row_of(serial, category)[6]) == pytest.approx(chance_at_0, abs=0.05)  # shown to 0.1
+
+
+def test_points_record_the_masked_neurons_in_rank_order(serial, loaded):
+    """k = 0 masks nothing; each k records (layer, channel, score) of its k neurons, a prefix of the larger k's
+    list (the ranking is nested), distinct, inside the site, scores non-increasing, all from one ranking."""
+    layers, width = loaded.text_config.num_hidden_layers, loaded.text_config.hidden_size
+    for category in CATEGORIES:
+        points = {p["k"]: p for p in curve_points(serial, category)}
+        assert (points[0]["masked_neurons"], points[0]["ranking_key"]) == ([], None)
+        largest = points[max(KS)]["masked_neurons"]
+        assert [points[k]["masked_neurons"] for k in KS] == [largest[:k] for k in KS]
+        assert len({(layer, channel) for layer, channel, _ in largest}) == max(KS)
+        assert all(0 <= layer < layers and 0 <= channel < width for layer, channel, _ in largest)
+        scores = [score for _, _, score in largest]
+        assert all(isinstance(score, float) for score in scores)
+        assert scores == sorted(scores, reverse=True)
+        assert len({points[k]["ranking_key"] for k in KS if k}) == 1
+
+
+def test_csv_keeps_the_clip_score_and_the_clip_model_apart(serial):
+    """The CSV's `clip` column is the point's CLIP score (a float, not the CLIP model's label, which lives in
+    `clip_model`); the checkpoint and the masked neurons are columns too."""
+    points = {(p["category"], p["k"]): p for p in serial.report["points"]}
+    assert len(serial.csv_rows) == len(points)
+    for row in serial.csv_rows:
+        point = points[(row["category"], int(row["k"]))]
+        assert float(row["clip"]) == point["clip"]
+        assert float(row["clip_chance"]) == point["clip_chance"]
+        assert row["clip_model"] == "tiny-clip@1"
+        assert row["checkpoint"] == "embedded:tiny-llava@v1"
+        assert int(row["chance_images"]) == 8
+        assert json.loads(row["masked_neurons"]) == point["masked_neurons"]
+
+
+def test_notes_column_flags_what_the_points_show(serial):
+    """`notes` says non-monotone when a stage falls as k grows, and CLIP₀ ≤ chance when the baseline CLIP score
+    does not beat the chance level (derived here from the JSON points)."""
+    for category in CATEGORIES:
+        points = curve_points(serial, category)
+        stages = [p["stage"] for p in points]
+        expected = [] if all(a <= b for a, b in itertools.pairwise(stages)) else ["non-monotone"]
+        if points[0]["clip_baseline"] <= points[0]["clip_chance_baseline"]:
+            expected.append("CLIP₀ ≤ chance")
+        assert row_of(serial, category)[-1] == "; ".join(expected)
+
+
+SELECTION_FREE = ("--can-sites", "lm.down_proj", "--can-k-max", "4", "--can-max-new-tokens", "8")
+
+
+def test_chance_and_thresholds_do_not_depend_on_the_category_selection(serial, run_cases):
+    """circle's summary row and points are identical whether circle is selected alone, with square, or not
+    selected at all (every category, cases picked with -k): the image set always holds every category."""
+    alone = run_cases(*SELECTION_FREE, "--can-categories", "circle", key="circle-alone")
+    everything = run_cases(*SELECTION_FREE, "-k", "tiny-llava and circle", key="every-category")
+    for run in (alone, everything):
+        assert run.ret == 0, "\n".join(run.lines)
+        assert run.outcomes["passed"] == 4
+        assert {p["category"] for p in run.report["points"]} == {"circle"}
+
+    def measured(run: Run) -> list[tuple]:
+        keys = (
+            "k",
+            "clip_chance",
+            "clip_chance_baseline",
+            "chance_images",
+            "stage",
+            "masked_neurons",
+            "ranking_key",
+        )
+        return [tuple(p[key] for key in keys) for p in curve_points(run, "circle")]
+
+    assert row_of(alone, "circle") == row_of(everything, "circle") == row_of(serial, "circle")
+    assert measured(alone) == measured(everything) == measured(serial)
+
+
+# -- CLIP options ---------------------------------------------------------------------------------------------
+def test_named_clip_model_defaults_to_openai_and_skips_when_not_cached(run_cases):
+    """--can-clip-model ViT-B-32 alone means ViT-B-32/openai (never a random CLIP); with the tests' empty HF
+    cache its weights are missing, so the tiny model's cases skip saying so and no report is written."""
+    run = run_cases("--can-sites", "lm.down_proj", *ONE_CELL, "--can-clip-model", "ViT-B-32", "-rs")
+    assert run.ret == 0, "\n".join(run.lines)
+    assert run.outcomes == {"skipped": 4}
+    skipped = [line for line in run.lines if line.startswith("SKIPPED [2]") and "CLIP ViT-B-32/openai" in line]
+    assert len(skipped) == 1, "\n".join(run.lines)
+    assert "are not cached on this machine" in skipped[0]
+    assert "--can-clip-model local-dir:" in skipped[0]
+    assert run.report is None
+    assert not any("critical-neuron collapse (CAN" in line for line in run.lines)
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (("--can-clip-model", "bogus"), "unknown open_clip model 'bogus'"),
+        (("--can-clip-model", "ViT-B-32", "--can-clip-pretrained", "no-such-tag"), "'no-such-tag'"),
+        (("--can-clip-pretrained", "openai"), "--can-clip-pretrained needs --can-clip-model"),
+        (("--can-device", "gpu0"), "invalid device 'gpu0'"),
+        (("--can-k-factor", "nan"), "k_factor must be a finite number > 1"),
+        (("--can-stage1-ppl-ratio", "inf"), "stage1_ppl_ratio must be a finite number, got inf"),
+    ],
+    ids=["clip-model", "clip-tag", "tag-alone", "device", "k-factor", "threshold"],
+)
+def test_invalid_settings_are_usage_errors_at_startup(run_cases, args, named):
+    """Settings the harness cannot run with stop pytest before collection (exit code 4), one line saying why."""
+    run = run_cases(*args)
+    assert run.ret == pytest.ExitCode.USAGE_ERROR
+    assert "passed" not in run.outcomes and "skipped" not in run.outcomes
+    assert any(line.startswith("ERROR: harness option:") and named in line for line in run.lines), run.lines
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--can-dtype", "fp32"),
+        ("--can-positions", "first"),
+        ("--can-mask-mode", "zero"),
+        ("--can-dist-group", "gpu"),
+    ],
+)
+def test_option_outside_its_choices_is_a_usage_error(run_cases, option, value):
+    """Options with a fixed set of values reject others when the command line is parsed."""
+    run = run_cases(option, value)
+    assert run.ret == pytest.ExitCode.USAGE_ERROR
+    assert any(re.search(rf"argument {option}: invalid choice: '?{value}'?", line) for line in run.lines), (
+        run.lines
+    )
+
+
+# -- grid marker, image set, checkpoints ------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("kwargs", "got"), [('models=["tiny-llava"]', "['models']"), ('sites=["lm.down_proj"]', "['sites']")]
+)
+def test_grid_marker_needs_models_and_sites(run_cases, pytester, kwargs, got):
+    """collapse_grid without models= or sites= fails collection with a UsageError naming what the marker needs
+    and what it got."""
+    pytester.makepyfile(
+        test_half=f"""
+        import pytest
+
+        @pytest.mark.collapse_grid({kwargs})
+        def test_half(collapse_curve, k):
+            pass
+        """
+    )
+    run = run_cases("test_half.py")
+    assert run.ret == pytest.ExitCode.INTERRUPTED, run.lines  # a collection error: nothing runs
+    assert "passed" not in run.outcomes
+    text = "\n".join(run.lines)
+    assert "pytest.UsageError: " in text, text
+    assert "collapse_grid needs models=[...] and sites=[...]" in text, text
+    assert f"got {got}" in text, text
+
+
+def test_session_uses_the_image_set_scanned_at_collection(run_cases, pytester):
+    """The session fixture gets the very ImageSet collection scanned, holding every category even when only
+    circle is selected."""
+    pytester.makepyfile(
+        test_shared=f"""
+        import pytest
+        from harness.plugin import IMAGES
+
+        {GRID_MARK}
+        def test_grid(can_model, can_site, can_category, k):
+            assert can_category == "circle"
+
+        def test_shared(can_session, pytestconfig):
+            assert can_session.images is pytestconfig.stash[IMAGES]
+            assert can_session.images.categories == ["circle", "square", "triangle"]
+        """
+    )
+    run = run_cases("test_shared.py", "--can-categories", "circle", "--can-k-max", "1")
+    assert run.outcomes == {"passed": 3}, "\n".join(run.lines)
+
+
+@pytest.fixture
+def scratch_registry(monkeypatch):
+    """--can-model-path edits the (process-wide) registry: give in-process runs a copy that is thrown away."""
+    from harness import registry
+
+    registry.registered_models()
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+
+
+def test_corrupt_checkpoint_errors_while_an_incomplete_one_skips(run_cases, pytester, loaded, scratch_registry):
+    """A present but unreadable model.safetensors makes the cases error (a regression run must not hide it); a
+    folder without weights makes them skip as incomplete."""
+    broken = Path(shutil.copytree(loaded.path, pytester.path / "broken"))
+    (broken / "model.safetensors").write_bytes(random.Random(0).randbytes(4096))
+    partial = pytester.path / "partial"
+    partial.mkdir()
+    shutil.copy(loaded.path / "config.json", partial / "config.json")
+    cell = ("--can-models", "llava-1.5-7b", "--can-sites", "lm.down_proj", *ONE_CELL, "-rs")
+
+    errors = run_cases(*cell, "--can-model-path", f"llava-1.5-7b={broken}")
+    assert errors.outcomes == {"errors": 2}, "\n".join(errors.lines)
+    assert any("SafetensorError" in line for line in errors.lines), "\n".join(errors.lines)
+    assert not any("SKIPPED" in line for line in errors.lines)
+
+    skips = run_cases(*cell, "--can-model-path", f"llava-1.5-7b={partial}")
+    assert skips.outcomes == {"skipped": 2}, "\n".join(skips.lines)
+    reason = next(line for line in skips.lines if line.startswith("SKIPPED [2]"))
+    assert f"the checkpoint in {partial} is incomplete (missing model.safetensors" in reason
+
+
+# -- xdist grouped by curve ---------------------------------------------------------------------------------------
+@pytest.fixture
+def parallel_by_curve(run_cases) -> Run:
+    return run_cases(*GRID, "-n", "2", "-v", "--can-dist-group", "curve", subprocess=True, key="xdist-curve")
+
+
+def test_xdist_grouped_by_curve_matches_serial_run(serial, parallel_by_curve):
+    """--can-dist-group curve keeps each (model, site, category) curve on one worker, spreads the tiny model's
+    two curves over both workers, and prints the same table and points as the serial run."""
+    run = parallel_by_curve
+    assert run.ret == 0, "\n".join(run.lines)
+    assert run.outcomes == {"passed": 8, "skipped": 8}
+    assert summary_table(run.lines) == summary_table(serial.lines)
+
+    def points(run: Run) -> list[tuple]:
+        return [(p["model"], p["category"], p["k"], p["stage"], p["captions"]) for p in run.report["points"]]
+
+    assert points(run) == points(serial)
+    workers: dict[str, set[str]] = {}
+    for line in run.lines:
+        match = re.search(r"\[(gw\d+)\].*::test_collapse\[([^\]]+)-k\d+\]", line)
+        if match:
+            workers.setdefault(match.group(2), set()).add(match.group(1))
+    curves = [f"{model}-lm.down_proj-{c}" for model in ("tiny-llava", "llava-1.5-7b") for c in CATEGORIES]
+    assert sorted(workers) == sorted(curves)
+    assert all(len(gws) == 1 for gws in workers.values()), workers
+    assert workers["tiny-llava-lm.down_proj-circle"] != workers["tiny-llava-lm.down_proj-square"], workers

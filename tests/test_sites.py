@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from types import SimpleNamespace
 
+import numpy
 import pytest
 import torch
 from torch import nn
@@ -184,3 +185,52 @@ def test_full_size_llava_sites_resolve(name, width, llava_7b):
     assert site.width == width
     assert site.size == 32 * width
     assert all(module.weight.device.type == "meta" for module in site.modules)
+
+
+@pytest.mark.parametrize(
+    "k",
+    [numpy.int64(3), numpy.int32(3), numpy.uint8(3), torch.tensor(3), torch.tensor(3, dtype=torch.int32)],
+    ids=["int64", "int32", "uint8", "tensor", "tensor-int32"],
+)
+def test_check_k_accepts_integer_types_and_returns_a_python_int(k, loaded):
+    """numpy integers and 0-d integer tensors are valid k; the value comes back as a plain int."""
+    value = resolve_site(loaded, "lm.down_proj").check_k(k)
+    assert type(value) is int
+    assert value == 3
+
+
+@pytest.mark.parametrize(
+    "k",
+    [False, 2.0, numpy.float64(2.0), torch.tensor(2.0), numpy.True_, torch.tensor(True), "2", None],
+    ids=["False", "float", "numpy-float", "float-tensor", "numpy-bool", "bool-tensor", "str", "None"],
+)
+def test_check_k_rejects_bools_fractions_and_non_numbers(k, loaded):
+    """Booleans (Python, numpy or tensor), floats (even integral ones) and non-numbers raise InvalidKError."""
+    with pytest.raises(InvalidKError) as error:
+        resolve_site(loaded, "lm.down_proj").check_k(k)
+    assert f"k={k!r}" in str(error.value)
+
+
+def test_check_k_bounds_apply_to_numpy_integers(loaded):
+    config = loaded.model.config.text_config
+    size = config.num_hidden_layers * config.hidden_size
+    site = resolve_site(loaded, "lm.down_proj")
+    assert site.check_k(numpy.int64(size)) == size
+    for k in (numpy.int64(size + 1), numpy.int64(-1), torch.tensor(-1)):
+        with pytest.raises(InvalidKError, match=rf"\[0, {size}\]"):
+            site.check_k(k)
+
+
+def test_transformers_4_llava_layout_is_no_longer_probed(loaded):
+    """Only transformers 5's `model.language_model.layers` is a LLaVA language model: a module laid out the 4.x
+    way (`language_model.model.layers`) has no language-model layers."""
+    inner = nn.Module()
+    inner.layers = decoder_layers(loaded.model)
+    language_model = nn.Module()
+    language_model.model = inner
+    old_style = nn.Module()
+    old_style.language_model = language_model
+    target = SimpleNamespace(model=old_style, family=loaded.family, text_config=loaded.text_config)
+    assert loaded.family.language_layer_paths == ("model.language_model.layers",)
+    with pytest.raises(SiteResolutionError, match="no language-model layers"):
+        resolve_site(target, "lm.down_proj")

@@ -1,0 +1,216 @@
+"""ModelExperiment and HarnessSession: masked neurons in results, what a ranking's cache key covers, the image
+set and its chance level, integer k types, remembered load failures and unsupported families."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy
+import pytest
+import torch
+from PIL import Image
+
+import harness.captioning
+import harness.experiment
+import harness.ranking
+import harness.sites
+from harness.errors import ModelUnavailableError, UnknownNameError, UnsupportedModelError
+from harness.experiment import HarnessSession, ModelExperiment, load_image_set
+from harness.families import check_family_supported
+from harness.images import scan_image_root
+from harness.ranking_cache import cache_key
+from harness.registry import get_model_spec
+
+SITE = "lm.down_proj"
+RANKING_FIELDS = {
+    "code",
+    "checkpoint",
+    "weights",
+    "dtype",
+    "device",
+    "site",
+    "alpha",
+    "positions",
+    "prompt",
+    "max_new_tokens",
+    "images",
+    "category",
+    "model",
+}
+PROMPT = "USER: <image>\nProvide a one-sentence caption for the provided image. ASSISTANT:"
+
+
+# -- masked neurons ---------------------------------------------------------------------------------------------
+def test_masked_neurons_are_the_rankings_top_k_capped_at_64(experiment, loaded):
+    """(layer, channel, score) of the top k neurons in rank order (score descending, ties by lower flat index),
+    flat index = layer · width + channel; at most the first 64 are kept; none at k = 0."""
+    site = "lm.gate_proj"  # its top 64 span both layers (down_proj's all sit in layer 0): the split is exercised
+    width = loaded.text_config.intermediate_size
+    flat = experiment.ranking(site, "circle").scores.reshape(-1).tolist()
+    assert len(flat) == loaded.text_config.num_hidden_layers * width > 100
+    by_rank = sorted(range(len(flat)), key=lambda index: (-flat[index], index))
+    expected = [(index // width, index % width, flat[index]) for index in by_rank]
+    assert experiment.measure(site, "circle", 0).masked_neurons == []
+    assert experiment.measure(site, "circle", 3).masked_neurons == expected[:3]
+    hundred = experiment.measure(site, "circle", 100).masked_neurons
+    assert len(hundred) == 64
+    assert hundred == expected[:64]
+    assert {layer for layer, _, _ in hundred} == {0, 1}
+
+
+@pytest.mark.parametrize("k", [numpy.int64(2), torch.tensor(0)], ids=["numpy", "tensor"])
+def test_measure_records_an_integer_k_as_a_python_int(experiment, k):
+    """A numpy or tensor k is measured like the int it holds and recorded as a plain int, so the point can be
+    written to the JSON report."""
+    point = experiment.measure(SITE, "circle", k)
+    assert type(point.k) is int
+    assert point.k == int(k)
+    assert json.loads(json.dumps(point.to_row()))["k"] == int(k)
+
+
+# -- ranking inputs ---------------------------------------------------------------------------------------------
+def ranking_source_hash() -> str:
+    digest = hashlib.sha256()
+    for module in (harness.ranking, harness.captioning, harness.sites):
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def test_ranking_inputs_name_everything_a_ranking_depends_on(experiment, loaded, images):
+    """The key covers the ranking code, the checkpoint's identity and weights, dtype, device, site, CAN options,
+    prompt, caption length, category and its images' hashes; source and revision are gone (checkpoint says it)."""
+    inputs = experiment.ranking_inputs(SITE, "circle")
+    assert set(inputs) >= RANKING_FIELDS
+    assert not {"source", "revision"} & set(inputs)
+    assert inputs["code"] == ranking_source_hash()
+    assert inputs["checkpoint"] == "embedded:tiny-llava@v1"
+    assert inputs["weights"] == loaded.fingerprint
+    assert (inputs["dtype"], inputs["device"]) == ("torch.float32", "cpu")
+    assert (inputs["model"], inputs["site"], inputs["category"]) == ("tiny-llava", SITE, "circle")
+    assert (inputs["alpha"], inputs["positions"]) == (1.0, "all")
+    assert (inputs["prompt"], inputs["max_new_tokens"]) == (PROMPT, 12)
+    files = sorted(p for p in (images.root / "circle").iterdir() if p.suffix == ".png")
+    assert len(files) == 4
+    assert inputs["images"] == [hashlib.sha256(p.read_bytes()).hexdigest() for p in files]
+
+
+def experiment_on(experiment: ModelExperiment, root: Path) -> ModelExperiment:
+    """The same loaded model and CLIP on the images under another root."""
+    return ModelExperiment(
+        experiment.loaded, experiment.clip, scan_image_root(root), experiment.settings, experiment.rankings
+    )
+
+
+def test_changing_one_image_changes_its_hash_and_the_ranking_key(experiment, images, tmp_path):
+    """A copy of the image set gives the same keys (the location is not an input); re-saving one circle image with
+    one pixel changed changes that image's hash and circle's key, and nothing else."""
+    root = Path(shutil.copytree(images.root, tmp_path / "images"))
+    copy = experiment_on(experiment, root)
+    before = copy.ranking_inputs(SITE, "circle")
+    assert cache_key(before) == cache_key(experiment.ranking_inputs(SITE, "circle"))
+
+    target = sorted((root / "circle").glob("*.png"))[1]
+    old_bytes = target.read_bytes()
+    with Image.open(target) as image:
+        edited = image.convert("RGB")
+    edited.putpixel((0, 0), tuple(255 - c for c in edited.getpixel((0, 0))))
+    edited.save(target)
+    assert target.read_bytes() != old_bytes
+
+    changed = experiment_on(experiment, root)
+    after = changed.ranking_inputs(SITE, "circle")
+    assert [i for i, (a, b) in enumerate(zip(before["images"], after["images"], strict=True)) if a != b] == [1]
+    assert after["images"][1] == hashlib.sha256(target.read_bytes()).hexdigest()
+    assert {name for name in before if before[name] != after[name]} == {"images"}
+    assert cache_key(after) != cache_key(before)
+    assert cache_key(changed.ranking_inputs(SITE, "square")) == cache_key(
+        experiment.ranking_inputs(SITE, "square")
+    )
+
+
+# -- the image set and the chance level --------------------------------------------------------------------------
+def test_image_set_holds_every_category_whatever_the_selection(settings):
+    """Selecting categories checks their names but keeps every category (the others set the chance level)."""
+    selected = dataclasses.replace(settings, categories=("square",))
+    assert load_image_set(selected).categories == ["circle", "square", "triangle"]
+    assert HarnessSession(selected).images.categories == ["circle", "square", "triangle"]
+    with pytest.raises(UnknownNameError) as error:
+        load_image_set(dataclasses.replace(settings, categories=("circle", "hexagon")))
+    assert error.value.name == "hexagon"
+    assert error.value.valid == ["circle", "square", "triangle"]
+
+
+def test_session_uses_a_given_image_set(settings, images):
+    """An ImageSet handed to the session (the plugin's, scanned at collection) is used as is, not rescanned."""
+    assert HarnessSession(settings, images=images).images is images
+
+
+def test_a_single_category_has_no_chance_level(experiment, images, tmp_path):
+    """With no other category there is nothing to score the captions against: chance is None on every point
+    and counts 0 images."""
+    root = tmp_path / "only-circles"
+    shutil.copytree(images.root / "circle", root / "circle")
+    alone = experiment_on(experiment, root)
+    assert alone.baseline("circle").clip_chance is None
+    point = alone.measure(SITE, "circle", 0)
+    assert (point.clip_chance, point.clip_chance_baseline, point.chance_images) == (None, None, 0)
+
+
+# -- model start-up --------------------------------------------------------------------------------------------
+class CountingLoad:
+    """Stands in for harness.experiment.load_model: counts its calls and raises the given error."""
+
+    def __init__(self, error: Exception):
+        self.error, self.calls = error, 0
+
+    def __call__(self, spec, **kwargs):
+        self.calls += 1
+        raise self.error
+
+
+def test_failed_model_start_is_remembered(settings, monkeypatch):
+    """A model whose start failed raises the same error object again without a second load; another model
+    still gets its own attempt."""
+    load = CountingLoad(ModelUnavailableError("llava-1.5-7b: not on this machine"))
+    monkeypatch.setattr(harness.experiment, "load_model", load)
+    session = HarnessSession(settings)
+    with pytest.raises(ModelUnavailableError) as first:
+        session.experiment("llava-1.5-7b")
+    with pytest.raises(ModelUnavailableError) as second:
+        session.experiment("llava-1.5-7b")
+    assert first.value is load.error
+    assert second.value is load.error
+    assert load.calls == 1
+    with pytest.raises(ModelUnavailableError):
+        session.experiment("tiny-llava")
+    assert load.calls == 2
+
+
+def test_unsupported_family_is_refused_before_loading(settings, monkeypatch):
+    """instructblip's captioning path is not validated: the session refuses it with UnsupportedModelError
+    (remembered like any failed start) and never loads the weights."""
+    load = CountingLoad(AssertionError("the weights of an unsupported model must not be loaded"))
+    monkeypatch.setattr(harness.experiment, "load_model", load)
+    session = HarnessSession(settings)
+    with pytest.raises(UnsupportedModelError) as first:
+        session.experiment("instructblip-vicuna-7b")
+    with pytest.raises(UnsupportedModelError) as second:
+        session.experiment("instructblip-vicuna-7b")
+    assert second.value is first.value
+    assert load.calls == 0
+
+
+def test_check_family_supported():
+    """instructblip is refused naming the model, its family and the supported ones; llava models pass."""
+    with pytest.raises(UnsupportedModelError) as error:
+        check_family_supported(get_model_spec("instructblip-vicuna-7b"))
+    message = str(error.value)
+    assert message.startswith("instructblip-vicuna-7b: ")
+    assert "'instructblip' family" in message
+    assert message.endswith("families supported end to end: llava")
+    assert check_family_supported(get_model_spec("llava-1.5-7b")) is None
+    assert check_family_supported(get_model_spec("tiny-llava")) is None

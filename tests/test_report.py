@@ -1,0 +1,152 @@
+"""Reports from hand-built points: the summary's notes and chance column, and the CSV's flattened options."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import re
+
+import pytest
+
+from harness.experiment import CollapsePoint
+from harness.report import _flat_row, render_summary, summarize, write_reports
+
+HEADERS = ["model", "site", "category", "imgs", "PPL₀", "CLIP₀", "chance", "k₁ stage 1", "k₂ stage 2"]
+
+
+def point(category: str = "circle", k: int = 0, stage: int = 0, **changes) -> dict:
+    """A point row as CollapsePoint.to_row() writes it, every field set by hand."""
+    row = {
+        "model": "tiny-llava",
+        "site": "lm.down_proj",
+        "category": category,
+        "k": k,
+        "n_images": 4,
+        "mean_nll_ref": 2.0,
+        "mean_nll_self": 1.5,
+        "log10_ppl_ref": 0.8686,
+        "log10_ppl_self": 0.6514,
+        "log10_ppl_baseline": 0.8686,
+        "log10_ppl_ratio": 0.0,
+        "clip": 30.25,
+        "clip_baseline": 30.25,
+        "clip_chance": 10.5,
+        "clip_chance_baseline": 10.5,
+        "chance_images": 8,
+        "degenerate_rate": 0.0,
+        "stage": stage,
+        "captions": ["a red circle", "a circle"],
+        "masked_neurons": [[0, channel, 1.0 / (channel + 1)] for channel in range(k)],
+        "mask_modes": ["weight"] if k else [],
+        "ranking_key": "ab" * 32 if k else None,
+        "options": {"alpha": 1.0, "clip_model": "tiny-clip@1", "checkpoint": "embedded:tiny-llava@v1"},
+    }
+    return {**row, **changes}
+
+
+def curve(category: str, stages: list[int], **changes) -> list[dict]:
+    return [point(category, k, stage, **changes) for k, stage in zip((0, 1, 2, 4), stages, strict=True)]
+
+
+def table_rows(text: str) -> list[list[str]]:
+    lines = text.splitlines()
+    return [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in lines[:1] + lines[2:]]
+
+
+def test_hand_built_point_has_every_field():
+    """The helper above writes exactly CollapsePoint's fields, so the tests below see real-shaped rows."""
+    assert set(point()) == {f.name for f in dataclasses.fields(CollapsePoint)}
+
+
+def summary_row(category: str, *, monotone: bool, clip_baseline: float, clip_chance: float | None) -> dict:
+    return {
+        "model": "tiny-llava",
+        "site": "lm.down_proj",
+        "category": category,
+        "n_images": 4,
+        "log10_ppl_baseline": 0.5,
+        "clip_baseline": clip_baseline,
+        "clip_chance": clip_chance,
+        "k_stage1": 2,
+        "k_stage2": None,
+        "k_evaluated": [0, 1, 2, 4],
+        "monotone": monotone,
+    }
+
+
+def test_notes_column_of_a_hand_built_summary():
+    """notes is the last column, after the k grid: non-monotone for a curve whose stage falls again, CLIP₀ ≤
+    chance when the baseline CLIP does not beat chance (equality included), nothing otherwise."""
+    summary = [
+        summary_row("a", monotone=True, clip_baseline=30.0, clip_chance=10.0),
+        summary_row("b", monotone=False, clip_baseline=30.0, clip_chance=10.0),
+        summary_row("c", monotone=True, clip_baseline=5.0, clip_chance=10.0),
+        summary_row("d", monotone=False, clip_baseline=5.0, clip_chance=10.0),
+        summary_row("e", monotone=True, clip_baseline=10.0, clip_chance=10.0),
+        summary_row("f", monotone=True, clip_baseline=0.0, clip_chance=None),
+    ]
+    header, *rows = table_rows(render_summary(summary))
+    assert header == [*HEADERS, "k grid", "notes"]
+    assert [(row[2], row[-2], row[-1]) for row in rows] == [
+        ("a", "0…4 (4 pts)", ""),
+        ("b", "0…4 (4 pts)", "non-monotone"),
+        ("c", "0…4 (4 pts)", "CLIP₀ ≤ chance"),
+        ("d", "0…4 (4 pts)", "non-monotone; CLIP₀ ≤ chance"),
+        ("e", "0…4 (4 pts)", "CLIP₀ ≤ chance"),
+        ("f", "0…4 (4 pts)", ""),
+    ]
+    assert rows[-1][6] == "n/a"
+
+
+def test_summary_notes_from_hand_built_points():
+    """From points: stages 0, 2, 1, 2 are non-monotone; a CLIP baseline below the chance level is flagged."""
+    rows = curve("circle", [0, 2, 1, 2]) + curve("square", [0, 1, 1, 2], clip_baseline=4.0, clip=4.0)
+    _, *table = table_rows(render_summary(summarize(rows)))
+    assert [(row[2], row[7], row[8], row[-1]) for row in table] == [
+        ("circle", "1", "1", "non-monotone"),
+        ("square", "1", "4", "CLIP₀ ≤ chance"),
+    ]
+
+
+def test_summary_chance_is_the_baseline_chance_even_without_the_k0_point():
+    """The summary's chance is the k = 0 chance (clip_chance_baseline), not the chance of the first point
+    recorded: with only k = 4 measured (e.g. -k k4) it still shows the baseline chance."""
+    rows = [point("circle", 4, 2, clip_chance=1.0, clip_chance_baseline=12.5, clip_baseline=20.0)]
+    (summary,) = summarize(rows)
+    assert summary["clip_chance"] == 12.5
+    _, row = table_rows(render_summary([summary]))
+    assert row[6] == "12.5"
+    assert row[-1] == ""
+
+
+def test_flat_row_merges_options_and_drops_captions():
+    """A CSV row is the point without captions and options, the options merged in as columns."""
+    row = _flat_row(point("circle", 2, 1))
+    assert "captions" not in row and "options" not in row
+    assert row["clip"] == 30.25
+    assert row["clip_model"] == "tiny-clip@1"
+    assert row["checkpoint"] == "embedded:tiny-llava@v1"
+    assert len(row) == len(point()) - 2 + 3
+
+
+@pytest.mark.parametrize("clash", [["clip"], ["k", "stage"]])
+def test_flat_row_refuses_options_that_clash_with_point_fields(clash):
+    """An option named like a point field would overwrite it in the CSV: a ValueError naming the fields."""
+    row = point("circle", 1, 1)
+    row["options"] = {**row["options"], **{name: "from options" for name in clash}}
+    with pytest.raises(ValueError, match=re.escape(f"option names {clash!r} clash with point fields")):
+        _flat_row(row)
+
+
+def test_csv_clip_column_is_the_score(tmp_path):
+    """collapse.csv keeps the CLIP score in `clip` and the CLIP model in `clip_model`, one row per point."""
+    rows = curve("circle", [0, 1, 1, 2])
+    json_path, csv_path = write_reports(rows, tmp_path, meta={"harness": "test"})
+    with csv_path.open(newline="") as handle:
+        table = list(csv.DictReader(handle))
+    assert [int(r["k"]) for r in table] == [0, 1, 2, 4]
+    assert all(float(r["clip"]) == 30.25 and r["clip_model"] == "tiny-clip@1" for r in table)
+    assert [json.loads(r["masked_neurons"]) for r in table] == [p["masked_neurons"] for p in rows]
+    document = json.loads(json_path.read_text())
+    assert [p["options"]["clip_model"] for p in document["points"]] == ["tiny-clip@1"] * 4

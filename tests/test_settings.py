@@ -1,0 +1,59 @@
+"""Option validation: HarnessSettings and StageThresholds refuse values a run could not use, naming them."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from harness.settings import HarnessSettings
+from harness.stages import StageThresholds
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "named"),
+    [
+        ("device", "gpu0", "invalid device 'gpu0'"),
+        ("device", "cuda:x", "invalid device 'cuda:x'"),
+        ("device", "", "invalid device ''"),
+        ("dtype", "fp32", "unknown dtype 'fp32'"),
+        ("dtype", "float64", "unknown dtype 'float64'"),
+        ("k_factor", NAN, "got nan"),
+        ("k_factor", INF, "got inf"),
+        ("k_factor", 1.0, "got 1.0"),
+        ("mask_mode", "zero", "unknown mask mode 'zero'"),
+    ],
+)
+def test_invalid_settings_raise_naming_the_value(tmp_path, field, value, named):
+    with pytest.raises(ValueError, match=re.escape(named)):
+        HarnessSettings(cache_dir=tmp_path, **{field: value})
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("device", "auto"),
+        ("device", "cpu"),
+        ("device", "cuda"),
+        ("device", "cuda:1"),  # parsed, not opened: valid on a machine without a GPU
+        ("dtype", None),
+        ("dtype", "auto"),
+        ("dtype", "float32"),
+        ("dtype", "bfloat16"),
+        ("dtype", "float16"),
+        ("k_factor", 1.01),
+    ],
+)
+def test_valid_settings_are_kept_as_given(tmp_path, field, value):
+    assert getattr(HarnessSettings(cache_dir=tmp_path, **{field: value}), field) == value
+
+
+@pytest.mark.parametrize("field", list(StageThresholds().as_dict()))
+@pytest.mark.parametrize("value", [NAN, INF, -INF], ids=["nan", "inf", "-inf"])
+def test_stage_thresholds_must_be_finite(field, value):
+    """NaN would make every comparison false and inf every threshold unreachable: both are rejected, naming the
+    threshold and the value."""
+    with pytest.raises(ValueError, match=re.escape(f"{field} must be a finite number, got {value!r}")):
+        StageThresholds(**{field: value})
