@@ -107,7 +107,8 @@ def render_summary(summary: list[dict]) -> str:
     ]
     headers = ("model", "site", "category", "imgs", "PPL₀", "CLIP₀", "chance", "k₁ stage 1", "k₂ stage 2")
     headers += ("k grid", "notes")
-    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+    align = ("left",) * 3 + ("right",) * 6 + ("left",) * 2  # numbers right-aligned, as formatted above
+    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True, colalign=align)
 
 
 def _notes(summary_row: dict) -> list[str]:
