@@ -286,7 +286,7 @@ class HarnessSession:
         self.rankings = RankingCache(settings.cache_dir)
         self._experiments: dict[str, ModelExperiment] = {}
         self._failures: dict[str, Exception] = {}
-        self._clips: dict[ClipSpec, ClipScorer] = {}
+        self._clips: dict[tuple[ClipSpec, torch.device], ClipScorer] = {}
         if images is not None:
             self.images = images
 
@@ -321,11 +321,12 @@ class HarnessSession:
         return ModelExperiment(loaded, clip, self.images, self.settings, self.rankings)
 
     def clip(self, spec: ClipSpec, device: torch.device) -> ClipScorer:
-        if spec not in self._clips:
-            self._clips[spec] = ClipScorer(
+        """One CLIP scorer per (model, device), shared by every experiment on that device."""
+        if (spec, device) not in self._clips:
+            self._clips[spec, device] = ClipScorer(
                 spec, cache_dir=self.settings.cache_dir, device=device, allow_download=self.settings.allow_download
             )
-        return self._clips[spec]
+        return self._clips[spec, device]
 
 
 def load_image_set(settings: HarnessSettings) -> ImageSet:
