@@ -15,10 +15,6 @@ IMAGE_SIZE = 64
 VERSION = "1"
 
 
-def caption_for(size: str, colour: str, shape: str) -> str:
-    return f"a {size} {colour} {shape} on a grey background ."
-
-
 def draw_shape(shape: str, colour: str, size: str, rng: random.Random) -> Image.Image:
     """One object on a plain background, at a random position that keeps it inside the frame."""
     image = Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), (128, 128, 128))

@@ -96,6 +96,7 @@ class ModelExperiment:
         self._sites: dict[str, ResolvedSite] = {}
         self._rankings: dict[tuple[str, str], Ranking] = {}
         self._image_features: dict[str, torch.Tensor] = {}
+        self._other_features: dict[str, torch.Tensor] = {}
 
     @property
     def name(self) -> str:
@@ -126,8 +127,9 @@ class ModelExperiment:
         others = self.images.other_categories(category)
         if not others:
             return own, None
-        other_features = torch.cat([self.image_features(other) for other in others])
-        return own, float(clip_score_matrix(other_features, texts).mean())
+        if category not in self._other_features:  # built once per category, reused at every k
+            self._other_features[category] = torch.cat([self.image_features(other) for other in others])
+        return own, float(clip_score_matrix(self._other_features[category], texts).mean())
 
     def chance_images(self, category: str) -> int:
         return sum(len(self.images.check_category(other)) for other in self.images.other_categories(category))
