@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 import harness
+from harness.ablation import Intervention, mean_activations, random_selection
 from harness.captioning import Caption, generate_captions, score_captions
 from harness.clip_score import ClipScorer, clip_score_matrix, clip_scores
 from harness.families import check_family_supported
@@ -27,9 +28,10 @@ from harness.registry import ClipSpec, get_model_spec
 from harness.settings import HarnessSettings
 from harness.sites import ResolvedSite, resolve_site
 from harness.stages import classify_stage
-from harness.zoo import BUILTIN_IMAGES, ensure_built
+from harness.zoo import WORLD_IMAGES, ensure_built
 
 MAX_REPORTED_NEURONS = 64
+CAN_ZERO = Intervention()  # the experiment itself: zero the CAN top-k
 
 
 @dataclass(frozen=True)
@@ -65,8 +67,9 @@ class CollapsePoint:
     degenerate_rate: float
     stage: int
     captions: list[str]
-    masked_neurons: list[tuple[int, int, float]]  # (layer, channel, score) of the first ≤ 64, in rank order
+    masked_neurons: list[tuple[int, int, float | None]]  # (layer, channel, CAN score) of the first ≤ 64
     mask_modes: list[str]
+    intervention: str  # Intervention.label: the CAN experiment or a control
     ranking_key: str | None
     options: dict = field(default_factory=dict)
 
@@ -95,6 +98,7 @@ class ModelExperiment:
         self._baselines: dict[str, Baseline] = {}
         self._sites: dict[str, ResolvedSite] = {}
         self._rankings: dict[tuple[str, str], Ranking] = {}
+        self._means: dict[tuple[str, str], torch.Tensor] = {}
         self._image_features: dict[str, torch.Tensor] = {}
         self._other_features: dict[str, torch.Tensor] = {}
 
@@ -165,6 +169,26 @@ class ModelExperiment:
             self._rankings[key] = Ranking(site=site_name, scores=scores, key=cache_key)
         return self._rankings[key]
 
+    def mean_activations(self, site_name: str, category: str) -> torch.Tensor:
+        """[layers, channels] mean activation over the ranking's images, captions and positions (mean ablation)."""
+        key = (site_name, category)
+        if key not in self._means:
+            self._means[key] = mean_activations(
+                self.loaded,
+                self.site(site_name),
+                self.images.images(category),
+                self.baseline(category).captions,
+                positions=self.settings.can.positions,
+                batch_size=self.settings.batch_size,
+            )
+        return self._means[key]
+
+    def selection(self, site_name: str, category: str, k: int, intervention: Intervention) -> torch.Tensor:
+        """Flat indices of the k neurons `intervention` switches off, in rank order for CAN."""
+        if intervention.selection == "random":
+            return random_selection(self.site(site_name), k, intervention.seed)
+        return self.ranking(site_name, category).top_k(k)
+
     def ranking_inputs(self, site_name: str, category: str) -> dict[str, object]:
         """Everything a ranking depends on: the cache key is a hash of exactly this."""
         import transformers
@@ -193,8 +217,11 @@ class ModelExperiment:
         }
 
     # -- measurement ------------------------------------------------------------------------------------------
-    def measure(self, site_name: str, category: str, k: int) -> CollapsePoint:
-        """Mask the top-k CAN neurons of `site_name` (ranked on `category`) and measure the captions."""
+    def measure(
+        self, site_name: str, category: str, k: int, intervention: Intervention = CAN_ZERO
+    ) -> CollapsePoint:
+        """Mask the top-k CAN neurons of `site_name` (ranked on `category`), or a control's k neurons, and measure
+        the captions."""
         site = self.site(site_name)
         k = site.check_k(k)
         baseline = self.baseline(category)
@@ -204,16 +231,18 @@ class ModelExperiment:
             chance = baseline.clip_chance
             neurons, modes, ranking_key = [], [], None
         else:
-            ranking = self.ranking(site_name, category)
-            top = ranking.top_k(k)
-            with NeuronMask(site, top, mode=self.settings.mask_mode) as mask:
+            chosen = self.selection(site_name, category, k, intervention)
+            values = self.mean_activations(site_name, category) if intervention.ablation == "mean" else None
+            with NeuronMask(site, chosen, mode=self.settings.mask_mode, values=values) as mask:
                 captions = self._captions(category)
             reference = score_captions(self.loaded, images, captions, batch_size=self.settings.batch_size)
             clip, chance = self._clip_and_chance(category, captions)
-            shown = top[:MAX_REPORTED_NEURONS]
-            scores = ranking.scores.reshape(-1)[shown].tolist()
+            shown = chosen[:MAX_REPORTED_NEURONS]
+            ranking = self._rankings.get((site_name, category))
+            scores = ranking.scores.reshape(-1)[shown].tolist() if ranking is not None else [None] * len(shown)
             neurons = [(n.layer, n.channel, s) for n, s in zip(site.neurons(shown), scores, strict=True)]
-            modes, ranking_key = sorted(mask.modes), ranking.key
+            modes = sorted(mask.modes)
+            ranking_key = ranking.key if intervention.selection == "can" else None
         where = f"{self.name} {site_name} {category} k={k}"
         mean_ref = require_finite(_mean(reference), f"reference NLL of {where}")
         mean_self = require_finite(_mean([c.self_nll for c in captions]), f"self NLL of {where}")
@@ -252,6 +281,7 @@ class ModelExperiment:
             captions=[c.text for c in captions],
             masked_neurons=neurons,
             mask_modes=modes,
+            intervention=intervention.label,
             ranking_key=ranking_key,
             options=self.options_record(),
         )
@@ -332,8 +362,9 @@ class HarnessSession:
 
 
 def load_image_set(settings: HarnessSettings) -> ImageSet:
-    """All categories under the configured root (built-in shapes by default), the selection checked by name."""
-    root = settings.image_root or ensure_built(BUILTIN_IMAGES, settings.cache_dir)
+    """All categories under the configured root (held-out renderings of the synthetic world by default), the
+    selection checked by name."""
+    root = settings.image_root or ensure_built(WORLD_IMAGES, settings.cache_dir)
     images = scan_image_root(Path(root), max_per_category=settings.max_images)
     for category in settings.categories or ():
         images.check_category(category)

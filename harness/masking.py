@@ -4,6 +4,10 @@ Zeroing output channel j of a Linear is exactly zeroing row j of its weight (and
 unit j is exactly zeroing column j. Both cost nothing at run time. Forward hooks do the same where the weight
 cannot be edited in place (quantised or offloaded weights); both paths give identical outputs. The original
 values are kept and copied back bit for bit on exit, also when the body raises.
+
+Mean ablation (the control that separates "this neuron carries information" from "this neuron's large constant
+value is load-bearing") replaces each neuron by a fixed value instead of zero; it always uses hooks, since a
+bias-free Linear cannot output a constant.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ class _LayerMask:
     module: nn.Linear
     channels: torch.Tensor  # sorted unique channel indices, on the weight's device
     mode: str = "weight"
+    values: torch.Tensor | None = None  # replacement per channel (mean ablation); None: zero
     saved: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # (parameter, original values)
     reached: bool = False
 
@@ -44,7 +49,11 @@ def weight_is_editable(module: nn.Linear) -> bool:
 
 
 class NeuronMask:
-    """Context manager that zeroes neurons of one site (given as flat [layer·width + channel] indices)."""
+    """Context manager that switches off neurons of one site (given as flat [layer·width + channel] indices).
+
+    `values` ([layers, width], e.g. each neuron's mean activation) replaces the neurons by those values instead
+    of zero.
+    """
 
     def __init__(
         self,
@@ -52,9 +61,18 @@ class NeuronMask:
         flat_indices: torch.Tensor | Iterable[int],
         mode: MaskMode = "auto",
         verify: bool = True,
+        values: torch.Tensor | None = None,
     ):
         if mode not in MASK_MODES:
             raise MaskError(f"unknown mask mode {mode!r}; valid modes: {', '.join(MASK_MODES)}")
+        if values is not None:
+            if tuple(values.shape) != (site.n_layers, site.width):
+                raise MaskError(
+                    f"replacement values for {site.name} have shape {tuple(values.shape)}; expected "
+                    f"({site.n_layers}, {site.width}) (layers × channels)"
+                )
+            if mode == "weight":
+                raise MaskError("mean ablation (replacement values) needs mask mode 'hook' or 'auto'")
         indices = torch.as_tensor(list(flat_indices) if not torch.is_tensor(flat_indices) else flat_indices)
         indices = indices.to(torch.long).reshape(-1).cpu()
         bad = indices[(indices < 0) | (indices >= site.size)]
@@ -69,6 +87,10 @@ class NeuronMask:
         for layer in torch.unique(unique // site.width).tolist():
             module = site.modules[layer]
             channels = (unique[unique // site.width == layer] % site.width).to(module.weight.device)
+            if values is not None:
+                replacement = values[layer, channels.cpu()].to(module.weight.device)
+                self._layers.append(_LayerMask(layer, module, channels, "hook", replacement))
+                continue
             chosen = mode if mode != "auto" else ("weight" if weight_is_editable(module) else "hook")
             self._layers.append(_LayerMask(layer, module, channels, chosen))
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -143,32 +165,41 @@ class NeuronMask:
 
     # -- hooks ------------------------------------------------------------------------------------------------
     def _add_zeroing_hook(self, layer: _LayerMask) -> None:
-        channels = layer.channels
+        channels, values = layer.channels, layer.values
+
+        def switch_off(tensor: torch.Tensor) -> torch.Tensor:
+            index = channels.to(tensor.device)
+            if values is None:
+                return tensor.index_fill(-1, index, 0)
+            replacement = values.to(device=tensor.device, dtype=tensor.dtype).expand(*tensor.shape[:-1], -1)
+            return tensor.index_copy(-1, index, replacement.contiguous())
+
         if self.site.spec.unit == "output":
-
-            def zero_output(module, args, output):
-                return output.index_fill(-1, channels.to(output.device), 0)
-
-            self._handles.append(layer.module.register_forward_hook(zero_output))
+            self._handles.append(layer.module.register_forward_hook(lambda m, a, output: switch_off(output)))
         else:
-
-            def zero_input(module, args):
-                return (args[0].index_fill(-1, channels.to(args[0].device), 0), *args[1:])
-
-            self._handles.append(layer.module.register_forward_pre_hook(zero_input))
+            self._handles.append(
+                layer.module.register_forward_pre_hook(lambda m, args: (switch_off(args[0]), *args[1:]))
+            )
 
     def _add_verification_hook(self, layer: _LayerMask) -> None:
-        """On the first forward through the module, check that the masked neurons really are zero there."""
+        """On the first forward through the module, check that the masked neurons really hold their new values."""
         site, channels = self.site, layer.channels
+        expected = "zero" if layer.values is None else "their replacement values"
 
         def check(values: torch.Tensor, what: str) -> None:
             if layer.reached:
                 return
-            if values.index_select(-1, channels.to(values.device)).count_nonzero():
+            seen = values.index_select(-1, channels.to(values.device))
+            wrong = (
+                seen.count_nonzero()
+                if layer.values is None
+                else (seen != layer.values.to(device=seen.device, dtype=seen.dtype)).count_nonzero()
+            )
+            if wrong:
                 raise MaskError(
                     f"mask on {site.hook_point(layer.layer)} did not take effect: {what} of the masked channels "
-                    f"are non-zero during the forward pass (mode {layer.mode!r}); weights that are offloaded or "
-                    "re-materialised per call need mode='hook'"
+                    f"are not {expected} during the forward pass (mode {layer.mode!r}); weights that are "
+                    "offloaded or re-materialised per call need mode='hook'"
                 )
             layer.reached = True
 

@@ -35,7 +35,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="comma-separated sites, e.g. lm.down_proj,lm.gate_proj (default: the case's)",
     )
     add("--can-categories", type=_csv, help="comma-separated image categories (default: every folder)")
-    add("--can-images", type=Path, help="image root with one folder per category (default: built-in shapes)")
+    add(
+        "--can-images",
+        type=Path,
+        help="image root with one folder per category (default: held-out renderings of the synthetic world)",
+    )
     add("--can-max-images", type=int, help="use at most N images per category (default: all)")
     add(
         "--can-k-max", type=int, default=8192, help="largest k on the grid (default 8192; capped at the site size)"

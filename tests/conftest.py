@@ -51,11 +51,23 @@ def cache_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def settings(cache_dir) -> HarnessSettings:
     """CPU and float32 whatever the machine has: results and cached rankings do not depend on a GPU."""
-    return HarnessSettings(cache_dir=cache_dir, max_new_tokens=12, batch_size=4, device="cpu", dtype="float32")
+    return HarnessSettings(
+        cache_dir=cache_dir, max_images=4, max_new_tokens=12, batch_size=4, device="cpu", dtype="float32"
+    )
 
 
 @pytest.fixture(scope="session")
 def session(settings) -> HarnessSession:
+    return HarnessSession(settings)
+
+
+@pytest.fixture(scope="session")
+def synth_session(cache_dir) -> HarnessSession:
+    """The committed trained models on the default image set (8 held-out renderings per category), captions
+    long enough for the world's 11-word sentences."""
+    settings = HarnessSettings(
+        cache_dir=cache_dir, max_new_tokens=16, batch_size=16, device="cpu", dtype="float32"
+    )
     return HarnessSession(settings)
 
 
@@ -72,7 +84,7 @@ def loaded(experiment):
 
 @pytest.fixture(scope="session")
 def images(session):
-    """The built-in image set (3 shape categories × 4 images)."""
+    """The default image set (the synthetic world's 4 shape categories), 4 images per category."""
     return session.images
 
 

@@ -81,33 +81,33 @@ def test_negative_cosines_clamp_to_zero():
 def test_baseline_clip_and_chance_match_hand_scores(experiment, images):
     """Baseline CLIP pairs each image with its own caption; chance pairs the same captions with every image of the
     other categories."""
-    assert sorted(images.categories) == ["circle", "square", "triangle"]
+    assert sorted(images.categories) == ["circle", "cross", "square", "triangle"]
     pictures = images.images("circle")
     baseline = experiment.baseline("circle")
     own = [
         hand_score(experiment.clip, image, c.text) for image, c in zip(pictures, baseline.captions, strict=True)
     ]
     assert baseline.clip == pytest.approx(own, abs=1e-4)
-    others = [image for category in ("square", "triangle") for image in images.images(category)]
-    assert len(others) == 8
+    others = [image for category in ("cross", "square", "triangle") for image in images.images(category)]
+    assert len(others) == 12
     chance = [hand_score(experiment.clip, image, c.text) for image in others for c in baseline.captions]
     assert baseline.clip_chance == pytest.approx(sum(chance) / len(chance), abs=1e-4)
 
 
 def test_masked_point_clip_and_chance_match_hand_scores(experiment, images):
     """At k > 0 the point's CLIP pairs each image with its masked caption, and its chance scores those masked
-    captions against all 8 images of the other categories; clip_chance_baseline stays the k = 0 chance."""
+    captions against all 12 images of the other categories; clip_chance_baseline stays the k = 0 chance."""
     point = experiment.measure("lm.down_proj", "circle", 4)
     own = [
         hand_score(experiment.clip, image, text)
         for image, text in zip(images.images("circle"), point.captions, strict=True)
     ]
     assert point.clip == pytest.approx(sum(own) / len(own), abs=1e-4)
-    others = [image for category in ("square", "triangle") for image in images.images(category)]
+    others = [image for category in ("cross", "square", "triangle") for image in images.images(category)]
     chance = [hand_score(experiment.clip, image, text) for image in others for text in point.captions]
     assert point.clip_chance == pytest.approx(sum(chance) / len(chance), abs=1e-4)
     assert min(chance) < max(chance)  # the hand scores are not all clamped to zero
-    assert point.chance_images == len(others) == 8
+    assert point.chance_images == len(others) == 12
     assert point.clip_chance_baseline == experiment.baseline("circle").clip_chance
 
 

@@ -87,13 +87,13 @@ def test_ranking_inputs_name_everything_a_ranking_depends_on(experiment, loaded,
     assert set(inputs) >= RANKING_FIELDS
     assert not {"source", "revision"} & set(inputs)
     assert inputs["code"] == ranking_source_hash()
-    assert inputs["checkpoint"] == "embedded:tiny-llava@v1"
+    assert inputs["checkpoint"] == "embedded:tiny-llava@v2"
     assert inputs["weights"] == loaded.fingerprint
     assert (inputs["dtype"], inputs["device"]) == ("torch.float32", "cpu")
     assert (inputs["model"], inputs["site"], inputs["category"]) == ("tiny-llava", SITE, "circle")
     assert (inputs["alpha"], inputs["positions"]) == (1.0, "all")
     assert (inputs["prompt"], inputs["max_new_tokens"]) == (PROMPT, 12)
-    files = sorted(p for p in (images.root / "circle").iterdir() if p.suffix == ".png")
+    files = sorted(p for p in (images.root / "circle").iterdir() if p.suffix == ".png")[:4]  # max_images=4
     assert len(files) == 4
     assert inputs["images"] == [hashlib.sha256(p.read_bytes()).hexdigest() for p in files]
 
@@ -101,7 +101,11 @@ def test_ranking_inputs_name_everything_a_ranking_depends_on(experiment, loaded,
 def experiment_on(experiment: ModelExperiment, root: Path) -> ModelExperiment:
     """The same loaded model and CLIP on the images under another root."""
     return ModelExperiment(
-        experiment.loaded, experiment.clip, scan_image_root(root), experiment.settings, experiment.rankings
+        experiment.loaded,
+        experiment.clip,
+        scan_image_root(root, max_per_category=experiment.settings.max_images),
+        experiment.settings,
+        experiment.rankings,
     )
 
 
@@ -136,12 +140,12 @@ def test_changing_one_image_changes_its_hash_and_the_ranking_key(experiment, ima
 def test_image_set_holds_every_category_whatever_the_selection(settings):
     """Selecting categories checks their names but keeps every category (the others set the chance level)."""
     selected = dataclasses.replace(settings, categories=("square",))
-    assert load_image_set(selected).categories == ["circle", "square", "triangle"]
-    assert HarnessSession(selected).images.categories == ["circle", "square", "triangle"]
+    assert load_image_set(selected).categories == ["circle", "cross", "square", "triangle"]
+    assert HarnessSession(selected).images.categories == ["circle", "cross", "square", "triangle"]
     with pytest.raises(UnknownNameError) as error:
         load_image_set(dataclasses.replace(settings, categories=("circle", "hexagon")))
     assert error.value.name == "hexagon"
-    assert error.value.valid == ["circle", "square", "triangle"]
+    assert error.value.valid == ["circle", "cross", "square", "triangle"]
 
 
 def test_session_uses_a_given_image_set(settings, images):

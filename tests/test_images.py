@@ -1,5 +1,5 @@
-"""Image folders: the built-in shapes are reproducible, scanning is ordered and hashed, and every bad file is
-reported in one error."""
+"""Image folders: the synthetic world's renderings are reproducible, scanning is ordered and hashed, and every
+bad file is reported in one error."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from harness.builtin_images import write_builtin_images
 from harness.errors import ImageFolderError, UnknownNameError
 from harness.images import scan_image_root
+from harness.world import write_category_folders
 
 
 def write_png(path: Path, colour=(200, 30, 30), mode: str = "RGB", size=(8, 8)) -> Path:
@@ -26,13 +26,13 @@ def folder_bytes(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_builtin_images_are_byte_identical_for_a_seed(tmp_path):
+def test_world_images_are_byte_identical_for_a_seed(tmp_path):
     """The same seed writes byte-identical files; another seed writes different ones."""
-    first = folder_bytes(write_builtin_images(tmp_path / "a", per_category=3, seed=7))
-    again = folder_bytes(write_builtin_images(tmp_path / "b", per_category=3, seed=7))
-    other = folder_bytes(write_builtin_images(tmp_path / "c", per_category=3, seed=8))
-    assert len(first) == 9
-    assert {Path(name).parent.name for name in first} == {"circle", "square", "triangle"}
+    first = folder_bytes(write_category_folders(tmp_path / "a", per_category=3, seed=7))
+    again = folder_bytes(write_category_folders(tmp_path / "b", per_category=3, seed=7))
+    other = folder_bytes(write_category_folders(tmp_path / "c", per_category=3, seed=8))
+    assert len(first) == 12
+    assert {Path(name).parent.name for name in first} == {"circle", "square", "triangle", "cross"}
     assert first == again
     assert first != other
 

@@ -73,7 +73,7 @@ def test_tiny_llava_loads_with_the_real_classes(loaded):
     assert isinstance(loaded.processor.image_processor, CLIPImageProcessorPil)
     assert loaded.tokenizer.padding_side == "left"
     assert (loaded.device, loaded.dtype) == (torch.device("cpu"), torch.float32)
-    assert loaded.checkpoint_id == "embedded:tiny-llava@v1"
+    assert loaded.checkpoint_id == "embedded:tiny-llava@v2"
 
 
 def test_tiny_llava_is_frozen_in_eval_mode(loaded):

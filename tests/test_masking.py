@@ -366,3 +366,61 @@ def test_auto_mode_falls_back_to_hooks_with_identical_outputs(monkeypatch, loade
         assert mask.modes == {"hook"}
         logits = forward(loaded, scored.inputs)
     assert torch.equal(logits, expected)
+
+
+# -- replacement values (mean ablation) --------------------------------------------------------------------------
+def one_linear_site(site_name: str, linear: nn.Linear) -> ResolvedSite:
+    width = linear.out_features if SITES[site_name].unit == "output" else linear.in_features
+    return ResolvedSite(spec=SITES[site_name], modules=(linear,), width=width)
+
+
+@pytest.mark.parametrize("mode", ["auto", "hook"])
+def test_values_replace_output_channels_and_leave_the_rest(mode):
+    """Mean ablation: the masked output channels hold exactly their replacement values at every position, the
+    others are untouched, and the module's parameters are never edited."""
+    torch.manual_seed(0)
+    linear = nn.Linear(6, 4, bias=False)
+    original = clone_state(linear)
+    site = one_linear_site("lm.down_proj", linear)
+    values = torch.tensor([[10.0, -2.0, 3.5, 7.0]])
+    x = torch.randn(2, 3, 6)
+    with torch.no_grad(), NeuronMask(site, [1, 3], mode=mode, values=values) as mask:
+        output = linear(x)
+    assert mask.modes == {"hook"}
+    assert torch.equal(output[..., 1], torch.full((2, 3), -2.0))
+    assert torch.equal(output[..., 3], torch.full((2, 3), 7.0))
+    assert torch.equal(output[..., [0, 2]], nn.functional.linear(x, original["weight"])[..., [0, 2]])
+    assert torch.equal(linear.weight, original["weight"])
+
+
+def test_values_replace_hidden_units_at_the_input():
+    """On an input-unit site (lm.mlp_hidden) the replacement is applied to the module's input."""
+    torch.manual_seed(0)
+    linear = nn.Linear(5, 3, bias=False)
+    site = one_linear_site("lm.mlp_hidden", linear)
+    values = torch.arange(5, dtype=torch.float32)[None] + 1
+    x = torch.randn(4, 5)
+    with torch.no_grad(), NeuronMask(site, [0, 4], values=values):
+        output = linear(x)
+    replaced = x.clone()
+    replaced[:, 0], replaced[:, 4] = 1.0, 5.0
+    assert torch.equal(output, nn.functional.linear(replaced, linear.weight))
+
+
+def test_values_need_the_site_shape_and_a_hook_mode():
+    linear = nn.Linear(6, 4, bias=False)
+    site = one_linear_site("lm.down_proj", linear)
+    with pytest.raises(MaskError, match=r"shape \(4,\); expected \(1, 4\)"):
+        NeuronMask(site, [0], values=torch.zeros(4))
+    with pytest.raises(MaskError, match="needs mask mode 'hook' or 'auto'"):
+        NeuronMask(site, [0], mode="weight", values=torch.zeros(1, 4))
+
+
+def test_replacement_undone_behind_the_masks_back_is_detected():
+    """The verification hook checks the replacement values, not zero."""
+    linear = nn.Linear(6, 4, bias=False)
+    site = one_linear_site("lm.down_proj", linear)
+    mask = NeuronMask(site, [2], values=torch.full((1, 4), 9.0))
+    with pytest.raises(MaskError, match="are not their replacement values"), mask:
+        mask._handles[0].remove()  # the replacing hook disappears; the verification hook stays
+        linear(torch.randn(1, 6))

@@ -26,7 +26,14 @@ import transformers
 pytest_plugins = ["pytester"]
 
 CASES = Path(__file__).resolve().parents[1] / "cases" / "test_collapse.py"
+# The real cases file lists the trained default; the plugin's own tests run its grid on the random tiny model,
+# which costs milliseconds per point (and exercises --can-models overriding a case's model list), on 4 of the 8
+# default images per category.
+MODELS = ("--can-models", "tiny-llava,llava-1.5-7b")
+FEW_IMAGES = ("--can-max-images", "4")
 GRID = (
+    *MODELS,
+    *FEW_IMAGES,
     "--can-sites",
     "lm.down_proj",
     "--can-categories",
@@ -40,7 +47,7 @@ CATEGORIES = ("circle", "square")
 KS = (0, 1, 2, 4)
 TINY_IDS = [f"tiny-llava-lm.down_proj-{c}-k{k}" for c in CATEGORIES for k in KS]
 LLAVA_IDS = [f"llava-1.5-7b-lm.down_proj-{c}-k{k}" for c in CATEGORIES for k in KS]
-ONE_CELL = ("--can-categories", "circle", "--can-k-max", "1", "--can-max-new-tokens", "8")
+ONE_CELL = (*FEW_IMAGES, "--can-categories", "circle", "--can-k-max", "1", "--can-max-new-tokens", "8")
 SITES = ["lm.gate_proj", "lm.up_proj", "lm.down_proj", "lm.mlp_hidden"]
 CPU_FLOAT32 = ("--can-device", "cpu", "--can-dtype", "float32")  # whatever accelerator the machine has
 GRID_MARK = '@pytest.mark.collapse_grid(models=["tiny-llava"], sites=["lm.down_proj"])'
@@ -159,7 +166,7 @@ def test_serial_run_writes_json_with_provenance_and_points(serial):
         options = point["options"]
         assert options["alpha"] == 1.0
         assert options["clip_model"] == "tiny-clip@1"
-        assert options["checkpoint"] == "embedded:tiny-llava@v1"
+        assert options["checkpoint"] == "embedded:tiny-llava@v2"
         assert "clip" not in options  # renamed: it clashed with the point's CLIP score in the CSV
         assert options["max_new_tokens"] == 8
         assert options["stage1_ppl_ratio"] == 2.0
@@ -230,7 +237,7 @@ def test_xdist_runs_each_model_on_one_worker(parallel):
     ("args", "named", "valid"),
     [
         (("--can-sites", "lm.bogus"), "'lm.bogus'", SITES),
-        (("--can-categories", "nope"), "'nope'", ["circle", "square", "triangle"]),
+        (("--can-categories", "nope"), "'nope'", ["circle", "cross", "square", "triangle"]),
         (("--can-models", "nosuch"), "'nosuch'", ["instructblip-vicuna-7b", "llava-1.5-7b", "tiny-llava"]),
     ],
     ids=["site", "category", "model"],
@@ -327,8 +334,9 @@ def row_of(run: Run, category: str) -> list[str]:
 
 
 def test_chance_level_uses_every_other_category_on_every_point(serial):
-    """Every point's chance is scored against the 8 images of the two other categories (triangle included, though
-    it is not selected); clip_chance_baseline is the k = 0 chance on every point, and the summary shows it."""
+    """Every point's chance is scored against the 12 images of the three other categories (cross and triangle
+    included, though they are not selected); clip_chance_baseline is the k = 0 chance on every point, and the
+    summary shows it."""
     summary = {s["category"]: s for s in serial.report["summary"]}
     for category in CATEGORIES:
         points = curve_points(serial, category)
@@ -336,7 +344,7 @@ def test_chance_level_uses_every_other_category_on_every_point(serial):
         chance_at_0 = points[0]["clip_chance"]
         assert isinstance(chance_at_0, float)
         assert [p["clip_chance_baseline"] for p in points] == [chance_at_0] * len(KS)
-        assert [p["chance_images"] for p in points] == [8] * len(KS)
+        assert [p["chance_images"] for p in points] == [12] * len(KS)
         assert all(isinstance(p["clip_chance"], float) for p in points)
         assert summary[category]["clip_chance"] == chance_at_0
         assert float(row_of(serial, category)[6]) == pytest.approx(chance_at_0, abs=0.05)  # shown to 0.1
@@ -369,8 +377,8 @@ def test_csv_keeps_the_clip_score_and_the_clip_model_apart(serial):
         assert float(row["clip"]) == point["clip"]
         assert float(row["clip_chance"]) == point["clip_chance"]
         assert row["clip_model"] == "tiny-clip@1"
-        assert row["checkpoint"] == "embedded:tiny-llava@v1"
-        assert int(row["chance_images"]) == 8
+        assert row["checkpoint"] == "embedded:tiny-llava@v2"
+        assert int(row["chance_images"]) == 12
         assert json.loads(row["masked_neurons"]) == point["masked_neurons"]
 
 
@@ -386,7 +394,16 @@ def test_notes_column_flags_what_the_points_show(serial):
         assert row_of(serial, category)[-1] == "; ".join(expected)
 
 
-SELECTION_FREE = ("--can-sites", "lm.down_proj", "--can-k-max", "4", "--can-max-new-tokens", "8")
+SELECTION_FREE = (
+    *MODELS,
+    *FEW_IMAGES,
+    "--can-sites",
+    "lm.down_proj",
+    "--can-k-max",
+    "4",
+    "--can-max-new-tokens",
+    "8",
+)
 
 
 def test_chance_and_thresholds_do_not_depend_on_the_category_selection(serial, run_cases):
@@ -419,7 +436,7 @@ def test_chance_and_thresholds_do_not_depend_on_the_category_selection(serial, r
 def test_named_clip_model_defaults_to_openai_and_skips_when_not_cached(run_cases):
     """--can-clip-model ViT-B-32 alone means ViT-B-32/openai (never a random CLIP); with the tests' empty HF
     cache its weights are missing, so the tiny model's cases skip saying so and no report is written."""
-    run = run_cases("--can-sites", "lm.down_proj", *ONE_CELL, "--can-clip-model", "ViT-B-32", "-rs")
+    run = run_cases(*MODELS, "--can-sites", "lm.down_proj", *ONE_CELL, "--can-clip-model", "ViT-B-32", "-rs")
     assert run.ret == 0, "\n".join(run.lines)
     assert run.outcomes == {"skipped": 4}
     skipped = [line for line in run.lines if line.startswith("SKIPPED [2]") and "CLIP ViT-B-32/openai" in line]
@@ -507,7 +524,7 @@ def test_session_uses_the_image_set_scanned_at_collection(run_cases, pytester):
 
         def test_shared(can_session, pytestconfig):
             assert can_session.images is pytestconfig.stash[IMAGES]
-            assert can_session.images.categories == ["circle", "square", "triangle"]
+            assert can_session.images.categories == ["circle", "cross", "square", "triangle"]
         """
     )
     run = run_cases("test_shared.py", "--can-categories", "circle", "--can-k-max", "1")

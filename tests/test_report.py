@@ -39,8 +39,9 @@ def point(category: str = "circle", k: int = 0, stage: int = 0, **changes) -> di
         "captions": ["a red circle", "a circle"],
         "masked_neurons": [[0, channel, 1.0 / (channel + 1)] for channel in range(k)],
         "mask_modes": ["weight"] if k else [],
+        "intervention": "CAN top-k, zero ablation",
         "ranking_key": "ab" * 32 if k else None,
-        "options": {"alpha": 1.0, "clip_model": "tiny-clip@1", "checkpoint": "embedded:tiny-llava@v1"},
+        "options": {"alpha": 1.0, "clip_model": "tiny-clip@1", "checkpoint": "embedded:tiny-llava@v2"},
     }
     return {**row, **changes}
 
@@ -126,7 +127,7 @@ def test_flat_row_merges_options_and_drops_captions():
     assert "captions" not in row and "options" not in row
     assert row["clip"] == 30.25
     assert row["clip_model"] == "tiny-clip@1"
-    assert row["checkpoint"] == "embedded:tiny-llava@v1"
+    assert row["checkpoint"] == "embedded:tiny-llava@v2"
     assert len(row) == len(point()) - 2 + 3
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 
-from harness.builtin_images import BUILTIN_WORDS
 from harness.registry import CAPTION_INSTRUCTION
+from harness.world import WORLD_WORDS
 
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>")
 IMAGE_TOKEN = "<image>"
@@ -23,10 +23,10 @@ PROMPT_WORDS = ("USER", "ASSISTANT", ":", ".", ",", "-", "a", "an", "the", "of",
 
 
 def tiny_vocabulary() -> list[str]:
-    """Special tokens first (ids 0-3), then every word the prompt and the built-in captions use."""
+    """Special tokens first (ids 0-3), then every word the prompt and the synthetic world's captions use."""
     words = [*SPECIAL_TOKENS]
     instruction_words = CAPTION_INSTRUCTION.replace(".", " .").replace("-", " - ").split()
-    for word in (*PROMPT_WORDS, *instruction_words, *BUILTIN_WORDS):
+    for word in (*PROMPT_WORDS, *instruction_words, *WORLD_WORDS):
         if word not in words:
             words.append(word)
     return words
@@ -53,20 +53,21 @@ def build_word_tokenizer(words: list[str]):
     )
 
 
-def build_tiny_llava(
-    folder: Path,
+def tiny_llava(
     *,
     seed: int = 0,
     text_hidden: int = 64,
     text_intermediate: int = 128,
     text_layers: int = 2,
+    text_heads: int = 4,
     vision_hidden: int = 32,
+    vision_intermediate: int | None = None,
     vision_layers: int = 2,
     image_size: int = 32,
     patch_size: int = 8,
     initializer_range: float = 0.2,
-) -> None:
-    """Write a complete LLaVA checkpoint (model, tokenizer, processor) into `folder` via `save_pretrained`."""
+):
+    """A fresh (model, processor) pair: a real LlavaForConditionalGeneration with a PIL LlavaProcessor."""
     from transformers import (
         CLIPVisionConfig,
         LlamaConfig,
@@ -89,7 +90,7 @@ def build_tiny_llava(
     )
     vision = CLIPVisionConfig(
         hidden_size=vision_hidden,
-        intermediate_size=2 * vision_hidden,
+        intermediate_size=vision_intermediate or 2 * vision_hidden,
         num_hidden_layers=vision_layers,
         num_attention_heads=2,
         image_size=image_size,
@@ -100,8 +101,8 @@ def build_tiny_llava(
         hidden_size=text_hidden,
         intermediate_size=text_intermediate,
         num_hidden_layers=text_layers,
-        num_attention_heads=4,
-        num_key_value_heads=4,
+        num_attention_heads=text_heads,
+        num_key_value_heads=text_heads,
         vocab_size=len(tokenizer),
         max_position_embeddings=512,
         bos_token_id=tokenizer.bos_token_id,
@@ -121,5 +122,11 @@ def build_tiny_llava(
     model = LlavaForConditionalGeneration(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model, processor
+
+
+def build_tiny_llava(folder: Path, *, seed: int = 0, **sizes) -> None:
+    """Write a complete, randomly initialised LLaVA checkpoint (model, tokenizer, processor) into `folder`."""
+    model, processor = tiny_llava(seed=seed, **sizes)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
