@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(OFFLINE) $(BIN)/python -m pytest cases/ -k tiny-llava -q -p no:cacheprovider
+	$(OFFLINE) $(BIN)/python -m pytest cases/ -k synth-llava -q -p no:cacheprovider
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -11,16 +11,17 @@ from harness.assertions import assert_clip_drop, assert_fluent_baseline, assert_
 
 # The paper's claim, per (model, site): by this k the reference PPL is ≥ 10× the baseline and the CLIP score has
 # dropped. The paper says "as few as 4 neurons" for LLaVA-1.5-7b (one summary says 5); 8 is the first point of
-# the k grid that covers both readings.
-COLLAPSED_BY_K = {("llava-1.5-7b", "lm.down_proj"): 8}
+# the k grid that covers both readings. planted-llava has one critical down_proj neuron by construction: the
+# positive control that the harness finds it and collapses at k = 1.
+COLLAPSED_BY_K = {("llava-1.5-7b", "lm.down_proj"): 8, ("planted-llava", "lm.down_proj"): 1}
 
-# Models whose unmasked captions must be fluent and on-topic (the random tiny model makes no such promise).
-FLUENT_BASELINE = {"llava-1.5-7b"}
+# Models whose unmasked captions must be fluent and on-topic.
+FLUENT_BASELINE = {"synth-llava", "planted-llava", "llava-1.5-7b"}
 
 FFN_SITES = ["lm.gate_proj", "lm.up_proj", "lm.down_proj", "lm.mlp_hidden"]
 
 
-@pytest.mark.collapse_grid(models=["tiny-llava", "llava-1.5-7b"], sites=FFN_SITES)
+@pytest.mark.collapse_grid(models=["synth-llava", "planted-llava", "llava-1.5-7b"], sites=FFN_SITES)
 def test_collapse(collapse_curve, k):
     point = collapse_curve.measure(k)
     if k == 0 and point.model in FLUENT_BASELINE:

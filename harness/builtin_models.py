@@ -1,16 +1,37 @@
 """The models the harness knows by name out of the box."""
 
 from harness.registry import ClipSpec, ModelSpec, register_model
-from harness.zoo import TINY_CLIP, TINY_LLAVA
+from harness.zoo import SYNTH_FOLDER, TINY_CLIP, TINY_LLAVA
 
+SYNTH_CLIP = ClipSpec(model_name=f"local-dir:{SYNTH_FOLDER / 'synth-clip'}", pretrained=None)
+
+register_model(
+    ModelSpec(
+        name="synth-llava",
+        source=str(SYNTH_FOLDER / "synth-llava"),
+        clip=SYNTH_CLIP,
+        description="The embedded default: a small LLaVA (CLIP tower + Llama LM) trained on the synthetic world "
+        "(harness/world.py), scored by an open_clip model trained on the same world; see "
+        "harness/zoo/synth/MODEL_CARD.md.",
+    )
+)
+register_model(
+    ModelSpec(
+        name="planted-llava",
+        source=str(SYNTH_FOLDER / "planted-llava"),
+        clip=SYNTH_CLIP,
+        description="synth-llava with one critical down_proj channel planted by construction (a massive "
+        "activation every later RMSNorm relies on): the ground truth the harness must find.",
+    )
+)
 register_model(
     ModelSpec(
         name="tiny-llava",
         source="(built offline by the harness)",
         embedded=TINY_LLAVA,
         clip=ClipSpec(model_name="tiny-clip", pretrained=None, embedded=TINY_CLIP),
-        description="Randomly initialised tiny LLaVA (CLIP tower + Llama LM) built offline: exercises every code "
-        "path of a real checkpoint, but its captions carry no meaning.",
+        description="Randomly initialised tiny LLaVA built offline in milliseconds, for testing the harness: "
+        "it exercises every code path of a real checkpoint, but its captions carry no meaning.",
     )
 )
 register_model(
