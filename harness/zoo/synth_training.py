@@ -1,6 +1,6 @@
 """Train the embedded default models on the synthetic world: a LLaVA captioner and an open_clip scorer.
 
-    python -m harness.zoo.synth_training --out harness/zoo/synth   # ~N min on 2 CPU cores (see the model card)
+    python -m harness.zoo.synth_training --out harness/zoo/synth   # ~7 min on 2 CPU cores (see the model card)
 
 Both are trained from scratch with a fixed seed and written in their libraries' own formats (`save_pretrained`,
 open_clip's `local-dir:` folder), then loaded back through the harness's loaders and measured on held-out
@@ -112,7 +112,7 @@ def caption_examples(processor, pairs) -> dict[str, torch.Tensor]:
     tokenizer = processor.tokenizer
     captions = tokenizer([scene.caption for scene, _ in pairs], add_special_tokens=False)["input_ids"]
     if len({len(ids) for ids in captions}) != 1:
-        raise AssertionError("the world's captions must all have the same token length")
+        raise ValueError("the world's captions must all have the same token length (no padding in training)")
     caption_ids = torch.tensor([[*ids, tokenizer.eos_token_id] for ids in captions])
     input_ids = torch.cat([encoded["input_ids"], caption_ids], dim=1)
     labels = torch.full_like(input_ids, -100)
@@ -174,7 +174,7 @@ def plant_critical_channel(model, examples: dict, recipe: Recipe, log: Callable[
     planted = type(model)(config)
     missing, unexpected = planted.load_state_dict(model.state_dict(), strict=False)
     if unexpected or any(not name.endswith("bias") for name in missing):
-        raise AssertionError(f"planting changed more than the MLP biases: {missing=} {unexpected=}")
+        raise RuntimeError(f"planting changed more than the MLP biases: {missing=} {unexpected=}")
     language_model = planted.model.language_model
     layers, width = language_model.layers, config.text_config.hidden_size
     with torch.no_grad():
@@ -205,7 +205,6 @@ def plant_critical_channel(model, examples: dict, recipe: Recipe, log: Callable[
         planted, examples, steps=recipe.planted_steps, batch=recipe.llava_batch, lr=recipe.planted_lr,
         seed=recipe.seed + 2, log=log,
     )  # fmt: skip
-    planted.requires_grad_(True)
     return planted, {"layer": recipe.planted_layer, "channel": channel, "value": value}, trace
 
 

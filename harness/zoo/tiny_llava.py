@@ -2,9 +2,10 @@
 
 It has the exact module structure of `llava-hf/llava-1.5-7b-hf` (same classes, same processor type and prompt
 format) at widths of tens instead of thousands, so every code path a real checkpoint takes is exercised in
-milliseconds. Its weights are random: it produces arbitrary captions. The language model is initialised with
-std 0.2 (HF's default is 0.02, which gives a near-uniform next-token distribution whatever is masked), so that
-masking visibly moves its outputs; the thresholds it yields say nothing about real models.
+milliseconds. `build_tiny_llava` writes a random one for the tests: its language model is initialised with std
+0.2 (HF's default 0.02 gives a near-uniform next-token distribution whatever is masked), so that masking visibly
+moves its outputs; its captions and thresholds mean nothing. `synth_training` trains the same architecture, a
+little wider, into the embedded default.
 """
 
 from __future__ import annotations
