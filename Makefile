@@ -28,6 +28,7 @@ test: lint
 
 bench: $(STAMP)
 	$(OFFLINE) $(BIN)/python benchmarks/bench_core.py
+	$(OFFLINE) $(BIN)/python benchmarks/bench_search.py
 
 clean:
 	rm -rf $(VENV) can-results .pytest_cache .ruff_cache .hypothesis

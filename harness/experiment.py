@@ -17,6 +17,7 @@ import harness
 from harness.ablation import Intervention, mean_activations, random_selection
 from harness.captioning import Caption, generate_captions, score_captions
 from harness.clip_score import ClipScorer, clip_score_matrix, clip_scores
+from harness.errors import UnknownNameError
 from harness.families import check_family_supported
 from harness.images import ImageSet, scan_image_root
 from harness.loading import LoadedModel, load_model
@@ -28,6 +29,7 @@ from harness.registry import ClipSpec, get_model_spec
 from harness.settings import HarnessSettings
 from harness.sites import ResolvedSite, resolve_site
 from harness.stages import classify_stage
+from harness.threshold_search import SEARCH_MODES, ThresholdSearch, adaptive_search, linear_search
 from harness.zoo import WORLD_IMAGES, ensure_built
 
 MAX_REPORTED_NEURONS = 64
@@ -285,6 +287,23 @@ class ModelExperiment:
             ranking_key=ranking_key,
             options=self.options_record(),
         )
+
+    def search(
+        self, site_name: str, category: str, *, mode: str = "adaptive", k_max: int | None = None
+    ) -> tuple[ThresholdSearch, dict[int, CollapsePoint]]:
+        """k₁ and k₂ of one curve by the adaptive search (or the papers' linear scan), every point measured."""
+        if mode not in SEARCH_MODES:
+            raise UnknownNameError("threshold search mode", mode, SEARCH_MODES)
+        site = self.site(site_name)
+        limit = site.check_k(min(k_max or self.settings.k_max, site.size))
+        points: dict[int, CollapsePoint] = {}
+
+        def stage_at(k: int) -> int:
+            points[k] = self.measure(site_name, category, k)
+            return points[k].stage
+
+        search = adaptive_search if mode == "adaptive" else linear_search
+        return search(stage_at, limit), points
 
     def options_record(self) -> dict:
         spec = self.loaded.spec

@@ -218,3 +218,19 @@ def test_check_family_supported():
     assert message.endswith("families supported end to end: llava")
     assert check_family_supported(get_model_spec("llava-1.5-7b")) is None
     assert check_family_supported(get_model_spec("tiny-llava")) is None
+
+
+# -- threshold search on a real curve ----------------------------------------------------------------------------
+def test_search_measures_every_point_it_reports(experiment, unmodified):
+    """The adaptive search on the tiny model: every evaluated k is a measured point with the stage the search
+    used, and the thresholds are onsets among them."""
+    result, points = experiment.search(SITE, "circle", k_max=32)
+    assert set(points) == set(result.stages)
+    assert all(points[k].stage == stage and points[k].k == k for k, stage in result.stages.items())
+    if result.k2 is not None:
+        assert points[result.k2].stage == 2 > points[result.k2 - 1].stage
+
+
+def test_search_rejects_an_unknown_mode(experiment):
+    with pytest.raises(UnknownNameError, match="threshold search mode"):
+        experiment.search(SITE, "circle", mode="bisect")
