@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from harness.analysis import CurveAnalysis
 from harness.curve import CollapseCurve
 
 
@@ -38,3 +39,36 @@ def assert_fluent_baseline(curve: CollapseCurve, max_degenerate_rate: float = 0.
         _fail(curve, f"{point.degenerate_rate:.0%} of the baseline captions are degenerate")
     if point.clip_chance is not None and not point.clip > point.clip_chance:
         _fail(curve, f"baseline CLIP {point.clip:.1f} is not above the chance level {point.clip_chance:.1f}")
+
+
+# -- on an analysed curve: thresholds from the search, controls at k₂ -----------------------------------------
+def _fail_analysis(analysis: CurveAnalysis, message: str) -> None:
+    raise AssertionError(f"{analysis.label}: {message}\ncurve and controls:\n{analysis.table()}")
+
+
+def assert_two_stage(analysis: CurveAnalysis) -> None:
+    """Expressive degradation comes before complete collapse: k₁ < k₂, both found, on a monotone curve."""
+    search = analysis.search
+    if search.k2 is None:
+        _fail_analysis(analysis, f"no complete collapse up to k={search.k_max}")
+    if search.k1 is None or not search.k1 < search.k2:
+        _fail_analysis(analysis, f"no stage-1 range before the collapse: k₁={search.k1}, k₂={search.k2}")
+    if not search.monotone:
+        _fail_analysis(analysis, f"the curve is not monotone: recoveries at {search.violations}")
+
+
+def assert_collapses_within(analysis: CurveAnalysis, k_max: int) -> None:
+    """Complete collapse at some k ≤ k_max."""
+    k2 = analysis.search.k2
+    if k2 is None or k2 > k_max:
+        found = "no collapse" if k2 is None else f"k₂ = {k2}"
+        _fail_analysis(analysis, f"expected complete collapse by k={k_max}, found {found}")
+
+
+def assert_controls_hold(analysis: CurveAnalysis) -> None:
+    """The collapse is a finding: at k₂, neither k random neurons nor the mean-ablated CAN set collapse."""
+    if analysis.search.k2 is None:
+        _fail_analysis(analysis, "no complete collapse: nothing for the controls to check")
+    broken = [control.intervention for control in analysis.controls if control.stage >= 2]
+    if broken:
+        _fail_analysis(analysis, f"controls collapse too at k={analysis.search.k2}: {', '.join(broken)}")

@@ -1,0 +1,87 @@
+"""One curve analysed: its two thresholds, the controls at k₂, and where the critical neurons live.
+
+A collapse counts as a finding only if the controls do not collapse (DESIGN §2): k random neurons of the same
+site (several seeds) and the CAN set replaced by its mean activation, both at k₂. The layer breakdown of the CAN
+set at k₂ is the paper's localisation finding ("down_proj of the language model, early layers").
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from harness.ablation import Intervention
+from harness.curve import format_curve
+from harness.experiment import CollapsePoint, ModelExperiment
+from harness.threshold_search import ThresholdSearch
+
+
+@dataclass(frozen=True)
+class ControlOutcome:
+    """One control measured at the curve's k₂."""
+
+    intervention: str
+    k: int
+    stage: int
+    log10_ppl_ratio: float
+    clip: float
+
+
+@dataclass(frozen=True)
+class CurveAnalysis:
+    model: str
+    site: str
+    category: str
+    search: ThresholdSearch
+    points: dict[int, CollapsePoint] = field(repr=False)
+    controls: list[ControlOutcome]
+    layers: dict[int, int]  # layer → how many of the CAN top-k₂ neurons sit there (empty without k₂)
+
+    @property
+    def label(self) -> str:
+        return f"{self.model} / {self.site} / {self.category}"
+
+    @property
+    def controls_hold(self) -> bool:
+        """No control reaches complete collapse (vacuously true when there is no k₂ to control)."""
+        return all(control.stage < 2 for control in self.controls)
+
+    @property
+    def finding(self) -> bool:
+        """A complete collapse that the controls do not reproduce."""
+        return self.search.k2 is not None and self.controls_hold
+
+    def table(self) -> str:
+        """The evaluated curve, then the controls: what an assertion failure shows."""
+        lines = [format_curve(self.points.values())]
+        for control in self.controls:
+            lines.append(
+                f"control at k={control.k}: {control.intervention}: stage {control.stage}, "
+                f"Δlog10 PPL {control.log10_ppl_ratio:+.2f}, CLIP {control.clip:.1f}"
+            )
+        return "\n".join(lines)
+
+
+def analyse_curve(
+    experiment: ModelExperiment,
+    site: str,
+    category: str,
+    *,
+    mode: str = "adaptive",
+    k_max: int | None = None,
+    random_seeds: int = 3,
+) -> CurveAnalysis:
+    """Search k₁ and k₂; at k₂, measure `random_seeds` random-k controls and the mean-ablated CAN set."""
+    search, points = experiment.search(site, category, mode=mode, k_max=k_max)
+    controls, layers = [], {}
+    if search.k2 is not None:
+        k2 = search.k2
+        interventions = [Intervention(selection="random", seed=seed) for seed in range(random_seeds)]
+        interventions.append(Intervention(ablation="mean"))
+        for intervention in interventions:
+            point = experiment.measure(site, category, k2, intervention)
+            controls.append(ControlOutcome(intervention.label, k2, point.stage, point.log10_ppl_ratio, point.clip))
+        resolved = experiment.site(site)
+        chosen = experiment.selection(site, category, k2, Intervention())
+        layers = dict(sorted(Counter(neuron.layer for neuron in resolved.neurons(chosen)).items()))
+    return CurveAnalysis(experiment.name, site, category, search, points, controls, layers)
