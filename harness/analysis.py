@@ -7,6 +7,7 @@ set at k₂ is the paper's localisation finding ("down_proj of the language mode
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -50,6 +51,36 @@ class CurveAnalysis:
     def finding(self) -> bool:
         """A complete collapse that the controls do not reproduce."""
         return self.search.k2 is not None and self.controls_hold
+
+    def to_row(self) -> dict:
+        """Plain data for the reports: thresholds, every evaluated stage, the metrics at k₂, controls, layers."""
+        baseline = self.points[0]
+        at_k2 = self.points.get(self.search.k2) if self.search.k2 is not None else None
+        return {
+            "model": self.model,
+            "site": self.site,
+            "category": self.category,
+            "search": self.search.mode,
+            "k_max": self.search.k_max,
+            "k1": self.search.k1,
+            "k2": self.search.k2,
+            "evaluations": self.search.evaluations,
+            "stages": sorted(self.search.stages.items()),
+            "monotone": self.search.monotone,
+            "violations": self.search.violations,
+            "n_images": baseline.n_images,
+            "log10_ppl_baseline": baseline.log10_ppl_baseline,
+            "clip_baseline": baseline.clip_baseline,
+            "clip_chance": baseline.clip_chance_baseline,
+            "log10_ppl_ratio_at_k2": None if at_k2 is None else at_k2.log10_ppl_ratio,
+            "clip_at_k2": None if at_k2 is None else at_k2.clip,
+            "controls": [dataclasses.asdict(control) for control in self.controls],
+            "controls_hold": self.controls_hold,
+            "finding": self.finding,
+            "layers": {str(layer): count for layer, count in self.layers.items()},
+            "options": baseline.options,
+            "points": [self.points[k].to_row() for k in sorted(self.points)],  # captions at every evaluated k
+        }
 
     def table(self) -> str:
         """The evaluated curve, then the controls: what an assertion failure shows."""

@@ -3,6 +3,9 @@
 Registered through the `pytest11` entry point (installed package) and by the repository's root conftest.
 A case opts in with `@pytest.mark.collapse_grid(models=[...], sites=[...])` and the fixtures `collapse_curve`
 and `k`; the plugin expands it over model × site × image category × k (a geometric grid from 0 = baseline).
+With `@pytest.mark.collapse_search(models=[...], sites=[...])` and the fixture `collapse_analysis` it expands
+over model × site × category, and each case gets its curve's thresholds found by the adaptive search, with
+controls at k₂ and the layer breakdown (harness.analysis).
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from harness.errors import HarnessError, ModelUnavailableError
 SETTINGS = pytest.StashKey[object]()
 IMAGES = pytest.StashKey[object]()
 POINT_PROPERTY = "can_point"
+ANALYSIS_PROPERTY = "can_analysis"
 PARAMS = ("can_model", "can_site", "can_category", "k")
+MARKERS = ("collapse_grid", "collapse_search")
 
 
 def _csv(value: str) -> list[str]:
@@ -45,6 +50,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--can-k-max", type=int, default=8192, help="largest k on the grid (default 8192; capped at the site size)"
     )
     add("--can-k-factor", type=float, default=2.0, help="geometric growth of the k grid (default 2)")
+    add(
+        "--can-search",
+        default="adaptive",
+        choices=("adaptive", "linear"),
+        help="collapse_search cases: exponential growth + bisection (default) or the papers' k = 1, 2, 3, … scan",
+    )
+    add("--can-control-seeds", type=int, default=3, help="random-k controls per searched curve at k₂ (default 3)")
     add("--can-alpha", type=float, default=1.0, help="CAN exponent α on |∂L/∂a| in [0, 1] (default 1)")
     add("--can-positions", default="all", choices=("all", "scored"), help="positions CAN averages over (all)")
     add("--can-batch-size", type=int, default=8, help="images per forward pass (default 8)")
@@ -90,6 +102,11 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         "collapse_grid(models, sites): expand a case over model × site × image category × k (see harness.plugin)",
+    )
+    config.addinivalue_line(
+        "markers",
+        "collapse_search(models, sites): expand a case over model × site × image category; the fixture "
+        "collapse_analysis holds the curve's searched thresholds, controls and layer breakdown",
     )
     try:
         config.stash[SETTINGS] = _settings_from_options(config)
@@ -164,23 +181,29 @@ def _settings_from_options(config: pytest.Config):
         allow_download=option("can_allow_download"),
         k_max=option("can_k_max"),
         k_factor=option("can_k_factor"),
+        search=option("can_search"),
+        control_seeds=option("can_control_seeds"),
     )
 
 
 # -- parametrisation ------------------------------------------------------------------------------------------
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    marker = metafunc.definition.get_closest_marker("collapse_grid")
-    if marker is None:
+    found = [(name, metafunc.definition.get_closest_marker(name)) for name in MARKERS]
+    found = [(name, marker) for name, marker in found if marker is not None]
+    if not found:
         return
+    if len(found) > 1:
+        raise pytest.UsageError(f"{metafunc.definition.nodeid}: use one of {' / '.join(MARKERS)}, not both")
     from harness.registry import get_model_spec
     from harness.settings import k_grid
     from harness.sites import get_site_spec, site_shape
 
+    name, marker = found[0]
     config = metafunc.config
     settings = config.stash[SETTINGS]
     if not {"models", "sites"} <= set(marker.kwargs):
         raise pytest.UsageError(
-            f"{metafunc.definition.nodeid}: @pytest.mark.collapse_grid needs models=[...] and sites=[...], "
+            f"{metafunc.definition.nodeid}: @pytest.mark.{name} needs models=[...] and sites=[...], "
             f"got {sorted(marker.kwargs)}"
         )
     models = config.getoption("can_models") or list(marker.kwargs["models"])
@@ -193,17 +216,17 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     for model in models:
         spec = get_model_spec(model)
         text_config, unavailable = _text_config_or_reason(spec, settings)
+        marks = [pytest.mark.skip(reason=unavailable)] if unavailable else []
         for site in sites:
             layers, width = site_shape(site, text_config) if text_config is not None else (1, settings.k_max)
-            marks = []
-            if unavailable:
-                marks.append(pytest.mark.skip(reason=unavailable))
             for category in categories:
+                curve = f"{model}-{site}-{category}"
+                if name == "collapse_search":
+                    params.append(pytest.param(model, site, category, id=curve, marks=marks))
+                    continue
                 for k in k_grid(layers * width, settings.k_max, settings.k_factor):
-                    params.append(
-                        pytest.param(model, site, category, k, id=f"{model}-{site}-{category}-k{k}", marks=marks)
-                    )
-    metafunc.parametrize(PARAMS, params)
+                    params.append(pytest.param(model, site, category, k, id=f"{curve}-k{k}", marks=marks))
+    metafunc.parametrize(PARAMS if name == "collapse_grid" else PARAMS[:3], params)
 
 
 def _image_set(config: pytest.Config):
@@ -248,7 +271,7 @@ def _grid_parameter(request: pytest.FixtureRequest):
     if not hasattr(request, "param"):
         raise pytest.UsageError(
             f"{request.node.nodeid}: `{request.fixturename}` is set by @pytest.mark.collapse_grid(models=..., "
-            "sites=...); mark the case with it"
+            "sites=...) or @pytest.mark.collapse_search(models=..., sites=...); mark the case with one"
         )
     return request.param
 
@@ -293,6 +316,35 @@ def collapse_curve(request, can_session, _can_curves, can_model: str, can_site: 
     experiment.loaded.assert_unmodified()
 
 
+@pytest.fixture(scope="session")
+def _can_analyses() -> dict:
+    return {}
+
+
+@pytest.fixture
+def collapse_analysis(
+    request, can_session, can_settings, _can_analyses, can_model: str, can_site: str, can_category: str
+):
+    """The CurveAnalysis of this case's (model, site, category): k₁ and k₂ by the configured search, the
+    controls at k₂ and the layer breakdown; computed once per session and recorded for the threshold table."""
+    from harness.analysis import analyse_curve
+
+    model, site, category = can_model, can_site, can_category
+    try:
+        experiment = can_session.experiment(model)
+    except ModelUnavailableError as error:
+        pytest.skip(str(error))
+    key = (model, site, category)
+    if key not in _can_analyses:
+        _can_analyses[key] = analyse_curve(
+            experiment, site, category, mode=can_settings.search, random_seeds=can_settings.control_seeds
+        )
+    analysis = _can_analyses[key]
+    request.node.user_properties.append((ANALYSIS_PROPERTY, json.dumps(analysis.to_row())))
+    yield analysis
+    experiment.loaded.assert_unmodified()
+
+
 # -- results --------------------------------------------------------------------------------------------------
 class CollapseRecorder:
     """Collects the points recorded by cases (from workers too, via report.user_properties), then writes the
@@ -301,14 +353,21 @@ class CollapseRecorder:
     def __init__(self, config: pytest.Config):
         self.config = config
         self.rows: list[dict] = []
+        self.analyses: dict[tuple[str, str, str], dict] = {}
         self.reports: tuple[Path, Path] | None = None
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if report.when == "call":
-            self.rows.extend(json.loads(value) for name, value in report.user_properties if name == POINT_PROPERTY)
+        if report.when != "call":
+            return
+        for name, value in report.user_properties:
+            if name == POINT_PROPERTY:
+                self.rows.append(json.loads(value))
+            elif name == ANALYSIS_PROPERTY:
+                row = json.loads(value)
+                self.analyses[row["model"], row["site"], row["category"]] = row
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        if not self.rows:
+        if not self.rows and not self.analyses:
             return
         from harness.report import provenance, write_reports
 
@@ -316,20 +375,25 @@ class CollapseRecorder:
         directory = config.getoption("can_report_dir") or config.rootpath / "can-results"
         meta = provenance(config.rootpath)
         meta["command"] = " ".join(config.invocation_params.args)
-        self.reports = write_reports(self.rows, Path(directory), meta)
+        self.reports = write_reports(self.rows, Path(directory), meta, list(self.analyses.values()))
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
-        if not self.rows:
+        if not self.rows and not self.analyses:
             return
         from harness.curve import format_curve
         from harness.experiment import CollapsePoint
-        from harness.report import latest_points, render_summary, summarize
+        from harness.report import latest_points, render_summary, render_thresholds, summarize
 
         settings = self.config.stash[SETTINGS]
-        terminalreporter.write_sep(
-            "=", f"critical-neuron collapse (CAN, α={settings.can.alpha:g}, positions={settings.can.positions})"
-        )
-        terminalreporter.write_line(render_summary(summarize(self.rows)))
+        method = f"CAN, α={settings.can.alpha:g}, positions={settings.can.positions}"
+        if self.rows:
+            terminalreporter.write_sep("=", f"critical-neuron collapse ({method})")
+            terminalreporter.write_line(render_summary(summarize(self.rows)))
+        if self.analyses:
+            terminalreporter.write_sep(
+                "=", f"two-stage thresholds ({method}; {settings.search} search, controls at k₂)"
+            )
+            terminalreporter.write_line(render_thresholds(list(self.analyses.values())))
         if self.config.getoption("can_show_curves"):
             points = latest_points(self.rows)
             for group in sorted({(p["model"], p["site"], p["category"]) for p in points}):

@@ -124,6 +124,43 @@ def _grid_label(ks: list[int]) -> str:
     return f"{min(ks)}…{max(ks)} ({len(ks)} pts)" if len(ks) > 1 else str(ks[0])
 
 
+def render_thresholds(analyses: list[dict]) -> str:
+    """One row per searched curve: thresholds, cost, metrics at k₂, controls and where the k₂ set lives."""
+    rows = []
+    for a in sorted(analyses, key=lambda a: (a["model"], a["site"], a["category"])):
+        found = a["k2"] is not None
+        rows.append(
+            (
+                a["model"],
+                a["site"],
+                a["category"],
+                format_ppl(a["log10_ppl_baseline"]),
+                f"{a['clip_baseline']:.1f}",
+                "n/a" if a["clip_chance"] is None else f"{a['clip_chance']:.1f}",
+                _threshold(a["k1"], [a["k_max"]]),
+                _threshold(a["k2"], [a["k_max"]]),
+                str(a["evaluations"]),
+                f"{a['log10_ppl_ratio_at_k2']:+.2f}" if found else "",
+                f"{a['clip_at_k2']:.1f}" if found else "",
+                _controls_label(a) if found else "",
+                " ".join(f"L{layer}:{count}" for layer, count in a["layers"].items()),
+                "" if a["monotone"] else "non-monotone: " + ", ".join(f"{k}→{k2}" for k, k2 in a["violations"]),
+            )
+        )
+    headers = ("model", "site", "category", "PPL₀", "CLIP₀", "chance", "k₁", "k₂", "evals", "Δlog10 PPL@k₂")
+    headers += ("CLIP@k₂", "controls at k₂", "layers of the k₂ set", "notes")
+    align = ("left",) * 3 + ("right",) * 8 + ("left",) * 3
+    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True, colalign=align)
+
+
+def _controls_label(analysis: dict) -> str:
+    """'hold' when no control collapses, else which ones do (a collapse is a finding only if they hold)."""
+    collapsed = [c["intervention"] for c in analysis["controls"] if c["stage"] >= 2]
+    if not collapsed:
+        return f"hold ({len(analysis['controls'])})"
+    return "COLLAPSE: " + "; ".join(name.replace(", zero ablation", "") for name in collapsed)
+
+
 def _flat_row(point: dict) -> dict:
     """A point without its captions, its options merged in as columns (a name clash would lose a value)."""
     row = {key: value for key, value in point.items() if key not in ("captions", "options")}
@@ -133,13 +170,16 @@ def _flat_row(point: dict) -> dict:
     return {**row, **point["options"]}
 
 
-def write_reports(rows: list[dict], directory: Path, meta: dict) -> tuple[Path, Path]:
-    """`collapse.json` (meta, summary, every point with its captions) and `collapse.csv` (one row per point)."""
+def write_reports(
+    rows: list[dict], directory: Path, meta: dict, analyses: list[dict] | None = None
+) -> tuple[Path, Path]:
+    """`collapse.json` (meta, summary, the searched curves' analyses, every point with its captions) and
+    `collapse.csv` (one row per point)."""
     directory.mkdir(parents=True, exist_ok=True)
     points = latest_points(rows)
     flat = [_flat_row(point) for point in points]  # before writing anything: a clash must not leave half a report
     json_path, csv_path = directory / "collapse.json", directory / "collapse.csv"
-    document = {"meta": meta, "summary": summarize(points), "points": points}
+    document = {"meta": meta, "summary": summarize(points), "analyses": analyses or [], "points": points}
     json_path.write_text(json.dumps(document, indent=2, allow_nan=False))
     columns = list(dict.fromkeys(key for row in flat for key in row))
     with csv_path.open("w", newline="") as handle:

@@ -13,6 +13,7 @@ from harness.masking import MASK_MODES
 from harness.ranking import CanOptions
 from harness.registry import ClipSpec
 from harness.stages import StageThresholds
+from harness.threshold_search import SEARCH_MODES
 
 
 def default_cache_dir() -> Path:
@@ -38,6 +39,8 @@ class HarnessSettings:
     allow_download: bool = False
     k_max: int = 8192
     k_factor: float = 2.0
+    search: str = "adaptive"  # how collapse_search cases find k₁ and k₂ (harness.threshold_search)
+    control_seeds: int = 3  # random-k controls per curve at k₂
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "max_new_tokens", "k_max"):
@@ -47,6 +50,10 @@ class HarnessSettings:
             raise ValueError(f"max_images must be ≥ 1 (or unset), got {self.max_images!r}")
         if not (math.isfinite(self.k_factor) and self.k_factor > 1):
             raise ValueError(f"k_factor must be a finite number > 1 for the k grid to grow, got {self.k_factor!r}")
+        if self.search not in SEARCH_MODES:
+            raise ValueError(f"unknown search mode {self.search!r}; valid: {', '.join(SEARCH_MODES)}")
+        if self.control_seeds < 0:
+            raise ValueError(f"control_seeds must be ≥ 0, got {self.control_seeds!r}")
         if self.mask_mode not in MASK_MODES:
             raise ValueError(f"unknown mask mode {self.mask_mode!r}; valid: {', '.join(MASK_MODES)}")
         if self.dtype is not None and self.dtype != "auto" and self.dtype not in DTYPES:

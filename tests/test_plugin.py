@@ -588,3 +588,97 @@ def test_xdist_grouped_by_curve_matches_serial_run(serial, parallel_by_curve):
     assert sorted(workers) == sorted(curves)
     assert all(len(gws) == 1 for gws in workers.values()), workers
     assert workers["tiny-llava-lm.down_proj-circle"] != workers["tiny-llava-lm.down_proj-square"], workers
+
+
+# -- collapse_search: searched thresholds, controls and the threshold table -------------------------------------
+SEARCH_MARK = '@pytest.mark.collapse_search(models=["tiny-llava"], sites=["lm.down_proj"])'
+SEARCH_CELLS = (*FEW_IMAGES, "--can-categories", "circle,square", "--can-max-new-tokens", "8")
+
+
+@pytest.fixture
+def search_run(run_cases, pytester, shared_runs) -> Run:
+    pytester.makepyfile(
+        test_search=f"""
+        import pytest
+        from harness.assertions import assert_collapses_within
+
+        {SEARCH_MARK}
+        def test_search(collapse_analysis):
+            pass
+
+        {SEARCH_MARK}
+        def test_impossible(collapse_analysis):
+            assert_collapses_within(collapse_analysis, 0)
+        """
+    )
+    return run_cases("test_search.py", *SEARCH_CELLS, "--can-control-seeds", "2", key="search")
+
+
+def test_search_cases_are_one_per_curve_and_fill_the_threshold_table(search_run):
+    """collapse_search expands over model × site × category (ids without k) and prints one table row per curve
+    with the searched thresholds and the controls at k₂."""
+    assert search_run.outcomes == {"passed": 2, "failed": 2}, "\n".join(search_run.lines)
+    text = "\n".join(search_run.lines)
+    assert "two-stage thresholds (CAN, α=1, positions=all; adaptive search, controls at k₂)" in text
+    rows = [line for line in search_run.lines if line.startswith("| tiny-llava")]
+    assert [cells(row)[:3] for row in rows] == [["tiny-llava", "lm.down_proj", c] for c in CATEGORIES]
+    assert "critical-neuron collapse (CAN" not in text  # no grid case ran: no grid table
+
+
+def test_search_report_holds_thresholds_points_controls_and_layers(search_run):
+    analyses = {a["category"]: a for a in search_run.report["analyses"]}
+    assert set(analyses) == set(CATEGORIES)
+    for analysis in analyses.values():
+        evaluated = [k for k, _ in analysis["stages"]]
+        assert [p["k"] for p in analysis["points"]] == sorted(evaluated)
+        assert all(p["captions"] for p in analysis["points"])  # captions at every evaluated k
+        assert analysis["evaluations"] == len(evaluated) - 1
+        assert analysis["search"] == "adaptive"
+        if analysis["k2"] is None:
+            assert analysis["controls"] == [] and analysis["layers"] == {}
+            continue
+        assert len(analysis["controls"]) == 3  # 2 random seeds + mean ablation
+        assert sum(analysis["layers"].values()) == analysis["k2"]
+        assert analysis["controls_hold"] == all(c["stage"] < 2 for c in analysis["controls"])
+    assert search_run.report["points"] == []  # searched points live in their analyses, not in the grid's list
+
+
+def test_failed_search_assertion_shows_curve_and_controls(search_run):
+    """The analysis is shared by both cases of a curve (computed once); the failing one prints the curve."""
+    text = "\n".join(search_run.lines)
+    assert "AssertionError: tiny-llava / lm.down_proj / circle: expected complete collapse by k=0" in text
+    assert "curve and controls:" in text and "first caption" in text
+
+
+def test_linear_search_option_and_its_validation(run_cases, pytester):
+    pytester.makepyfile(
+        test_linear=f"""
+        import pytest
+
+        {SEARCH_MARK}
+        def test_linear(collapse_analysis):
+            assert collapse_analysis.search.mode == "linear"
+            assert collapse_analysis.search.monotone or collapse_analysis.search.k2 is not None
+        """
+    )
+    run = run_cases("test_linear.py", *FEW_IMAGES, "--can-categories", "circle", "--can-k-max", "8",
+                    "--can-search", "linear", "--can-control-seeds", "0")  # fmt: skip
+    assert run.outcomes == {"passed": 1}, "\n".join(run.lines)
+    bad = run_cases("test_linear.py", "--can-control-seeds", "-1")
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR
+    assert any("control_seeds must be ≥ 0, got -1" in line for line in bad.lines), bad.lines
+
+
+def test_a_case_cannot_use_both_markers(run_cases, pytester):
+    pytester.makepyfile(
+        test_both=f"""
+        import pytest
+
+        {SEARCH_MARK}
+        {GRID_MARK}
+        def test_both(collapse_analysis):
+            pass
+        """
+    )
+    run = run_cases("test_both.py", *ONE_CELL)
+    assert any("use one of collapse_grid / collapse_search, not both" in line for line in run.lines), run.lines

@@ -10,7 +10,7 @@ import re
 import pytest
 
 from harness.experiment import CollapsePoint
-from harness.report import _flat_row, render_summary, summarize, write_reports
+from harness.report import _flat_row, render_summary, render_thresholds, summarize, write_reports
 
 HEADERS = ["model", "site", "category", "imgs", "PPL₀", "CLIP₀", "chance", "k₁ stage 1", "k₂ stage 2"]
 
@@ -151,3 +151,29 @@ def test_csv_clip_column_is_the_score(tmp_path):
     assert [json.loads(r["masked_neurons"]) for r in table] == [p["masked_neurons"] for p in rows]
     document = json.loads(json_path.read_text())
     assert [p["options"]["clip_model"] for p in document["points"]] == ["tiny-clip@1"] * 4
+
+
+def analysis_row(k2, controls=(), layers=None, violations=()) -> dict:
+    return {
+        "model": "m", "site": "lm.down_proj", "category": "circle", "k_max": 64, "k1": 3, "k2": k2,
+        "evaluations": 9, "monotone": not violations, "violations": [list(v) for v in violations],
+        "log10_ppl_baseline": 0.5, "clip_baseline": 80.0, "clip_chance": 20.0,
+        "log10_ppl_ratio_at_k2": 1.5 if k2 else None, "clip_at_k2": 12.0 if k2 else None,
+        "controls": [{"intervention": name, "stage": stage} for name, stage in controls],
+        "layers": layers or {},
+    }  # fmt: skip
+
+
+def test_threshold_table_shows_controls_layers_and_recoveries():
+    rows = [
+        analysis_row(
+            8, [("random-k (seed 0), zero ablation", 1), ("CAN top-k, mean ablation", 0)], {"0": 5, "2": 3}
+        ),
+        analysis_row(8, [("random-k (seed 1), zero ablation", 2)], {"1": 8}, violations=[(8, 9)]),
+        analysis_row(None),
+    ]
+    table = render_thresholds(rows).splitlines()
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in table[2:]]
+    assert cells[0][6:] == ["3", "8", "9", "+1.50", "12.0", "hold (2)", "L0:5 L2:3", ""]
+    assert cells[1][11:] == ["COLLAPSE: random-k (seed 1)", "L1:8", "non-monotone: 8→9"]
+    assert cells[2][6:8] == ["3", "none ≤ 64"] and cells[2][9:13] == ["", "", "", ""]
