@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from harness.analysis import CurveAnalysis
+from harness.baseline import Baselines
 from harness.curve import CollapseCurve
 
 
@@ -72,3 +73,11 @@ def assert_controls_hold(analysis: CurveAnalysis) -> None:
     broken = [control.intervention for control in analysis.controls if control.stage >= 2]
     if broken:
         _fail_analysis(analysis, f"controls collapse too at k={analysis.search.k2}: {', '.join(broken)}")
+
+
+def assert_matches_baseline(analysis: CurveAnalysis, baselines: Baselines) -> None:
+    """k₁, k₂ and the key metrics stay within tolerance of the stored baseline (`--can-baseline`); with
+    `--can-baseline-update` the baseline is rewritten instead; without a baseline file nothing is compared."""
+    problem = baselines.check(analysis)
+    if problem is not None:
+        _fail_analysis(analysis, problem)

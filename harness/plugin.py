@@ -20,6 +20,7 @@ from harness.errors import HarnessError, ModelUnavailableError
 
 SETTINGS = pytest.StashKey[object]()
 IMAGES = pytest.StashKey[object]()
+BASELINES = pytest.StashKey[object]()
 POINT_PROPERTY = "can_point"
 ANALYSIS_PROPERTY = "can_analysis"
 PARAMS = ("can_model", "can_site", "can_category", "k")
@@ -57,6 +58,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="collapse_search cases: exponential growth + bisection (default) or the papers' k = 1, 2, 3, … scan",
     )
     add("--can-control-seeds", type=int, default=3, help="random-k controls per searched curve at k₂ (default 3)")
+    add("--can-baseline", type=Path, help="regression baseline file: searched curves are compared against it")
+    add("--can-baseline-update", action="store_true", help="rewrite this run's curves in --can-baseline")
+    add("--can-baseline-k-rtol", type=float, default=0.1, help="allowed relative change of k₁/k₂ (default 0.1)")
+    add("--can-baseline-log10-atol", type=float, default=0.1, help="allowed change of log10 PPLs (default 0.1)")
+    add("--can-baseline-clip-atol", type=float, default=2.0, help="allowed change of CLIP scores (default 2)")
     add("--can-alpha", type=float, default=1.0, help="CAN exponent α on |∂L/∂a| in [0, 1] (default 1)")
     add("--can-positions", default="all", choices=("all", "scored"), help="positions CAN averages over (all)")
     add("--can-batch-size", type=int, default=8, help="images per forward pass (default 8)")
@@ -110,6 +116,7 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     try:
         config.stash[SETTINGS] = _settings_from_options(config)
+        config.stash[BASELINES] = _baselines_from_options(config)
     except (ValueError, HarnessError) as error:
         raise pytest.UsageError(f"harness option: {error}") from error
     worker = getattr(config, "workerinput", None)
@@ -186,6 +193,23 @@ def _settings_from_options(config: pytest.Config):
     )
 
 
+def _baselines_from_options(config: pytest.Config):
+    from harness.baseline import BaselineFile, Baselines, Tolerances
+
+    option = config.getoption
+    tolerances = Tolerances(
+        k_rtol=option("can_baseline_k_rtol"),
+        log10_atol=option("can_baseline_log10_atol"),
+        clip_atol=option("can_baseline_clip_atol"),
+    )
+    path = option("can_baseline")
+    if path is None:
+        if option("can_baseline_update"):
+            raise ValueError("--can-baseline-update needs --can-baseline PATH (the file to rewrite)")
+        return Baselines(tolerances=tolerances)
+    return Baselines(BaselineFile(path), update=option("can_baseline_update"), tolerances=tolerances)
+
+
 # -- parametrisation ------------------------------------------------------------------------------------------
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     found = [(name, metafunc.definition.get_closest_marker(name)) for name in MARKERS]
@@ -260,6 +284,12 @@ def can_session(pytestconfig: pytest.Config, can_settings):
     from harness.experiment import HarnessSession
 
     return HarnessSession(can_settings, images=_image_set(pytestconfig))
+
+
+@pytest.fixture(scope="session")
+def can_baselines(pytestconfig: pytest.Config):
+    """The run's regression baselines (`--can-baseline`, `--can-baseline-update`), for assert_matches_baseline."""
+    return pytestconfig.stash[BASELINES]
 
 
 @pytest.fixture(scope="session")

@@ -39,6 +39,8 @@ class ClipSpec:
     def label(self) -> str:
         if self.embedded is not None:
             return f"{self.embedded.name}@{self.embedded.version}"
+        if self.model_name.startswith("local-dir:"):  # the folder's name: results do not depend on where it lies
+            return "local-dir:" + Path(self.model_name.removeprefix("local-dir:")).name
         return f"{self.model_name}/{self.pretrained}" if self.pretrained else self.model_name
 
 
