@@ -406,6 +406,11 @@ class CollapseRecorder:
         meta = provenance(config.rootpath)
         meta["command"] = " ".join(config.invocation_params.args)
         self.reports = write_reports(self.rows, Path(directory), meta, list(self.analyses.values()))
+        if self.analyses:
+            from harness.plots import plot_analysis, plot_file_name
+
+            for row in self.analyses.values():
+                plot_analysis(row, Path(directory) / "plots" / plot_file_name(row))
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
         if not self.rows and not self.analyses:

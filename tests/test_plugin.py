@@ -62,6 +62,7 @@ class Run:
     lines: list[str]
     report: dict | None
     csv_rows: list[dict] | None
+    report_dir: Path
 
 
 def summary_table(lines: list[str]) -> list[str]:
@@ -113,6 +114,7 @@ def run_cases(pytester: pytest.Pytester, cache_dir: Path, shared_runs: dict[str,
             lines=result.outlines + result.errlines,
             report=json.loads(json_path.read_text()) if json_path.exists() else None,
             csv_rows=csv_rows,
+            report_dir=report_dir,
         )
         if key is not None:
             shared_runs[key] = run
@@ -641,6 +643,12 @@ def test_search_report_holds_thresholds_points_controls_and_layers(search_run):
         assert sum(analysis["layers"].values()) == analysis["k2"]
         assert analysis["controls_hold"] == all(c["stage"] < 2 for c in analysis["controls"])
     assert search_run.report["points"] == []  # searched points live in their analyses, not in the grid's list
+
+
+def test_search_run_writes_one_png_plot_per_curve(search_run):
+    plots = sorted((search_run.report_dir / "plots").iterdir())
+    assert [p.name for p in plots] == [f"tiny-llava__lm.down_proj__{c}.png" for c in CATEGORIES]
+    assert all(p.read_bytes().startswith(b"\x89PNG\r\n\x1a\n") and p.stat().st_size > 10_000 for p in plots)
 
 
 def test_failed_search_assertion_shows_curve_and_controls(search_run):
