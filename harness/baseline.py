@@ -128,7 +128,7 @@ def check_against(
 ) -> str | None:
     """None when `current` matches its baseline; otherwise a readable explanation of why it does not."""
     if baseline is None:
-        return f"no baseline for {key} in {path}: record one with --can-baseline-update"
+        return f"no baseline entry {key!r} in {path}: record one with --can-baseline-update"
     differing = {
         name: (baseline["settings"].get(name), value)
         for name, value in current["settings"].items()
@@ -137,13 +137,13 @@ def check_against(
     if differing:
         listed = "; ".join(f"{name}: baseline {then!r}, now {now!r}" for name, (then, now) in differing.items())
         return (
-            f"{key}: the baseline in {path} was measured with other settings ({listed}); run with the same "
+            f"the baseline in {path} was measured with other settings ({listed}); run with the same "
             "options, or rewrite it with --can-baseline-update"
         )
     moved = compare(current, baseline, tolerances)
     if not moved:
         return None
-    lines = [f"{key} moved against the baseline in {path}:"]
+    lines = [f"moved against the baseline in {path}:"]
     lines += [f"  {name}: baseline {then}, now {now} (allowed {allowed})" for name, then, now, allowed in moved]
     provenance_changes = [
         f"  {name}: {baseline['recorded_with'].get(name)!r} → {value!r}"
