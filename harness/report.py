@@ -181,10 +181,20 @@ def write_reports(
     json_path, csv_path = directory / "collapse.json", directory / "collapse.csv"
     document = {"meta": meta, "summary": summarize(points), "analyses": analyses or [], "points": points}
     json_path.write_text(json.dumps(document, indent=2, allow_nan=False))
-    columns = list(dict.fromkeys(key for row in flat for key in row))
-    with csv_path.open("w", newline="") as handle:
+    _write_csv(csv_path, flat)
+    if analyses:  # one row per searched curve: thresholds, cost, metrics at k₂, controls (JSON), layers (JSON)
+        _write_csv(directory / "thresholds.csv", [_flat_analysis(a) for a in analyses])
+    return json_path, csv_path
+
+
+def _flat_analysis(analysis: dict) -> dict:
+    return {key: value for key, value in analysis.items() if key not in ("points", "options")}
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
-        for row in flat:
-            writer.writerow({k: json.dumps(v) if isinstance(v, list) else v for k, v in row.items()})
-    return json_path, csv_path
+        for row in rows:
+            writer.writerow({k: json.dumps(v) if isinstance(v, list | dict) else v for k, v in row.items()})

@@ -643,6 +643,12 @@ def test_search_report_holds_thresholds_points_controls_and_layers(search_run):
         assert sum(analysis["layers"].values()) == analysis["k2"]
         assert analysis["controls_hold"] == all(c["stage"] < 2 for c in analysis["controls"])
     assert search_run.report["points"] == []  # searched points live in their analyses, not in the grid's list
+    with (search_run.report_dir / "thresholds.csv").open(newline="") as handle:
+        table = {row["category"]: row for row in csv.DictReader(handle)}
+    for category, analysis in analyses.items():
+        assert table[category]["evaluations"] == str(analysis["evaluations"])
+        assert json.loads(table[category]["controls"]) == analysis["controls"]
+        assert json.loads(table[category]["layers"]) == analysis["layers"]
 
 
 def test_search_run_writes_one_png_plot_per_curve(search_run):
