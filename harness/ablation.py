@@ -66,13 +66,7 @@ def mean_activations(
     def add(layer: int, activation: torch.Tensor) -> None:
         totals[layer] += torch.einsum("btw,bt->w", activation.float(), weights)
 
-    handles = []
-    for layer, module in enumerate(site.modules):
-        if site.spec.unit == "output":
-            handles.append(module.register_forward_hook(lambda m, a, out, layer=layer: add(layer, out)))
-        else:
-            handles.append(module.register_forward_pre_hook(lambda m, args, layer=layer: add(layer, args[0])))
-    try:
+    with site.watched(add):
         for start in range(0, len(images), batch_size):
             batch = teacher_forced_batch(
                 loaded, images[start : start + batch_size], captions[start : start + batch_size]
@@ -80,9 +74,6 @@ def mean_activations(
             mask = batch.position_mask(positions).float()
             weights = mask / mask.sum(1, keepdim=True)
             loaded.model(**batch.inputs, use_cache=False)
-    finally:
-        for handle in handles:
-            handle.remove()
     return (totals / len(images)).cpu()
 
 

@@ -324,16 +324,21 @@ def can_category(request: pytest.FixtureRequest) -> str:
     return _grid_parameter(request)
 
 
+def _experiment_or_skip(can_session, model: str):
+    """The model's experiment; a model whose weights are not on this machine skips the case, saying why."""
+    try:
+        return can_session.experiment(model)
+    except ModelUnavailableError as error:
+        pytest.skip(str(error))
+
+
 @pytest.fixture
 def collapse_curve(request, can_session, _can_curves, can_model: str, can_site: str, can_category: str):
     """The CollapseCurve of this case's (model, site, category); every point it measures is recorded."""
     from harness.curve import CollapseCurve
 
     model, site, category = can_model, can_site, can_category
-    try:
-        experiment = can_session.experiment(model)
-    except ModelUnavailableError as error:
-        pytest.skip(str(error))
+    experiment = _experiment_or_skip(can_session, model)
     key = (model, site, category)
     if key not in _can_curves:
         _can_curves[key] = CollapseCurve(experiment, site, category)
@@ -360,10 +365,7 @@ def collapse_analysis(
     from harness.analysis import analyse_curve
 
     model, site, category = can_model, can_site, can_category
-    try:
-        experiment = can_session.experiment(model)
-    except ModelUnavailableError as error:
-        pytest.skip(str(error))
+    experiment = _experiment_or_skip(can_session, model)
     key = (model, site, category)
     if key not in _can_analyses:
         _can_analyses[key] = analyse_curve(

@@ -75,13 +75,7 @@ def can_importance(
             activation.requires_grad_()  # first hooked layer: a leaf, so the graph starts here
         captured[layer] = activation
 
-    handles = []
-    for layer, module in enumerate(site.modules):
-        if site.spec.unit == "output":
-            handles.append(module.register_forward_hook(lambda m, a, out, layer=layer: keep(layer, out)))
-        else:
-            handles.append(module.register_forward_pre_hook(lambda m, args, layer=layer: keep(layer, args[0])))
-    try:
+    with site.watched(keep):
         for start in range(0, len(images), batch_size):
             batch = teacher_forced_batch(
                 loaded, images[start : start + batch_size], captions[start : start + batch_size]
@@ -101,7 +95,4 @@ def can_importance(
                     contribution = contribution * grad.float().abs().pow(options.alpha)
                 totals[layer] += torch.einsum("btw,bt->w", contribution, weights)
             captured[:] = [None] * site.n_layers
-    finally:
-        for handle in handles:
-            handle.remove()
     return (totals / len(images)).cpu()

@@ -7,6 +7,8 @@ tensor, e.g. `lm.layers.1.mlp.down_proj.out` for an output channel and `....down
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
@@ -69,6 +71,23 @@ class ResolvedSite:
 
     def hook_point(self, layer: int) -> str:
         return f"lm.layers.{layer}.{self.spec.module}.{'out' if self.spec.unit == 'output' else 'in'}"
+
+    @contextmanager
+    def watched(self, callback: Callable[[int, torch.Tensor], None]) -> Iterator[None]:
+        """Call `callback(layer, activation)` with the site's tensor (output, or input for hidden units) in every
+        forward pass inside the block; the hooks are removed on exit, also on exceptions."""
+        handles = []
+        try:
+            for layer, module in enumerate(self.modules):
+                if self.spec.unit == "output":
+                    hook = module.register_forward_hook(lambda m, a, out, layer=layer: callback(layer, out))
+                else:
+                    hook = module.register_forward_pre_hook(lambda m, args, layer=layer: callback(layer, args[0]))
+                handles.append(hook)
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
 
     def neurons(self, flat_indices: torch.Tensor) -> list[Neuron]:
         """(site, layer, channel) for indices into the flattened [layer, channel] score table."""
