@@ -60,13 +60,16 @@ def parse_caption(text: str) -> dict[str, str] | None:
     return match.groupdict() if match else None
 
 
+def attribute_hits(scene: Scene, text: str) -> dict[str, bool]:
+    """Per attribute: does the caption state it correctly? (All False for a caption outside the grammar.)"""
+    stated = parse_caption(text) or {}
+    truth = asdict(scene)
+    return {name: stated.get(name) == truth[name] for name in ATTRIBUTES}
+
+
 def attribute_accuracy(scene: Scene, text: str) -> float:
     """Fraction of the scene's five attributes that the caption states correctly (0 for an unparsable one)."""
-    stated = parse_caption(text)
-    if stated is None:
-        return 0.0
-    truth = asdict(scene)
-    return sum(stated[name] == truth[name] for name in ATTRIBUTES) / len(ATTRIBUTES)
+    return sum(attribute_hits(scene, text).values()) / len(ATTRIBUTES)
 
 
 def render(scene: Scene, rng: random.Random) -> Image.Image:

@@ -671,8 +671,10 @@ def test_linear_search_option_and_its_validation(run_cases, pytester):
 
         {SEARCH_MARK}
         def test_linear(collapse_analysis):
-            assert collapse_analysis.search.mode == "linear"
-            assert collapse_analysis.search.monotone or collapse_analysis.search.k2 is not None
+            search = collapse_analysis.search
+            assert search.mode == "linear"
+            # the papers' scan: every k from 0 up to the first complete collapse (or k_max = 8)
+            assert sorted(search.stages) == list(range((search.k2 or 8) + 1))
         """
     )
     run = run_cases("test_linear.py", *FEW_IMAGES, "--can-categories", "circle", "--can-k-max", "8",

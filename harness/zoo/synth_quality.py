@@ -6,7 +6,6 @@ The training script records these figures in the model card; a test re-measures 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict
 
 import torch
 
@@ -22,9 +21,8 @@ def caption_quality(loaded, pairs: Sequence[tuple[world.Scene, object]], *, batc
     exact = 0
     for (scene, _), caption in zip(pairs, captions, strict=True):
         exact += caption.text == scene.caption
-        stated = world.parse_caption(caption.text) or {}
-        for name, value in asdict(scene).items():
-            per_attribute[name] += stated.get(name) == value
+        for name, hit in world.attribute_hits(scene, caption.text).items():
+            per_attribute[name] += hit
     count = len(pairs)
     return {
         "images": count,
