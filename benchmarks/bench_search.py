@@ -1,7 +1,8 @@
 """Adaptive vs linear threshold search, side by side: masked evaluations and wall time.
 
-1. Synthetic step curves with k₂ ∈ {4, 1200, 5000} (k₁ = k₂/2, the costly case for the adaptive search;
-   k_max = 11008, LLaVA-1.5-7b's FFN width): evaluations; wall time at the per-evaluation cost measured in 2.
+1. Synthetic step curves with k₂ ∈ {4, 1200, 5000} and k₁ = k₂/2 (k_max = 11008, LLaVA-1.5-7b's FFN width):
+   evaluations (to find both thresholds + re-checks of k + 1) against the bound 2⌈log₂ k₂⌉ + search_slack;
+   wall time at the per-evaluation cost measured in 2.
 2. The embedded default model (`synth-llava`, lm.down_proj, one category): real evaluations and wall time of
    both modes on the same curve, and whether they agree.
 
@@ -19,11 +20,17 @@ from tabulate import tabulate
 
 from harness.experiment import HarnessSession
 from harness.settings import HarnessSettings, default_cache_dir
-from harness.threshold_search import adaptive_search, linear_search
+from harness.threshold_search import adaptive_search, linear_search, search_slack
 
 
 def step_curve(k1: int, k2: int):
     return lambda k: 2 if k >= k2 else int(k >= k1)
+
+
+def evaluations(result) -> str:
+    """ "found in + re-checks" for the adaptive search (the linear scan re-checks nothing)."""
+    found = result.evaluations - len(result.rechecked)
+    return f"{found} + {len(result.rechecked)}" if result.mode == "adaptive" else str(found)
 
 
 def model_rows(args) -> tuple[list[list[object]], float]:
@@ -39,7 +46,7 @@ def model_rows(args) -> tuple[list[list[object]], float]:
         seconds = time.perf_counter() - start
         per_evaluation.append(seconds / result.evaluations)
         label = f"{args.model} {args.site} {args.category}"
-        rows.append([label, mode, result.k1, result.k2, result.evaluations, f"{seconds:.1f} s", result.monotone])
+        rows.append([label, mode, result.k1, result.k2, evaluations(result), f"{seconds:.1f} s", result.monotone])
     return rows, min(per_evaluation)
 
 
@@ -60,22 +67,29 @@ def main() -> None:
         f"\nadaptive/linear: {adaptive[4]}/{linear[4]} evaluations; same thresholds: "
         f"{adaptive[2:4] == linear[2:4]}\n",
     )
-    synthetic = []
+    synthetic, k_max = [], 11008
     for k2 in (4, 1200, 5000):
+        bound = 2 * (k2 - 1).bit_length() + search_slack(k_max)
         for mode, search in (("adaptive", adaptive_search), ("linear", linear_search)):
             start = time.perf_counter()
-            result = search(step_curve(max(1, k2 // 2), k2), 11008)
+            result = search(step_curve(k2 // 2, k2), k_max)
             seconds = time.perf_counter() - start
             synthetic.append(
-                [f"k₁ = {max(1, k2 // 2)}, k₂ = {k2}", mode, result.k1, result.k2, result.evaluations,
-                 f"{seconds * 1e3:.2f} ms", f"{result.evaluations * per_evaluation:.0f} s"]
+                [f"k₁ = {k2 // 2}, k₂ = {k2}", mode, result.k1, result.k2, evaluations(result),
+                 bound if mode == "adaptive" else "", f"{seconds * 1e3:.2f} ms",
+                 f"{result.evaluations * per_evaluation:.0f} s"]
             )  # fmt: skip
-    print(
-        tabulate(
-            synthetic,
-            headers=["synthetic curve", "mode", "k₁", "k₂", "evaluations", "search logic", "at model's cost/eval"],
-        )
-    )
+    headers = [
+        "synthetic curve",
+        "mode",
+        "k₁",
+        "k₂",
+        "evaluations",
+        "bound",
+        "search logic",
+        "at model's cost/eval",
+    ]
+    print(tabulate(synthetic, headers=headers))
 
 
 if __name__ == "__main__":

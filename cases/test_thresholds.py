@@ -1,7 +1,7 @@
 """Where does each curve collapse — k₁ (expressive degradation) and k₂ = k* (complete collapse) — and is the
 collapse a finding?
 
-Each case is one (model, site, image category) curve: the adaptive search (exponential growth, then bisection)
+Each case is one (model, site, image category) curve: the adaptive search (bisections over k₂'s bracket, k₂, k₁)
 finds the linear scan's thresholds in logarithmically many evaluations, then random-k and mean-ablation controls
 are measured at k₂ and the CAN set at k₂ is broken down by layer. The plugin prints one table row per curve and
 writes the full analyses (every evaluated point with its captions, the controls, the options) to the report.

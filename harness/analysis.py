@@ -65,6 +65,7 @@ class CurveAnalysis:
             "k1": self.search.k1,
             "k2": self.search.k2,
             "evaluations": self.search.evaluations,
+            "rechecked": list(self.search.rechecked),
             "stages": sorted(self.search.stages.items()),
             "monotone": self.search.monotone,
             "violations": self.search.violations,

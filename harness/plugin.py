@@ -55,7 +55,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--can-search",
         default="adaptive",
         choices=("adaptive", "linear"),
-        help="collapse_search cases: exponential growth + bisection (default) or the papers' k = 1, 2, 3, … scan",
+        help="collapse_search cases: bisections for k₂'s bracket, k₂, k₁ (default) or the papers' k = 1, 2, 3, …",
     )
     add("--can-control-seeds", type=int, default=3, help="random-k controls per searched curve at k₂ (default 3)")
     add("--can-baseline", type=Path, help="regression baseline file: searched curves are compared against it")

@@ -2,17 +2,31 @@
 k at stage 2) over the nested top-k sets.
 
 The papers step k = 1, 2, 3, … (≈ 1200 masked evaluations for InstructBLIP). If the stage never falls as k
-grows, exponential growth (1, 2, 4, …) followed by bisection of each threshold's bracket finds the same k₁ and
-k₂ as that linear scan. Nothing guarantees monotonicity, so the search also re-checks k + 1 after each threshold
-(the "collapse at k, recovery at k + 1" case) and reports every evaluated point that contradicts monotonicity;
-it never smooths them away. A non-monotone dip *between* evaluated points is invisible to any sublinear search:
-the linear mode is there to look for those.
+grows, three bisections find the same k₁ and k₂ as that linear scan:
+
+1. which dyadic bracket (2^(m−1), 2^m] holds k₂: a search over the bracket edges 1, 2, 4, …, k_max;
+2. k₂ inside its bracket (m − 1 evaluations);
+3. k₁ inside what the first two left open (at most m − 1 more: the edge below k₂'s bracket tells on which side
+   of it k₁ lies).
+
+Steps 2 and 3 cost at most 2(m − 1) whatever k₁ is, so step 1 is an alphabetic prefix code over the brackets
+whose depths are chosen such that every bracket's total stays within 2m + c, with the smallest c the Kraft
+inequality allows (c = 3 for k_max ≤ 2^27, c = 2 for k_max ≤ 2048); depth left over goes to the smallest
+brackets, which therefore are tried first. Plain growth 1, 2, 4, … (the textbook choice) spends m + 1
+evaluations on step 1 and then needs up to m − 1 more for a k₁ far below k₂: 3m in all.
+
+Nothing guarantees monotonicity, so the search also re-checks k + 1 after each threshold (the "collapse at k,
+recovery at k + 1" case) and reports every evaluated point that contradicts monotonicity; it never smooths them
+away. A non-monotone dip *between* evaluated points is invisible to any sublinear search: the linear mode is
+there to look for those.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
+from fractions import Fraction
 
 SEARCH_MODES = ("adaptive", "linear")
 
@@ -24,12 +38,14 @@ class ThresholdSearch:
     mode: str
     k_max: int
     stages: dict[int, int]  # every evaluated k (0 = the unmasked baseline) → its stage
-    k1: int | None  # first evaluated k at stage ≥ 1 whose predecessor k − 1 is below it (None: none ≤ k_max)
+    # the smallest evaluated k at stage ≥ 1 (≥ 2), with k − 1 evaluated below it; None: none up to k_max
+    k1: int | None
     k2: int | None
+    rechecked: tuple[int, ...] = ()  # ks evaluated only to look for a recovery right after a threshold
 
     @property
     def evaluations(self) -> int:
-        """Masked evaluations spent (k ≥ 1); the baseline k = 0 is shared by every search of a curve."""
+        """Masked evaluations spent (k ≥ 1), re-checks included; the baseline k = 0 is shared by every search."""
         return sum(1 for k in self.stages if k > 0)
 
     @property
@@ -61,8 +77,9 @@ def linear_search(stage_at: Callable[[int], int], k_max: int) -> ThresholdSearch
 
 
 def adaptive_search(stage_at: Callable[[int], int], k_max: int) -> ThresholdSearch:
-    """Exponential growth until stage 2 (or k_max), bisection of the k₂ then the k₁ bracket, then k + 1 re-checked
-    after each threshold. On a monotone curve: the linear scan's k₁ and k₂."""
+    """k₂'s dyadic bracket by a weighted search over the bracket edges, then bisection of the k₂ and k₁ brackets,
+    then k + 1 re-checked after each threshold. On a monotone curve: the linear scan's k₁ and k₂ within
+    2⌈log₂ k₂⌉ + search_slack(k_max) evaluations before the re-checks."""
     _check_k_max(k_max)
     stages: dict[int, int] = {0: stage_at(0)}
 
@@ -71,25 +88,98 @@ def adaptive_search(stage_at: Callable[[int], int], k_max: int) -> ThresholdSear
             stages[k] = stage_at(k)
         return stages[k]
 
-    k = 1
-    while evaluate(k) < 2 and k < k_max:
-        k = min(2 * k, k_max)
-    thresholds = {}
-    for stage in (2, 1):
-        below, above = _bracket(stages, stage)
-        if above is None:
-            thresholds[stage] = None
-            continue
-        while above - below > 1:
-            middle = (below + above) // 2
-            if evaluate(middle) >= stage:
-                above = middle
-            else:
-                below = middle
-        thresholds[stage] = above
-        if above < k_max:
-            evaluate(above + 1)  # re-check: does the curve recover right after the threshold?
-    return ThresholdSearch("adaptive", k_max, stages, thresholds[1], thresholds[2])
+    _find_bracket(evaluate, k_max)
+    thresholds: dict[int, int | None] = {2: None, 1: None}
+    rechecked: list[int] = []
+    while any(_bracket(stages, stage)[1] != found for stage, found in thresholds.items()):
+        # a second round only on a non-monotone curve: a later point fell below a threshold already found
+        for stage in thresholds:
+            below, above = _bracket(stages, stage)
+            if above is None or above == thresholds[stage]:
+                continue
+            while above - below > 1:
+                middle = (below + above) // 2
+                if evaluate(middle) >= stage:
+                    above = middle
+                else:
+                    below = middle
+            thresholds[stage] = above
+            if above < k_max and above + 1 not in stages:
+                evaluate(above + 1)  # does the curve recover right after the threshold?
+                rechecked.append(above + 1)
+    return ThresholdSearch("adaptive", k_max, stages, thresholds[1], thresholds[2], tuple(rechecked))
+
+
+def bracket_edges(k_max: int) -> list[int]:
+    """1, 2, 4, …, k_max: the upper edges of the brackets (2^(m−1), 2^m] that may hold k₂."""
+    return sorted({min(2**m, k_max) for m in range(_log2_ceil(k_max) + 1)})
+
+
+def search_slack(k_max: int) -> int:
+    """c in the bound 2⌈log₂ k₂⌉ + c on the evaluations that find k₁ and k₂ (re-checks not counted)."""
+    return _bracket_code(k_max)[0]
+
+
+def _find_bracket(evaluate: Callable[[int], int], k_max: int) -> None:
+    """Walk the bracket code: at each node, ask whether k₂ is at or below the last edge of the left subtree."""
+    edges = bracket_edges(k_max)
+    _, depths = _bracket_code(k_max)
+    starts = _code_starts(depths)  # leaf i: the brackets ending at edges[i], then "no collapse ≤ k_max"
+    low, high, node, width = 0, len(depths) - 1, Fraction(0), Fraction(1)
+    while low < high:
+        width /= 2
+        left = [i for i in range(low, high + 1) if starts[i] < node + width]
+        if len(left) == high - low + 1:
+            continue  # every remaining leaf lies in the left half: descend without a question
+        if left:
+            if evaluate(edges[left[-1]]) >= 2:
+                high = left[-1]
+                continue
+            low = left[-1] + 1
+        node += width
+
+
+def _bracket_code(k_max: int) -> tuple[int, list[int]]:
+    """(c, depth of each leaf): the leaves are k₂'s brackets in order, then "none ≤ k_max"; c is the smallest
+    slack whose depth budgets satisfy Kraft's inequality."""
+    slack = 0
+    while sum(Fraction(1, 2**budget) for budget in _depth_budgets(k_max, slack)) > 1:
+        slack += 1
+    return slack, _greedy_depths(_depth_budgets(k_max, slack))
+
+
+def _depth_budgets(k_max: int, slack: int) -> list[int]:
+    """How deep each leaf may sit so that its bracket's whole search stays within 2m + slack: the evaluations
+    left once the bracket (low, high] is known are k₂'s bisection and at most as many again for k₁."""
+    edges = bracket_edges(k_max)
+    left_after = [0] + [
+        _log2_ceil(high - low) + _log2_ceil(max(high - low, low)) for low, high in itertools.pairwise(edges)
+    ]
+    budgets = [2 * _log2_ceil(edge) + slack - rest for edge, rest in zip(edges, left_after, strict=True)]
+    budgets.append(budgets[-1])  # "none ≤ k_max": as deep as the last bracket
+    return [min(budgets[i:]) for i in range(len(budgets))]  # non-decreasing: a canonical code is alphabetic
+
+
+def _greedy_depths(budgets: list[int]) -> list[int]:
+    """Shallowest non-decreasing depths within the budgets, smallest brackets first, keeping Kraft's sum ≤ 1."""
+    depths: list[int] = []
+    for i in range(len(budgets)):
+        rest = sum(Fraction(1, 2**b) for b in budgets[i + 1 :])
+        used = sum(Fraction(1, 2**d) for d in depths)
+        depth = depths[-1] if depths else 0
+        while used + Fraction(1, 2**depth) + rest > 1:
+            depth += 1
+        depths.append(depth)  # ≤ budget: the budgets themselves keep the sum ≤ 1
+    return depths
+
+
+def _code_starts(depths: list[int]) -> list[Fraction]:
+    """Where each leaf's codeword starts in [0, 1): the canonical code of non-decreasing lengths is alphabetic."""
+    starts, position = [], Fraction(0)
+    for depth in depths:
+        starts.append(position)
+        position += Fraction(1, 2**depth)
+    return starts
 
 
 def _bracket(stages: dict[int, int], stage: int) -> tuple[int, int | None]:
@@ -104,6 +194,10 @@ def _bracket(stages: dict[int, int], stage: int) -> tuple[int, int | None]:
 
 def _first_at(stages: dict[int, int], stage: int) -> int | None:
     return min((k for k, s in stages.items() if s >= stage), default=None)
+
+
+def _log2_ceil(n: int) -> int:
+    return max(n - 1, 0).bit_length()
 
 
 def _check_k_max(k_max: int) -> None:

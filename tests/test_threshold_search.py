@@ -9,7 +9,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from harness.threshold_search import adaptive_search, linear_search
+from harness.threshold_search import adaptive_search, bracket_edges, linear_search, search_slack
 
 
 def step_curve(k1: int | None, k2: int | None):
@@ -34,9 +34,11 @@ def counted(stage_at):
 
 
 @st.composite
-def monotone_curves(draw):
-    k_max = draw(st.integers(1, 20_000))
-    k2 = draw(st.one_of(st.none(), st.integers(1, k_max)))
+def monotone_curves(draw, collapse: bool | None = None, largest: int = 2**22):
+    """(k₁, k₂, k_max) of a step curve; k_max mostly at sizes of one FFN site, sometimes of a whole 7B model's."""
+    k_max = draw(st.one_of(st.integers(1, min(largest, 20_000)), st.integers(1, largest)))
+    no_collapse = st.none() if collapse is not True else st.nothing()
+    k2 = draw(st.one_of(no_collapse, st.integers(1, k_max)) if collapse is not False else st.none())
     k1 = draw(st.one_of(st.none(), st.integers(1, k2 if k2 is not None else k_max)))
     if k2 is not None and k1 is None:
         k1 = k2  # stage 2 implies stage ≥ 1: the first collapse is also the first degradation
@@ -47,7 +49,7 @@ def log2_ceil(k: int) -> int:
     return math.ceil(math.log2(k)) if k > 1 else 0
 
 
-@given(monotone_curves())
+@given(monotone_curves(largest=20_000))  # the linear scan's own cost bounds k_max here
 def test_adaptive_finds_the_linear_thresholds_on_monotone_curves(curve):
     k1, k2, k_max = curve
     adaptive = adaptive_search(step_curve(k1, k2), k_max)
@@ -56,38 +58,79 @@ def test_adaptive_finds_the_linear_thresholds_on_monotone_curves(curve):
     assert adaptive.monotone and linear.monotone
 
 
-@given(monotone_curves())
-def test_adaptive_evaluation_count_is_logarithmic(curve):
-    """Growth to k₂ (⌈log₂ k₂⌉ + 1), bisection of k₂'s bracket (⌈log₂ k₂⌉ − 1) and of k₁'s (⌈log₂ k₁⌉ − 1),
-    plus the two re-checks; without a collapse, growth runs to k_max."""
+@given(monotone_curves(collapse=True))
+def test_issue_bound_on_the_evaluations_that_find_the_thresholds(curve):
+    """At most 2⌈log₂ k₂⌉ + 3 evaluations find k₁ and k₂ (k_max ≤ 2^27), whatever k₁ is; the re-checks of
+    k₁ + 1 and k₂ + 1 add at most two. Each k is evaluated once."""
     k1, k2, k_max = curve
     stage_at, calls = counted(step_curve(k1, k2))
     result = adaptive_search(stage_at, k_max)
-    assert len(calls) == len(set(calls)) == result.evaluations + 1  # each k once, the baseline included
-    reach = k2 if k2 is not None else k_max
-    growth_and_k2 = 2 * log2_ceil(reach) + (1 if k2 is None else 0)
-    k1_bisection = max(log2_ceil(k1) - 1, 0) if k1 is not None else 0
-    assert result.evaluations <= growth_and_k2 + k1_bisection + 3
+    assert len(calls) == len(set(calls)) == result.evaluations + 1  # the baseline k = 0 is the + 1
+    assert set(result.rechecked) <= {k1 + 1, k2 + 1}
+    assert result.evaluations - len(result.rechecked) <= 2 * log2_ceil(k2) + 3
+    assert result.evaluations <= 2 * log2_ceil(k2) + 5
 
 
-@given(st.integers(1, 8), st.integers(1, 50_000), st.integers(0, 50_000))
-def test_issue_bound_holds_when_degradation_starts_early(k1, k2, extra):
-    """2⌈log₂ k₂⌉ + 4 evaluations whenever k₁ ≤ 8 (for k₁ in a lower bracket than k₂ its bisection is extra:
-    k₁ = 600, k₂ = 1200 takes 33 evaluations, see test_far_apart_thresholds_cost_the_k1_bisection)."""
-    assume(k1 <= k2)
-    result = adaptive_search(step_curve(k1, k2), k2 + extra)
-    assert (result.k1, result.k2) == (k1, k2)
-    assert result.evaluations <= 2 * log2_ceil(k2) + 4
+@given(monotone_curves(collapse=False))
+def test_without_collapse_the_search_costs_what_a_collapse_at_k_max_would(curve):
+    k1, _, k_max = curve
+    result = adaptive_search(step_curve(k1, None), k_max)
+    assert (result.k1, result.k2) == (k1, None)
+    assert k_max in result.stages
+    assert result.evaluations - len(result.rechecked) <= 2 * log2_ceil(k_max) + 3
 
 
-def test_far_apart_thresholds_cost_the_k1_bisection():
-    """The price of exactness for both thresholds: with k₁ in (512, 1024] and k₂ in (1024, 2048], growth (12) and
-    both bisections (10 + 9) are needed; the linear scan needs 1200."""
+@pytest.mark.parametrize("k_max", [1, 2, 3, 7, 8, 9, 16, 40, 64, 100])
+def test_every_monotone_curve_of_a_small_site_meets_the_slack_exactly(k_max):
+    """Exhaustively: every (k₁, k₂) is found, the worst curve needs exactly 2⌈log₂ k₂⌉ + search_slack
+    evaluations (so the bound is tight, not loose), and the slack is the one Kraft's inequality gives."""
+    worst = -math.inf
+    for k2 in range(1, k_max + 1):
+        for k1 in range(1, k2 + 1):
+            result = adaptive_search(step_curve(k1, k2), k_max)
+            assert (result.k1, result.k2) == (k1, k2)
+            worst = max(worst, result.evaluations - len(result.rechecked) - 2 * log2_ceil(k2))
+    assert worst == search_slack(k_max)
+
+
+@pytest.mark.parametrize(
+    ("k_max", "slack"),
+    [
+        (1, 1),
+        (8, 1),
+        (16, 2),
+        (2048, 2),
+        (2049, 2),
+        (4096, 3),
+        (11008, 3),
+        (32 * 11008, 3),
+        (2**27, 3),
+        (2**28, 4),
+    ],
+)
+def test_slack_by_site_size(k_max, slack):
+    """Bracket (2^(m−1), 2^m] costs 2(m − 1) after it is found and k₂ = 1 costs nothing, so for k_max = 2^M a
+    slack c is possible iff 2^−c + (M + 1)·2^−(c+2) ≤ 1 (Kraft). A k_max just above a power of two has a last
+    bracket that costs less, e.g. 2049 still has c = 2."""
+    assert search_slack(k_max) == slack
+
+
+def test_far_apart_thresholds():
+    """k₁ in (512, 1024] and k₂ in (1024, 2048] on one LLaVA-7b layer's FFN: plain exponential growth and two
+    bisections took 33 evaluations (12 + 10 + 9 + 2 re-checks); the bracket code takes 2·11 + 3 + 2 re-checks at
+    most. The linear scan needs 1200."""
     adaptive = adaptive_search(step_curve(600, 1200), 11008)
     linear = linear_search(step_curve(600, 1200), 11008)
     assert (adaptive.k1, adaptive.k2) == (linear.k1, linear.k2) == (600, 1200)
-    assert adaptive.evaluations == 12 + 10 + 9 + 2  # + the re-checks of k₁ + 1 and k₂ + 1
+    assert adaptive.rechecked == (1201, 601)
+    assert adaptive.evaluations <= 27
     assert linear.evaluations == 1200
+
+
+def test_bracket_edges():
+    assert bracket_edges(1) == [1]
+    assert bracket_edges(11) == [1, 2, 4, 8, 11]
+    assert bracket_edges(16) == [1, 2, 4, 8, 16]
 
 
 stage_lists = st.lists(st.integers(0, 2), min_size=1, max_size=300)
@@ -96,7 +139,7 @@ stage_lists = st.lists(st.integers(0, 2), min_size=1, max_size=300)
 @given(stage_lists)
 def test_any_curve_reports_only_real_recoveries_and_local_onsets(values):
     """Whatever the curve: every reported violation is real, an evaluated recovery is never hidden, and each
-    threshold is an onset the search saw (stage(k) reached, stage(k − 1) below it)."""
+    threshold is the first evaluated point at its stage and an onset the search saw (stage(k − 1) below it)."""
     k_max = len(values)
     stage_at = lambda k: 0 if k == 0 else values[k - 1]  # noqa: E731
     result = adaptive_search(stage_at, k_max)
@@ -107,6 +150,8 @@ def test_any_curve_reports_only_real_recoveries_and_local_onsets(values):
     for earlier, later in result.violations:
         assert earlier < later and stage_at(earlier) > stage_at(later)
     for threshold, stage in ((result.k1, 1), (result.k2, 2)):
+        at_stage = [k for k, s in result.stages.items() if s >= stage]
+        assert threshold == min(at_stage, default=None)  # no evaluated point below a threshold reaches its stage
         if threshold is not None:
             assert stage_at(threshold) >= stage > stage_at(threshold - 1)
             assert threshold - 1 in result.stages
