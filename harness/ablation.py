@@ -15,7 +15,7 @@ from PIL import Image
 
 from harness.captioning import Caption, teacher_forced_batch
 from harness.errors import UnknownNameError
-from harness.sites import ResolvedSite
+from harness.sites import AnySite, ResolvedSite
 
 SELECTIONS = ("can", "random")
 ABLATIONS = ("zero", "mean")
@@ -42,7 +42,7 @@ class Intervention:
         return f"{chosen}, {self.ablation} ablation"
 
 
-def random_selection(site: ResolvedSite, k: int, seed: int) -> torch.Tensor:
+def random_selection(site: AnySite, k: int, seed: int) -> torch.Tensor:
     """k flat neuron indices of `site` drawn without replacement; the first k of one seeded permutation."""
     generator = torch.Generator().manual_seed(seed)
     return torch.randperm(site.size, generator=generator)[:k]

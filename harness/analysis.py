@@ -2,7 +2,8 @@
 
 A collapse counts as a finding only if the controls do not collapse (DESIGN §2): k random neurons of the same
 site (several seeds) and the CAN set replaced by its mean activation, both at k₂. The layer breakdown of the CAN
-set at k₂ is the paper's localisation finding ("down_proj of the language model, early layers").
+set at k₂ is the paper's localisation finding ("down_proj of the language model, early layers"); when several
+sites are ranked together (`lm.down_proj+lm.gate_proj`) it is also broken down by site.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from harness.ablation import Intervention
 from harness.curve import format_curve
 from harness.experiment import CollapsePoint, ModelExperiment
+from harness.sites import site_names
 from harness.threshold_search import ThresholdSearch
 
 
@@ -36,7 +38,7 @@ class CurveAnalysis:
     search: ThresholdSearch
     points: dict[int, CollapsePoint] = field(repr=False)
     controls: list[ControlOutcome]
-    layers: dict[int, int]  # layer → how many of the CAN top-k₂ neurons sit there (empty without k₂)
+    layers: dict[str, dict[int, int]]  # site → layer → how many of the CAN top-k₂ neurons sit there (empty: no k₂)
 
     @property
     def label(self) -> str:
@@ -78,7 +80,9 @@ class CurveAnalysis:
             "controls": [dataclasses.asdict(control) for control in self.controls],
             "controls_hold": self.controls_hold,
             "finding": self.finding,
-            "layers": {str(layer): count for layer, count in self.layers.items()},
+            "layers": {
+                site: {str(layer): n for layer, n in counts.items()} for site, counts in self.layers.items()
+            },
             "options": baseline.options,
             "points": [self.points[k].to_row() for k in sorted(self.points)],  # captions at every evaluated k
         }
@@ -113,7 +117,14 @@ def analyse_curve(
         for intervention in interventions:
             point = experiment.measure(site, category, k2, intervention)
             controls.append(ControlOutcome(intervention.label, k2, point.stage, point.log10_ppl_ratio, point.clip))
-        resolved = experiment.site(site)
-        chosen = experiment.selection(site, category, k2, Intervention())
-        layers = dict(sorted(Counter(neuron.layer for neuron in resolved.neurons(chosen)).items()))
+        layers = neurons_by_site_and_layer(experiment, site, category, k2)
     return CurveAnalysis(experiment.name, site, category, search, points, controls, layers)
+
+
+def neurons_by_site_and_layer(experiment: ModelExperiment, site: str, category: str, k: int) -> dict[str, dict]:
+    """site → layer → how many of the CAN top-k sit there; every site of a joint ranking appears, even at 0."""
+    chosen = experiment.site(site).neurons(experiment.selection(site, category, k, Intervention()))
+    counts: dict[str, dict[int, int]] = {part: {} for part in site_names(site)}
+    for (part, layer), count in sorted(Counter((neuron.site, neuron.layer) for neuron in chosen).items()):
+        counts[part][layer] = count
+    return counts

@@ -21,13 +21,13 @@ from harness.errors import UnknownNameError
 from harness.families import check_family_supported
 from harness.images import ImageSet, scan_image_root
 from harness.loading import LoadedModel, load_model
-from harness.masking import NeuronMask
+from harness.masking import mask_neurons
 from harness.metrics import log10_ppl, require_finite
 from harness.ranking import Ranking, can_importance
 from harness.ranking_cache import RankingCache, code_fingerprint
 from harness.registry import ClipSpec, get_model_spec
 from harness.settings import HarnessSettings
-from harness.sites import ResolvedSite, resolve_site
+from harness.sites import AnySite, JointSite, resolve_any_site
 from harness.stages import classify_stage
 from harness.threshold_search import SEARCH_MODES, ThresholdSearch, adaptive_search, linear_search
 from harness.zoo import WORLD_IMAGES, ensure_built
@@ -69,7 +69,7 @@ class CollapsePoint:
     degenerate_rate: float
     stage: int
     captions: list[str]
-    masked_neurons: list[tuple[int, int, float | None]]  # (layer, channel, CAN score) of the first ≤ 64
+    masked_neurons: list[tuple[str, int, int, float | None]]  # (site, layer, channel, CAN score) of the first ≤ 64
     mask_modes: list[str]
     intervention: str  # Intervention.label: the CAN experiment or a control
     ranking_key: str | None
@@ -98,7 +98,7 @@ class ModelExperiment:
             rankings,
         )
         self._baselines: dict[str, Baseline] = {}
-        self._sites: dict[str, ResolvedSite] = {}
+        self._sites: dict[str, AnySite] = {}
         self._rankings: dict[tuple[str, str], Ranking] = {}
         self._means: dict[tuple[str, str], torch.Tensor] = {}
         self._image_features: dict[str, torch.Tensor] = {}
@@ -108,9 +108,10 @@ class ModelExperiment:
     def name(self) -> str:
         return self.loaded.spec.name
 
-    def site(self, name: str) -> ResolvedSite:
+    def site(self, name: str) -> AnySite:
+        """A site, or several joined by '+' (ranked together as one pool)."""
         if name not in self._sites:
-            self._sites[name] = resolve_site(self.loaded, name)
+            self._sites[name] = resolve_any_site(self.loaded, name)
         return self._sites[name]
 
     # -- captions and their scores ----------------------------------------------------------------------------
@@ -154,6 +155,11 @@ class ModelExperiment:
         key = (site_name, category)
         if key not in self._rankings:
             site = self.site(site_name)
+            if isinstance(site, JointSite):  # each neuron's score depends on its own site only: merge the parts'
+                parts = [self.ranking(part.name, category) for part in site.parts]
+                scores = torch.cat([part.scores.reshape(-1) for part in parts])
+                self._rankings[key] = Ranking(site_name, scores, key="+".join(part.key for part in parts))
+                return self._rankings[key]
             baseline = self.baseline(category)
             images = self.images.images(category)
             scores, cache_key = self.rankings.load_or_compute(
@@ -172,12 +178,18 @@ class ModelExperiment:
         return self._rankings[key]
 
     def mean_activations(self, site_name: str, category: str) -> torch.Tensor:
-        """[layers, channels] mean activation over the ranking's images, captions and positions (mean ablation)."""
+        """Mean activation of each neuron over the ranking's images, captions and positions (mean ablation), in
+        the shape of the site's scores."""
         key = (site_name, category)
         if key not in self._means:
+            site = self.site(site_name)
+            if isinstance(site, JointSite):
+                parts = [self.mean_activations(part.name, category).reshape(-1) for part in site.parts]
+                self._means[key] = torch.cat(parts)
+                return self._means[key]
             self._means[key] = mean_activations(
                 self.loaded,
-                self.site(site_name),
+                site,
                 self.images.images(category),
                 self.baseline(category).captions,
                 positions=self.settings.can.positions,
@@ -235,14 +247,14 @@ class ModelExperiment:
         else:
             chosen = self.selection(site_name, category, k, intervention)
             values = self.mean_activations(site_name, category) if intervention.ablation == "mean" else None
-            with NeuronMask(site, chosen, mode=self.settings.mask_mode, values=values) as mask:
+            with mask_neurons(site, chosen, mode=self.settings.mask_mode, values=values) as mask:
                 captions = self._captions(category)
             reference = score_captions(self.loaded, images, captions, batch_size=self.settings.batch_size)
             clip, chance = self._clip_and_chance(category, captions)
             shown = chosen[:MAX_REPORTED_NEURONS]
             ranking = self._rankings.get((site_name, category))
             scores = ranking.scores.reshape(-1)[shown].tolist() if ranking is not None else [None] * len(shown)
-            neurons = [(n.layer, n.channel, s) for n, s in zip(site.neurons(shown), scores, strict=True)]
+            neurons = [(n.site, n.layer, n.channel, s) for n, s in zip(site.neurons(shown), scores, strict=True)]
             modes = sorted(mask.modes)
             ranking_key = ranking.key if intervention.selection == "can" else None
         where = f"{self.name} {site_name} {category} k={k}"

@@ -13,6 +13,7 @@ bias-free Linear cannot output a constant.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 
 from harness.errors import MaskError
-from harness.sites import ResolvedSite
+from harness.sites import AnySite, JointSite, ResolvedSite
 
 MaskMode = Literal["auto", "weight", "hook"]
 MASK_MODES = ("auto", "weight", "hook")
@@ -73,14 +74,8 @@ class NeuronMask:
                 )
             if mode == "weight":
                 raise MaskError("mean ablation (replacement values) needs mask mode 'hook' or 'auto'")
-        indices = torch.as_tensor(list(flat_indices) if not torch.is_tensor(flat_indices) else flat_indices)
-        indices = indices.to(torch.long).reshape(-1).cpu()
-        bad = indices[(indices < 0) | (indices >= site.size)]
-        if bad.numel():
-            raise MaskError(
-                f"neuron indices {bad[:5].tolist()} are outside site {site.name} "
-                f"({site.n_layers} layers × {site.width} channels: valid flat indices 0..{site.size - 1})"
-            )
+        shape = f"{site.n_layers} layers × {site.width} channels"
+        indices = _flat_indices(flat_indices, site.name, site.size, shape)
         self.site, self.mode, self.verify = site, mode, verify
         self._layers: list[_LayerMask] = []
         unique = torch.unique(indices)
@@ -211,3 +206,76 @@ class NeuronMask:
             self._handles.append(
                 layer.module.register_forward_pre_hook(lambda m, args: check(m.weight, "weight columns"))
             )
+
+
+class JointMask:
+    """NeuronMask over a JointSite: one mask per part that holds chosen neurons, entered together and undone in
+    reverse order (two parts may edit the same weight: down_proj rows and its input columns)."""
+
+    def __init__(
+        self,
+        site: JointSite,
+        flat_indices: torch.Tensor | Iterable[int],
+        mode: MaskMode = "auto",
+        verify: bool = True,
+        values: torch.Tensor | None = None,
+    ):
+        indices = _flat_indices(flat_indices, site.name, site.size, f"{site.size} neurons")
+        if values is not None and tuple(values.shape) != (site.size,):
+            raise MaskError(
+                f"replacement values for {site.name} have shape {tuple(values.shape)}; expected ({site.size},)"
+            )
+        self.site = site
+        self._masks = [
+            NeuronMask(
+                part,
+                local,
+                mode=mode,
+                verify=verify,
+                values=None if values is None else values[offset : offset + part.size].reshape(part.n_layers, -1),
+            )
+            for part, offset, local in site.split(indices)
+        ]
+        self._stack: ExitStack | None = None
+
+    @property
+    def modes(self) -> set[str]:
+        return set().union(*(mask.modes for mask in self._masks))
+
+    def __enter__(self) -> JointMask:
+        if self._stack is not None:
+            raise MaskError(f"mask on {self.site.name} is already active; it cannot be entered twice")
+        with ExitStack() as stack:  # a part that fails to enter undoes the parts before it
+            for mask in self._masks:
+                stack.enter_context(mask)
+            self._stack = stack.pop_all()
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        stack, self._stack = self._stack, None
+        stack.__exit__(exc_type, exc, traceback)
+
+
+def _flat_indices(flat_indices: torch.Tensor | Iterable[int], name: str, size: int, shape: str) -> torch.Tensor:
+    """Indices as a flat long CPU tensor, each checked to lie in [0, size)."""
+    indices = torch.as_tensor(list(flat_indices) if not torch.is_tensor(flat_indices) else flat_indices)
+    indices = indices.to(torch.long).reshape(-1).cpu()
+    bad = indices[(indices < 0) | (indices >= size)]
+    if bad.numel():
+        raise MaskError(
+            f"neuron indices {bad[:5].tolist()} are outside site {name} "
+            f"({shape}: valid flat indices 0..{size - 1})"
+        )
+    return indices
+
+
+def mask_neurons(
+    site: AnySite,
+    flat_indices: torch.Tensor | Iterable[int],
+    mode: MaskMode = "auto",
+    verify: bool = True,
+    values: torch.Tensor | None = None,
+) -> NeuronMask | JointMask:
+    """The mask for a single or a joint site; `values` has the shape of its scores ([layers, width] or flat)."""
+    mask_type = JointMask if isinstance(site, JointSite) else NeuronMask
+    return mask_type(site, flat_indices, mode=mode, verify=verify, values=values)

@@ -38,7 +38,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     add(
         "--can-sites",
         type=_csv,
-        help="comma-separated sites, e.g. lm.down_proj,lm.gate_proj (default: the case's)",
+        help="comma-separated sites, e.g. lm.down_proj,lm.gate_proj; a+b: one joint ranking (default: the case's)",
     )
     add("--can-categories", type=_csv, help="comma-separated image categories (default: every folder)")
     add(
@@ -220,7 +220,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         raise pytest.UsageError(f"{metafunc.definition.nodeid}: use one of {' / '.join(MARKERS)}, not both")
     from harness.registry import get_model_spec
     from harness.settings import k_grid
-    from harness.sites import get_site_spec, site_shape
+    from harness.sites import site_names, site_size
 
     name, marker = found[0]
     config = metafunc.config
@@ -233,7 +233,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     models = config.getoption("can_models") or list(marker.kwargs["models"])
     sites = config.getoption("can_sites") or list(marker.kwargs["sites"])
     for site in sites:
-        get_site_spec(site)  # unknown sites fail collection with the list of valid ones
+        site_names(site)  # unknown sites fail collection with the list of valid ones
     images = _image_set(config)  # scanned (and the category selection checked) before anything is collected
     categories = list(settings.categories or images.categories)
     params = []
@@ -242,13 +242,13 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         text_config, unavailable = _text_config_or_reason(spec, settings)
         marks = [pytest.mark.skip(reason=unavailable)] if unavailable else []
         for site in sites:
-            layers, width = site_shape(site, text_config) if text_config is not None else (1, settings.k_max)
+            size = site_size(site, text_config) if text_config is not None else settings.k_max
             for category in categories:
                 curve = f"{model}-{site}-{category}"
                 if name == "collapse_search":
                     params.append(pytest.param(model, site, category, id=curve, marks=marks))
                     continue
-                for k in k_grid(layers * width, settings.k_max, settings.k_factor):
+                for k in k_grid(size, settings.k_max, settings.k_factor):
                     params.append(pytest.param(model, site, category, k, id=f"{curve}-k{k}", marks=marks))
     metafunc.parametrize(PARAMS if name == "collapse_grid" else PARAMS[:3], params)
 

@@ -43,7 +43,7 @@ class Ranking:
     """Per-neuron scores of one site, and the global order they induce (highest first, ties by index)."""
 
     site: str
-    scores: torch.Tensor  # [layers, channels] float32
+    scores: torch.Tensor  # [layers, channels] float32; flat [neurons] for a joint site
     key: str
 
     @cached_property

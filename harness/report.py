@@ -143,7 +143,7 @@ def render_thresholds(analyses: list[dict]) -> str:
                 f"{a['log10_ppl_ratio_at_k2']:+.2f}" if found else "",
                 f"{a['clip_at_k2']:.1f}" if found else "",
                 _controls_label(a) if found else "",
-                " ".join(f"L{layer}:{count}" for layer, count in a["layers"].items()),
+                _where(a["layers"]),
                 "" if a["monotone"] else "non-monotone: " + ", ".join(f"{k}→{k2}" for k, k2 in a["violations"]),
             )
         )
@@ -151,6 +151,18 @@ def render_thresholds(analyses: list[dict]) -> str:
     headers += ("CLIP@k₂", "controls at k₂", "layers of the k₂ set", "notes")
     align = ("left",) * 3 + ("right",) * 8 + ("left",) * 3
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True, colalign=align)
+
+
+def _where(layers: dict[str, dict[str, int]]) -> str:
+    """'L0:96 L1:85' for one site; 'lm.down_proj 181 (L0:96 L1:85) · lm.gate_proj 0' for a joint ranking."""
+    spread = {site: " ".join(f"L{layer}:{n}" for layer, n in counts.items()) for site, counts in layers.items()}
+    if len(layers) == 1:
+        return next(iter(spread.values()))
+    parts = [
+        f"{site} {sum(counts.values())}" + (f" ({spread[site]})" if counts else "")
+        for site, counts in layers.items()
+    ]
+    return " · ".join(parts)
 
 
 def _controls_label(analysis: dict) -> str:

@@ -6,6 +6,8 @@ tensor, e.g. `lm.layers.1.mlp.down_proj.out` for an output channel and `....down
 
 from __future__ import annotations
 
+import itertools
+import math
 import operator
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,6 +20,7 @@ from torch import nn
 from harness.errors import InvalidKError, SiteResolutionError, UnknownNameError
 
 Unit = Literal["output", "input"]
+JOINT = "+"  # lm.down_proj+lm.gate_proj: both sites ranked together
 
 
 @dataclass(frozen=True)
@@ -95,17 +98,86 @@ class ResolvedSite:
 
     def check_k(self, k: int) -> int:
         """k as a Python int; any integer type (numpy, 0-d tensor) is accepted, bools and fractions are not."""
-        is_bool = isinstance(k, bool) or str(getattr(k, "dtype", "")) in ("torch.bool", "bool")
-        try:
-            value = None if is_bool else operator.index(k)
-        except TypeError:
-            value = None
-        if value is None or value < 0 or value > self.size:
-            raise InvalidKError(
-                f"k={k!r} is invalid for site {self.name}: it has {self.n_layers} layers × {self.width} channels, "
-                f"so k must be an integer in [0, {self.size}]"
-            )
-        return value
+        return _checked_k(k, self.name, self.size, f"{self.n_layers} layers × {self.width} channels")
+
+
+@dataclass(frozen=True)
+class JointSite:
+    """Several sites ranked together as one pool, named `a+b`: a neuron's flat index is its index in its own
+    site plus the sizes of the sites before it. Only a joint ranking can say *which* site the critical neurons
+    come from (the paper's localisation finding); with α = 1 a CAN score is a first-order loss attribution, so
+    scores of different sites are on one scale."""
+
+    parts: tuple[ResolvedSite, ...]
+
+    @property
+    def name(self) -> str:
+        return JOINT.join(part.name for part in self.parts)
+
+    @property
+    def size(self) -> int:
+        return sum(part.size for part in self.parts)
+
+    @property
+    def offsets(self) -> list[int]:
+        """Flat index of each part's first neuron."""
+        return list(itertools.accumulate((part.size for part in self.parts[:-1]), initial=0))
+
+    def split(self, flat_indices: torch.Tensor) -> list[tuple[ResolvedSite, int, torch.Tensor]]:
+        """(part, its offset, its own flat indices) for every part that holds any of `flat_indices`."""
+        flat_indices = torch.as_tensor(flat_indices, dtype=torch.long).reshape(-1)
+        found = []
+        for part, offset in zip(self.parts, self.offsets, strict=True):
+            inside = (flat_indices >= offset) & (flat_indices < offset + part.size)
+            if inside.any():
+                found.append((part, offset, flat_indices[inside] - offset))
+        return found
+
+    def neurons(self, flat_indices: torch.Tensor) -> list[Neuron]:
+        """(site, layer, channel) in the order given."""
+        bounds = torch.tensor(self.offsets[1:], dtype=torch.long)
+        which = torch.bucketize(torch.as_tensor(flat_indices, dtype=torch.long), bounds, right=True).tolist()
+        found = []
+        for index, part_index in zip(torch.as_tensor(flat_indices).tolist(), which, strict=True):
+            part = self.parts[part_index]
+            found.extend(part.neurons(torch.tensor([index - self.offsets[part_index]])))
+        return found
+
+    def check_k(self, k: int) -> int:
+        sizes = " + ".join(str(part.size) for part in self.parts)
+        return _checked_k(k, self.name, self.size, f"{sizes} neurons")
+
+
+AnySite = ResolvedSite | JointSite
+
+
+def _checked_k(k: int, name: str, size: int, shape: str) -> int:
+    is_bool = isinstance(k, bool) or str(getattr(k, "dtype", "")) in ("torch.bool", "bool")
+    try:
+        value = None if is_bool else operator.index(k)
+    except TypeError:
+        value = None
+    if value is None or value < 0 or value > size:
+        raise InvalidKError(
+            f"k={k!r} is invalid for site {name}: it has {shape}, so k must be an integer in [0, {size}]"
+        )
+    return value
+
+
+def site_names(name: str) -> list[str]:
+    """The sites in `name` (one, or several joined by '+'), each checked against the registry of sites."""
+    names = name.split(JOINT)
+    for part in names:
+        get_site_spec(part)
+    repeated = sorted({part for part in names if names.count(part) > 1})
+    if repeated:
+        raise ValueError(f"site {name!r} names {', '.join(repeated)} more than once; join distinct sites")
+    return names
+
+
+def site_size(name: str, text_config) -> int:
+    """Neurons in a site or joint site, from the config alone (no weights needed)."""
+    return sum(math.prod(site_shape(part, text_config)) for part in site_names(name))
 
 
 def site_shape(name: str, text_config) -> tuple[int, int]:
@@ -118,6 +190,14 @@ def get_site_spec(name: str) -> SiteSpec:
     if name not in SITES:
         raise UnknownNameError("site", name, sorted(SITES))
     return SITES[name]
+
+
+def resolve_any_site(loaded, name: str) -> AnySite:
+    """A single site, or a JointSite for names like `lm.down_proj+lm.gate_proj`."""
+    names = site_names(name)
+    if len(names) == 1:
+        return resolve_site(loaded, name)
+    return JointSite(tuple(resolve_site(loaded, part) for part in names))
 
 
 def resolve_site(loaded, name: str) -> ResolvedSite:

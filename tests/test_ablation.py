@@ -63,8 +63,8 @@ def test_mean_ablation_and_random_k_are_measured_and_labelled(experiment, unmodi
     assert random.intervention == "random-k (seed 1), zero ablation"
     assert mean.masked_neurons == can.masked_neurons and mean.mask_modes == ["hook"]
     chosen = random_selection(experiment.site(SITE), 4, seed=1)
-    assert [(n[0], n[1]) for n in random.masked_neurons] == [
-        (int(i) // experiment.site(SITE).width, int(i) % experiment.site(SITE).width) for i in chosen
+    assert [tuple(n[:3]) for n in random.masked_neurons] == [
+        (SITE, int(i) // experiment.site(SITE).width, int(i) % experiment.site(SITE).width) for i in chosen
     ]
     assert random.ranking_key is None
 

@@ -25,8 +25,9 @@ def test_analysis_measures_controls_at_k2_and_the_layer_breakdown(experiment, un
         "CAN top-k, mean ablation",
     ]
     assert all(control.k == search.k2 for control in analysis.controls)
-    assert sum(analysis.layers.values()) == search.k2
-    assert set(analysis.layers) <= set(range(experiment.site(SITE).n_layers))
+    assert list(analysis.layers) == [SITE]
+    assert sum(analysis.layers[SITE].values()) == search.k2
+    assert set(analysis.layers[SITE]) <= set(range(experiment.site(SITE).n_layers))
     assert analysis.finding == all(control.stage < 2 for control in analysis.controls)
 
 
@@ -35,7 +36,7 @@ def made_up(stages: dict[int, int], k1, k2, control_stages=(0, 1)) -> CurveAnaly
     controls = [
         ControlOutcome(f"control {i}", k2 or 0, stage, 0.1 * stage, 50.0) for i, stage in enumerate(control_stages)
     ]
-    return CurveAnalysis("m", SITE, "circle", search, {}, controls if k2 else [], {0: k2 or 0})
+    return CurveAnalysis("m", SITE, "circle", search, {}, controls if k2 else [], {SITE: {0: k2 or 0}})
 
 
 def test_two_stage_curve_passes_every_assertion():

@@ -46,20 +46,20 @@ PROMPT = "USER: <image>\nProvide a one-sentence caption for the provided image. 
 
 # -- masked neurons ---------------------------------------------------------------------------------------------
 def test_masked_neurons_are_the_rankings_top_k_capped_at_64(experiment, loaded):
-    """(layer, channel, score) of the top k neurons in rank order (score descending, ties by lower flat index),
-    flat index = layer · width + channel; at most the first 64 are kept; none at k = 0."""
+    """(site, layer, channel, score) of the top k neurons in rank order (score descending, ties by lower flat
+    index), flat index = layer · width + channel; at most the first 64 are kept; none at k = 0."""
     site = "lm.gate_proj"  # its top 64 span both layers (down_proj's all sit in layer 0): the split is exercised
     width = loaded.text_config.intermediate_size
     flat = experiment.ranking(site, "circle").scores.reshape(-1).tolist()
     assert len(flat) == loaded.text_config.num_hidden_layers * width > 100
     by_rank = sorted(range(len(flat)), key=lambda index: (-flat[index], index))
-    expected = [(index // width, index % width, flat[index]) for index in by_rank]
+    expected = [(site, index // width, index % width, flat[index]) for index in by_rank]
     assert experiment.measure(site, "circle", 0).masked_neurons == []
     assert experiment.measure(site, "circle", 3).masked_neurons == expected[:3]
     hundred = experiment.measure(site, "circle", 100).masked_neurons
     assert len(hundred) == 64
     assert hundred == expected[:64]
-    assert {layer for layer, _, _ in hundred} == {0, 1}
+    assert {layer for _, layer, _, _ in hundred} == {0, 1}
 
 
 @pytest.mark.parametrize("k", [numpy.int64(2), torch.tensor(0)], ids=["numpy", "tensor"])

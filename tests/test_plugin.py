@@ -353,17 +353,18 @@ def test_chance_level_uses_every_other_category_on_every_point(serial):
 
 
 def test_points_record_the_masked_neurons_in_rank_order(serial, loaded):
-    """k = 0 masks nothing; each k records (layer, channel, score) of its k neurons, a prefix of the larger k's
-    list (the ranking is nested), distinct, inside the site, scores non-increasing, all from one ranking."""
+    """k = 0 masks nothing; each k records (site, layer, channel, score) of its k neurons, a prefix of the larger
+    k's list (the ranking is nested), distinct, inside the site, scores non-increasing, all from one ranking."""
     layers, width = loaded.text_config.num_hidden_layers, loaded.text_config.hidden_size
     for category in CATEGORIES:
         points = {p["k"]: p for p in curve_points(serial, category)}
         assert (points[0]["masked_neurons"], points[0]["ranking_key"]) == ([], None)
         largest = points[max(KS)]["masked_neurons"]
         assert [points[k]["masked_neurons"] for k in KS] == [largest[:k] for k in KS]
-        assert len({(layer, channel) for layer, channel, _ in largest}) == max(KS)
-        assert all(0 <= layer < layers and 0 <= channel < width for layer, channel, _ in largest)
-        scores = [score for _, _, score in largest]
+        assert {site for site, *_ in largest} == {"lm.down_proj"}
+        assert len({(layer, channel) for _, layer, channel, _ in largest}) == max(KS)
+        assert all(0 <= layer < layers and 0 <= channel < width for _, layer, channel, _ in largest)
+        scores = [score for *_, score in largest]
         assert all(isinstance(score, float) for score in scores)
         assert scores == sorted(scores, reverse=True)
         assert len({points[k]["ranking_key"] for k in KS if k}) == 1
@@ -627,6 +628,39 @@ def test_search_cases_are_one_per_curve_and_fill_the_threshold_table(search_run)
     assert "critical-neuron collapse (CAN" not in text  # no grid case ran: no grid table
 
 
+def test_joint_site_is_one_curve_over_the_pooled_neurons(run_cases, pytester):
+    """`--can-sites a+b` makes one curve per category whose k grid runs over both sites' neurons, and a search
+    over it reports every masked neuron with its own site."""
+    joint = "lm.down_proj+lm.gate_proj"
+    grid = run_cases(
+        *FEW_IMAGES, "--can-models", "tiny-llava", "--can-sites", joint, "--can-categories", "circle",
+        "--can-k-max", "10000", "--collect-only", "-q",
+    )  # fmt: skip
+    ks = [int(case.rsplit("-k", 1)[1]) for case in collected_ids(grid.lines)]
+    assert collected_ids(grid.lines)[0] == f"tiny-llava-{joint}-circle-k0"
+    assert max(ks) == 128 + 256  # tiny-llava: 2 layers × 64 down_proj + 2 layers × 128 gate_proj channels
+    pytester.makepyfile(
+        test_search=f"""
+        import pytest
+
+        @pytest.mark.collapse_search(models=["tiny-llava"], sites=["{joint}"])
+        def test_search(collapse_analysis):
+            pass
+        """
+    )
+    searched = run_cases(
+        "test_search.py", *FEW_IMAGES, "--can-categories", "circle", "--can-max-new-tokens", "8",
+        "--can-control-seeds", "1",
+    )  # fmt: skip
+    assert searched.outcomes == {"passed": 1}, "\n".join(searched.lines)
+    (analysis,) = searched.report["analyses"]
+    assert (analysis["site"], analysis["k_max"]) == (joint, 128 + 256)
+    masked = [neuron for point in analysis["points"] for neuron in point["masked_neurons"]]
+    assert {site for site, *_ in masked} <= {"lm.down_proj", "lm.gate_proj"} and masked
+    if analysis["k2"] is not None:
+        assert set(analysis["layers"]) == {"lm.down_proj", "lm.gate_proj"}
+
+
 def test_search_report_holds_thresholds_points_controls_and_layers(search_run):
     analyses = {a["category"]: a for a in search_run.report["analyses"]}
     assert set(analyses) == set(CATEGORIES)
@@ -640,7 +674,7 @@ def test_search_report_holds_thresholds_points_controls_and_layers(search_run):
             assert analysis["controls"] == [] and analysis["layers"] == {}
             continue
         assert len(analysis["controls"]) == 3  # 2 random seeds + mean ablation
-        assert sum(analysis["layers"].values()) == analysis["k2"]
+        assert sum(analysis["layers"]["lm.down_proj"].values()) == analysis["k2"]
         assert analysis["controls_hold"] == all(c["stage"] < 2 for c in analysis["controls"])
     assert search_run.report["points"] == []  # searched points live in their analyses, not in the grid's list
     with (search_run.report_dir / "thresholds.csv").open(newline="") as handle:

@@ -37,7 +37,7 @@ def point(category: str = "circle", k: int = 0, stage: int = 0, **changes) -> di
         "degenerate_rate": 0.0,
         "stage": stage,
         "captions": ["a red circle", "a circle"],
-        "masked_neurons": [[0, channel, 1.0 / (channel + 1)] for channel in range(k)],
+        "masked_neurons": [["lm.down_proj", 0, channel, 1.0 / (channel + 1)] for channel in range(k)],
         "mask_modes": ["weight"] if k else [],
         "intervention": "CAN top-k, zero ablation",
         "ranking_key": "ab" * 32 if k else None,
@@ -167,9 +167,13 @@ def analysis_row(k2, controls=(), layers=None, violations=()) -> dict:
 def test_threshold_table_shows_controls_layers_and_recoveries():
     rows = [
         analysis_row(
-            8, [("random-k (seed 0), zero ablation", 1), ("CAN top-k, mean ablation", 0)], {"0": 5, "2": 3}
+            8,
+            [("random-k (seed 0), zero ablation", 1), ("CAN top-k, mean ablation", 0)],
+            {"lm.down_proj": {"0": 5, "2": 3}},
         ),
-        analysis_row(8, [("random-k (seed 1), zero ablation", 2)], {"1": 8}, violations=[(8, 9)]),
+        analysis_row(
+            8, [("random-k (seed 1), zero ablation", 2)], {"lm.down_proj": {"1": 8}}, violations=[(8, 9)]
+        ),
         analysis_row(None),
     ]
     table = render_thresholds(rows).splitlines()
@@ -177,3 +181,10 @@ def test_threshold_table_shows_controls_layers_and_recoveries():
     assert cells[0][6:] == ["3", "8", "9", "+1.50", "12.0", "hold (2)", "L0:5 L2:3", ""]
     assert cells[1][11:] == ["COLLAPSE: random-k (seed 1)", "L1:8", "non-monotone: 8→9"]
     assert cells[2][6:8] == ["3", "none ≤ 64"] and cells[2][9:13] == ["", "", "", ""]
+
+
+def test_threshold_table_breaks_a_joint_ranking_down_by_site():
+    layers = {"lm.down_proj": {"0": 5, "2": 2}, "lm.gate_proj": {"1": 1}, "lm.up_proj": {}}
+    row = {**analysis_row(8, layers=layers), "site": "lm.down_proj+lm.gate_proj+lm.up_proj"}
+    cells = [c.strip() for c in render_thresholds([row]).splitlines()[2].strip("|").split("|")]
+    assert cells[12] == "lm.down_proj 7 (L0:5 L2:2) · lm.gate_proj 1 (L1:1) · lm.up_proj 0"
