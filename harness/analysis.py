@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from harness.ablation import Intervention
@@ -106,9 +107,11 @@ def analyse_curve(
     mode: str = "adaptive",
     k_max: int | None = None,
     random_seeds: int = 3,
+    measure: Callable[[int], CollapsePoint] | None = None,
 ) -> CurveAnalysis:
-    """Search k₁ and k₂; at k₂, measure `random_seeds` random-k controls and the mean-ablated CAN set."""
-    search, points = experiment.search(site, category, mode=mode, k_max=k_max)
+    """Search k₁ and k₂ (with `measure`, if given: see ModelExperiment.search); at k₂, measure `random_seeds`
+    random-k controls and the mean-ablated CAN set."""
+    search, points = experiment.search(site, category, mode=mode, k_max=k_max, measure=measure)
     controls, layers = [], {}
     if search.k2 is not None:
         k2 = search.k2

@@ -30,10 +30,16 @@ class CollapseCurve:
 
     def measure(self, k: int) -> CollapsePoint:
         """The point at k, measured once per session and reported to `on_point` every time it is asked for."""
+        point = self.measured(k)
+        if self.on_point is not None:
+            self.on_point(point)
+        return point
+
+    def measured(self, k: int) -> CollapsePoint:
+        """The point at k, measured once per session, not reported: how the threshold search shares the grid's
+        points (and the grid the search's) without turning searched points into grid rows."""
         if k not in self.points:
             self.points[k] = self.experiment.measure(self.site, self.category, k)
-        if self.on_point is not None:
-            self.on_point(self.points[k])
         return self.points[k]
 
     def point(self, k: int) -> CollapsePoint:

@@ -7,6 +7,7 @@ pytest plugin keeps as a session fixture; `ModelExperiment` measures points on o
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -301,17 +302,25 @@ class ModelExperiment:
         )
 
     def search(
-        self, site_name: str, category: str, *, mode: str = "adaptive", k_max: int | None = None
+        self,
+        site_name: str,
+        category: str,
+        *,
+        mode: str = "adaptive",
+        k_max: int | None = None,
+        measure: Callable[[int], CollapsePoint] | None = None,
     ) -> tuple[ThresholdSearch, dict[int, CollapsePoint]]:
-        """k₁ and k₂ of one curve by the adaptive search (or the papers' linear scan), every point measured."""
+        """k₁ and k₂ of one curve by the adaptive search (or the papers' linear scan), every point measured.
+        `measure(k)` replaces the CAN measurement, e.g. by one that reuses points already measured."""
         if mode not in SEARCH_MODES:
             raise UnknownNameError("threshold search mode", mode, SEARCH_MODES)
         site = self.site(site_name)
         limit = site.check_k(min(k_max or self.settings.k_max, site.size))
+        measure = measure or (lambda k: self.measure(site_name, category, k))
         points: dict[int, CollapsePoint] = {}
 
         def stage_at(k: int) -> int:
-            points[k] = self.measure(site_name, category, k)
+            points[k] = measure(k)
             return points[k].stage
 
         search = adaptive_search if mode == "adaptive" else linear_search

@@ -332,17 +332,21 @@ def _experiment_or_skip(can_session, model: str):
         pytest.skip(str(error))
 
 
+def _session_curve(curves: dict, experiment, site: str, category: str):
+    """The session's one CollapseCurve per (model, site, category), shared by grid and search cases."""
+    from harness.curve import CollapseCurve
+
+    key = (experiment.name, site, category)
+    if key not in curves:
+        curves[key] = CollapseCurve(experiment, site, category)
+    return curves[key]
+
+
 @pytest.fixture
 def collapse_curve(request, can_session, _can_curves, can_model: str, can_site: str, can_category: str):
     """The CollapseCurve of this case's (model, site, category); every point it measures is recorded."""
-    from harness.curve import CollapseCurve
-
-    model, site, category = can_model, can_site, can_category
-    experiment = _experiment_or_skip(can_session, model)
-    key = (model, site, category)
-    if key not in _can_curves:
-        _can_curves[key] = CollapseCurve(experiment, site, category)
-    curve = _can_curves[key]
+    experiment = _experiment_or_skip(can_session, can_model)
+    curve = _session_curve(_can_curves, experiment, can_site, can_category)
     curve.on_point = lambda point: request.node.user_properties.append(
         (POINT_PROPERTY, json.dumps(point.to_row()))
     )
@@ -358,10 +362,18 @@ def _can_analyses() -> dict:
 
 @pytest.fixture
 def collapse_analysis(
-    request, can_session, can_settings, _can_analyses, can_model: str, can_site: str, can_category: str
+    request,
+    can_session,
+    can_settings,
+    _can_curves,
+    _can_analyses,
+    can_model: str,
+    can_site: str,
+    can_category: str,
 ):
     """The CurveAnalysis of this case's (model, site, category): k₁ and k₂ by the configured search, the
-    controls at k₂ and the layer breakdown; computed once per session and recorded for the threshold table."""
+    controls at k₂ and the layer breakdown; computed once per session and recorded for the threshold table.
+    Points the grid cases of the same curve measured in this process are reused, not measured again."""
     from harness.analysis import analyse_curve
 
     model, site, category = can_model, can_site, can_category
@@ -369,7 +381,12 @@ def collapse_analysis(
     key = (model, site, category)
     if key not in _can_analyses:
         _can_analyses[key] = analyse_curve(
-            experiment, site, category, mode=can_settings.search, random_seeds=can_settings.control_seeds
+            experiment,
+            site,
+            category,
+            mode=can_settings.search,
+            random_seeds=can_settings.control_seeds,
+            measure=_session_curve(_can_curves, experiment, site, category).measured,
         )
     analysis = _can_analyses[key]
     request.node.user_properties.append((ANALYSIS_PROPERTY, json.dumps(analysis.to_row())))

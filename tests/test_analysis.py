@@ -6,6 +6,7 @@ import pytest
 
 from harness.analysis import ControlOutcome, CurveAnalysis, analyse_curve
 from harness.assertions import assert_collapses_within, assert_controls_hold, assert_two_stage
+from harness.curve import CollapseCurve
 from harness.threshold_search import ThresholdSearch
 
 SITE = "lm.down_proj"
@@ -75,3 +76,27 @@ def test_assert_controls_hold_names_the_control_that_collapses():
     assert "control at k=6: control 1: stage 2" in str(error.value)  # the table lists every control
     with pytest.raises(AssertionError, match="nothing for the controls to check"):
         assert_controls_hold(made_up({1: 1}, 1, None))
+
+
+def test_search_reuses_the_points_a_grid_already_measured(experiment, monkeypatch):
+    """With `measure=curve.measured` the search takes the grid's points as they are and measures only the rest;
+    what it measures is kept on the curve for later grid cases, without being reported as grid points."""
+    curve = CollapseCurve(experiment, SITE, "square")
+    reported = []
+    curve.on_point = reported.append
+    grid = [0, 1, 2, 4, 8]
+    for k in grid:
+        curve.measure(k)
+    measured_now = []
+    original = experiment.measure
+
+    def counting(site, category, k, *args, **kwargs):
+        measured_now.append(k)
+        return original(site, category, k, *args, **kwargs)
+
+    monkeypatch.setattr(experiment, "measure", counting)
+    search, points = experiment.search(SITE, "square", measure=curve.measured)
+    assert sorted(measured_now) == sorted(set(search.stages) - set(grid))
+    assert all(points[k] is curve.points[k] for k in set(search.stages) & set(grid))
+    assert set(curve.points) == set(grid) | set(search.stages)
+    assert [point.k for point in reported] == grid

@@ -661,6 +661,56 @@ def test_joint_site_is_one_curve_over_the_pooled_neurons(run_cases, pytester):
         assert set(analysis["layers"]) == {"lm.down_proj", "lm.gate_proj"}
 
 
+def test_search_reuses_the_points_grid_cases_measured(run_cases, pytester):
+    """A grid case and a search case on one curve in one session: each k of the CAN curve is measured once, the
+    search taking k = 0, 1, 2, 4 from the grid, and the grid table lists only the grid's own points."""
+    pytester.makeconftest(
+        """
+        import json
+        import pytest
+        from harness.experiment import ModelExperiment
+
+        @pytest.fixture(scope="session", autouse=True)
+        def count_can_measurements():
+            calls, original = [], ModelExperiment.measure
+
+            def counting(self, site, category, k, intervention=None):
+                if intervention is None:
+                    calls.append(k)
+                    return original(self, site, category, k)
+                return original(self, site, category, k, intervention)
+
+            ModelExperiment.measure = counting
+            yield
+            ModelExperiment.measure = original
+            with open("measured.json", "w") as handle:
+                json.dump(calls, handle)
+        """
+    )
+    pytester.makepyfile(
+        test_both=f"""
+        import pytest
+
+        {GRID_MARK}
+        def test_grid(collapse_curve, k):
+            collapse_curve.measure(k)
+
+        {SEARCH_MARK}
+        def test_search(collapse_analysis):
+            pass
+        """
+    )
+    run = run_cases(
+        "test_both.py", *FEW_IMAGES, "--can-categories", "circle", "--can-k-max", "4", "--can-max-new-tokens", "8"
+    )
+    assert run.outcomes == {"passed": 5}, "\n".join(run.lines)
+    measured = json.loads((pytester.path / "measured.json").read_text())
+    assert sorted(measured) == sorted(set(measured)) and {0, 1, 2, 4} <= set(measured)
+    (analysis,) = run.report["analyses"]
+    assert {k for k, _ in analysis["stages"]} == set(measured)
+    assert [p["k"] for p in run.report["points"]] == [0, 1, 2, 4]
+
+
 def test_search_report_holds_thresholds_points_controls_and_layers(search_run):
     analyses = {a["category"]: a for a in search_run.report["analyses"]}
     assert set(analyses) == set(CATEGORIES)
