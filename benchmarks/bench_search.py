@@ -1,7 +1,7 @@
 """Adaptive vs linear threshold search, side by side: masked evaluations and wall time.
 
 1. Synthetic step curves with k₂ ∈ {4, 1200, 5000} and k₁ = k₂/2 (k_max = 11008, LLaVA-1.5-7b's FFN width):
-   evaluations (to find both thresholds + re-checks of k + 1) against the bound 2⌈log₂ k₂⌉ + search_slack;
+   evaluations (to find both thresholds + the re-check of k₂ + 1) against the bound 2⌈log₂ k₂⌉ + 4;
    wall time at the per-evaluation cost measured in 2.
 2. The embedded default model (`synth-llava`, lm.down_proj, one category): real evaluations and wall time of
    both modes on the same curve, and whether they agree.
@@ -20,7 +20,7 @@ from tabulate import tabulate
 
 from harness.experiment import HarnessSession
 from harness.settings import HarnessSettings, default_cache_dir
-from harness.threshold_search import adaptive_search, linear_search, search_slack
+from harness.threshold_search import adaptive_search, linear_search
 
 
 def step_curve(k1: int, k2: int):
@@ -69,7 +69,7 @@ def main() -> None:
     )
     synthetic, k_max = [], 11008
     for k2 in (4, 1200, 5000):
-        bound = 2 * (k2 - 1).bit_length() + search_slack(k_max)
+        bound = 2 * (k2 - 1).bit_length() + 4
         for mode, search in (("adaptive", adaptive_search), ("linear", linear_search)):
             start = time.perf_counter()
             result = search(step_curve(k2 // 2, k2), k_max)

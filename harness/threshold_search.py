@@ -15,10 +15,13 @@ inequality allows (c = 3 for k_max ≤ 2^27, c = 2 for k_max ≤ 2048); depth le
 brackets, which therefore are tried first. Plain growth 1, 2, 4, … (the textbook choice) spends m + 1
 evaluations on step 1 and then needs up to m − 1 more for a k₁ far below k₂: 3m in all.
 
-Nothing guarantees monotonicity, so the search also re-checks k + 1 after each threshold (the "collapse at k,
-recovery at k + 1" case) and reports every evaluated point that contradicts monotonicity; it never smooths them
-away. A non-monotone dip *between* evaluated points is invisible to any sublinear search: the linear mode is
-there to look for those.
+Nothing guarantees monotonicity, so the search also re-checks k₂ + 1 (the "collapse at k, recovery at k + 1"
+case) and reports every evaluated point that contradicts monotonicity; it never smooths them away. With that
+re-check a search costs at most 2⌈log₂ k₂⌉ + c + 1. On a monotone curve the re-check cannot tell anything, so
+this is one above the cheapest exact search of this kind; re-checking k₁ + 1 as well would cost one more and
+break the 2⌈log₂ k₂⌉ + 4 budget for sites over 2048 neurons, so a stage-1 flicker is reported only where
+evaluated points show it. A non-monotone dip *between* evaluated points is invisible to any sublinear search:
+the linear mode is there to look for those.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ class ThresholdSearch:
     # the smallest evaluated k at stage ≥ 1 (≥ 2), with k − 1 evaluated below it; None: none up to k_max
     k1: int | None
     k2: int | None
-    rechecked: tuple[int, ...] = ()  # ks evaluated only to look for a recovery right after a threshold
+    rechecked: tuple[int, ...] = ()  # ks evaluated only to look for a recovery right after k₂
 
     @property
     def evaluations(self) -> int:
@@ -78,8 +81,8 @@ def linear_search(stage_at: Callable[[int], int], k_max: int) -> ThresholdSearch
 
 def adaptive_search(stage_at: Callable[[int], int], k_max: int) -> ThresholdSearch:
     """k₂'s dyadic bracket by a weighted search over the bracket edges, then bisection of the k₂ and k₁ brackets,
-    then k + 1 re-checked after each threshold. On a monotone curve: the linear scan's k₁ and k₂ within
-    2⌈log₂ k₂⌉ + search_slack(k_max) evaluations before the re-checks."""
+    then k₂ + 1 re-checked. On a monotone curve: the linear scan's k₁ and k₂ within 2⌈log₂ k₂⌉ +
+    search_slack(k_max) evaluations before the re-check."""
     _check_k_max(k_max)
     stages: dict[int, int] = {0: stage_at(0)}
 
@@ -104,8 +107,8 @@ def adaptive_search(stage_at: Callable[[int], int], k_max: int) -> ThresholdSear
                 else:
                     below = middle
             thresholds[stage] = above
-            if above < k_max and above + 1 not in stages:
-                evaluate(above + 1)  # does the curve recover right after the threshold?
+            if stage == 2 and above < k_max and above + 1 not in stages:
+                evaluate(above + 1)  # does the model recover right after collapsing?
                 rechecked.append(above + 1)
     return ThresholdSearch("adaptive", k_max, stages, thresholds[1], thresholds[2], tuple(rechecked))
 
@@ -116,7 +119,7 @@ def bracket_edges(k_max: int) -> list[int]:
 
 
 def search_slack(k_max: int) -> int:
-    """c in the bound 2⌈log₂ k₂⌉ + c on the evaluations that find k₁ and k₂ (re-checks not counted)."""
+    """c in the bound 2⌈log₂ k₂⌉ + c on the evaluations that find k₁ and k₂ (the re-check not counted)."""
     return _bracket_code(k_max)[0]
 
 
