@@ -27,7 +27,7 @@ from tabulate import tabulate
 from harness.captioning import caption_nll_per_row, generate_captions, teacher_forced_batch
 from harness.experiment import HarnessSession
 from harness.masking import NeuronMask
-from harness.ranking import can_importance
+from harness.ranking import importance
 from harness.registry import EmbeddedAsset, get_model_spec, register_model
 from harness.settings import HarnessSettings, default_cache_dir
 from harness.zoo import build_tiny_llava
@@ -119,7 +119,7 @@ def main() -> None:
             loaded.model.zero_grad(set_to_none=True)
 
     def rank() -> None:
-        can_importance(loaded, site, images, captions, options=settings.can, batch_size=args.batch_size)
+        importance(loaded, site, images, captions, options=settings.ranking, batch_size=args.batch_size)
 
     def generate(mode: str | None) -> Callable[[], object]:
         def run() -> None:

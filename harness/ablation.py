@@ -17,16 +17,16 @@ from harness.captioning import Caption, teacher_forced_batch
 from harness.errors import UnknownNameError
 from harness.sites import AnySite, ResolvedSite
 
-SELECTIONS = ("can", "random")
+SELECTIONS = ("ranked", "random")
 ABLATIONS = ("zero", "mean")
 
 
 @dataclass(frozen=True)
 class Intervention:
-    """`selection`: the CAN top-k, or k neurons drawn uniformly with `seed` (nested in k for one seed).
+    """`selection`: the ranking's top-k, or k neurons drawn uniformly with `seed` (nested in k for one seed).
     `ablation`: set them to zero, or to their mean activation over the ranking data."""
 
-    selection: str = "can"
+    selection: str = "ranked"
     ablation: str = "zero"
     seed: int = 0
 
@@ -38,7 +38,7 @@ class Intervention:
 
     @property
     def label(self) -> str:
-        chosen = "CAN top-k" if self.selection == "can" else f"random-k (seed {self.seed})"
+        chosen = "top-k" if self.selection == "ranked" else f"random-k (seed {self.seed})"
         return f"{chosen}, {self.ablation} ablation"
 
 

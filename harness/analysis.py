@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from harness.ablation import Intervention
 from harness.curve import format_curve
 from harness.experiment import CollapsePoint, ModelExperiment
+from harness.labels import DEFAULT_RANKING, curve_label
 from harness.sites import site_names
 from harness.threshold_search import ThresholdSearch
 
@@ -39,11 +40,12 @@ class CurveAnalysis:
     search: ThresholdSearch
     points: dict[int, CollapsePoint] = field(repr=False)
     controls: list[ControlOutcome]
-    layers: dict[str, dict[int, int]]  # site → layer → how many of the CAN top-k₂ neurons sit there (empty: no k₂)
+    layers: dict[str, dict[int, int]]  # site → layer → how many of the top-k₂ neurons sit there (empty: no k₂)
+    ranking: str = DEFAULT_RANKING  # RankingOptions.label of the experiment
 
     @property
     def label(self) -> str:
-        return f"{self.model} / {self.site} / {self.category}"
+        return curve_label(self.model, self.site, self.category, self.ranking)
 
     @property
     def controls_hold(self) -> bool:
@@ -63,6 +65,7 @@ class CurveAnalysis:
             "model": self.model,
             "site": self.site,
             "category": self.category,
+            "ranking": self.ranking,
             "search": self.search.mode,
             "k_max": self.search.k_max,
             "k1": self.search.k1,
@@ -121,11 +124,12 @@ def analyse_curve(
             point = experiment.measure(site, category, k2, intervention)
             controls.append(ControlOutcome(intervention.label, k2, point.stage, point.log10_ppl_ratio, point.clip))
         layers = neurons_by_site_and_layer(experiment, site, category, k2)
-    return CurveAnalysis(experiment.name, site, category, search, points, controls, layers)
+    ranking = experiment.settings.ranking.label
+    return CurveAnalysis(experiment.name, site, category, search, points, controls, layers, ranking)
 
 
 def neurons_by_site_and_layer(experiment: ModelExperiment, site: str, category: str, k: int) -> dict[str, dict]:
-    """site → layer → how many of the CAN top-k sit there; every site of a joint ranking appears, even at 0."""
+    """site → layer → how many of the ranked top-k sit there; every site of a joint ranking appears, even at 0."""
     chosen = experiment.site(site).neurons(experiment.selection(site, category, k, Intervention()))
     counts: dict[str, dict[int, int]] = {part: {} for part in site_names(site)}
     for (part, layer), count in sorted(Counter((neuron.site, neuron.layer) for neuron in chosen).items()):

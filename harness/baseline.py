@@ -22,10 +22,11 @@ from pathlib import Path
 from filelock import FileLock
 
 from harness.errors import HarnessError
+from harness.labels import curve_label
 
 COMPARED_SETTINGS = (
-    "alpha", "positions", "prompt", "max_new_tokens", "dtype", "device", "stage1_ppl_ratio",
-    "stage1_clip_fraction", "stage2_log10_ppl_ratio", "stage2_degenerate_rate",
+    "method", "alpha", "positions", "noise_sigma", "noise_samples", "seed", "prompt", "max_new_tokens", "dtype",
+    "device", "stage1_ppl_ratio", "stage1_clip_fraction", "stage2_log10_ppl_ratio", "stage2_degenerate_rate",
 )  # fmt: skip
 PROVENANCE = ("checkpoint", "weights", "clip_model")
 THRESHOLDS = ("k1", "k2")
@@ -51,7 +52,7 @@ class Tolerances:
 
 
 def curve_key(row: dict) -> str:
-    return f"{row['model']} / {row['site']} / {row['category']}"
+    return curve_label(row["model"], row["site"], row["category"], row.get("ranking"))
 
 
 def entry_of(analysis_row: dict, versions: dict) -> dict:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from tabulate import tabulate
 
 from harness.experiment import CollapsePoint, ModelExperiment
+from harness.labels import curve_label
 from harness.metrics import format_ppl
 
 STAGE_NAMES = {0: "intact", 1: "degraded", 2: "collapsed"}
@@ -26,7 +27,7 @@ class CollapseCurve:
 
     @property
     def label(self) -> str:
-        return f"{self.model} / {self.site} / {self.category}"
+        return curve_label(self.model, self.site, self.category, self.experiment.settings.ranking.label)
 
     def measure(self, k: int) -> CollapsePoint:
         """The point at k, measured once per session and reported to `on_point` every time it is asked for."""

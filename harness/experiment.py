@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -24,7 +24,7 @@ from harness.images import ImageSet, scan_image_root
 from harness.loading import LoadedModel, load_model
 from harness.masking import mask_neurons
 from harness.metrics import log10_ppl, require_finite
-from harness.ranking import Ranking, can_importance
+from harness.ranking import Ranking, RankingOptions, importance
 from harness.ranking_cache import RankingCache, code_fingerprint
 from harness.registry import ClipSpec, get_model_spec
 from harness.settings import HarnessSettings
@@ -34,7 +34,7 @@ from harness.threshold_search import SEARCH_MODES, ThresholdSearch, adaptive_sea
 from harness.zoo import WORLD_IMAGES, ensure_built
 
 MAX_REPORTED_NEURONS = 64
-CAN_ZERO = Intervention()  # the experiment itself: zero the CAN top-k
+TOP_K_ZERO = Intervention()  # the experiment itself: zero the ranking's top-k
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,8 @@ class CollapsePoint:
     captions: list[str]
     masked_neurons: list[tuple[str, int, int, float | None]]  # (site, layer, channel, CAN score) of the first ≤ 64
     mask_modes: list[str]
-    intervention: str  # Intervention.label: the CAN experiment or a control
+    intervention: str  # Intervention.label: the experiment (top-k) or a control
+    ranking: str  # RankingOptions.label: how the top-k were chosen
     ranking_key: str | None
     options: dict = field(default_factory=dict)
 
@@ -101,7 +102,8 @@ class ModelExperiment:
         self._baselines: dict[str, Baseline] = {}
         self._sites: dict[str, AnySite] = {}
         self._rankings: dict[tuple[str, str], Ranking] = {}
-        self._means: dict[tuple[str, str], torch.Tensor] = {}
+        self._means: dict[tuple[str, str, str], torch.Tensor] = {}  # (site, category, positions)
+        self._siblings: dict[RankingOptions, ModelExperiment] = {}
         self._image_features: dict[str, torch.Tensor] = {}
         self._other_features: dict[str, torch.Tensor] = {}
 
@@ -114,6 +116,20 @@ class ModelExperiment:
         if name not in self._sites:
             self._sites[name] = resolve_any_site(self.loaded, name)
         return self._sites[name]
+
+    def with_ranking(self, options: RankingOptions) -> ModelExperiment:
+        """The same loaded model with neurons ranked another way; captions, CLIP features and mean activations
+        are shared with this experiment, rankings are not."""
+        if options == self.settings.ranking:
+            return self
+        if options not in self._siblings:
+            sibling = ModelExperiment(
+                self.loaded, self.clip, self.images, replace(self.settings, ranking=options), self.rankings
+            )
+            sibling._baselines, sibling._sites, sibling._means = self._baselines, self._sites, self._means
+            sibling._image_features, sibling._other_features = self._image_features, self._other_features
+            self._siblings[options] = sibling
+        return self._siblings[options]
 
     # -- captions and their scores ----------------------------------------------------------------------------
     def _captions(self, category: str) -> list[Caption]:
@@ -166,12 +182,12 @@ class ModelExperiment:
             scores, cache_key = self.rankings.load_or_compute(
                 self.ranking_inputs(site_name, category),
                 (site.n_layers, site.width),
-                lambda: can_importance(
+                lambda: importance(
                     self.loaded,
                     site,
                     images,
                     baseline.captions,
-                    options=self.settings.can,
+                    options=self.settings.ranking,
                     batch_size=self.settings.batch_size,
                 ),
             )
@@ -181,7 +197,7 @@ class ModelExperiment:
     def mean_activations(self, site_name: str, category: str) -> torch.Tensor:
         """Mean activation of each neuron over the ranking's images, captions and positions (mean ablation), in
         the shape of the site's scores."""
-        key = (site_name, category)
+        key = (site_name, category, self.settings.ranking.positions)
         if key not in self._means:
             site = self.site(site_name)
             if isinstance(site, JointSite):
@@ -193,7 +209,7 @@ class ModelExperiment:
                 site,
                 self.images.images(category),
                 self.baseline(category).captions,
-                positions=self.settings.can.positions,
+                positions=self.settings.ranking.positions,
                 batch_size=self.settings.batch_size,
             )
         return self._means[key]
@@ -223,9 +239,7 @@ class ModelExperiment:
             "prompt": spec.prompt,
             "max_new_tokens": self.settings.max_new_tokens,
             "site": site_name,
-            "method": "can",
-            "alpha": self.settings.can.alpha,
-            "positions": self.settings.can.positions,
+            **self.settings.ranking.used(),
             "loss": "teacher-forced NLL of the unmasked model's greedy caption",
             "category": category,
             "images": self.images.content_hashes(category),
@@ -233,10 +247,10 @@ class ModelExperiment:
 
     # -- measurement ------------------------------------------------------------------------------------------
     def measure(
-        self, site_name: str, category: str, k: int, intervention: Intervention = CAN_ZERO
+        self, site_name: str, category: str, k: int, intervention: Intervention = TOP_K_ZERO
     ) -> CollapsePoint:
-        """Mask the top-k CAN neurons of `site_name` (ranked on `category`), or a control's k neurons, and measure
-        the captions."""
+        """Mask the top-k neurons of `site_name` (ranked on `category` by the configured method), or a control's k
+        neurons, and measure the captions."""
         site = self.site(site_name)
         k = site.check_k(k)
         baseline = self.baseline(category)
@@ -257,7 +271,7 @@ class ModelExperiment:
             scores = ranking.scores.reshape(-1)[shown].tolist() if ranking is not None else [None] * len(shown)
             neurons = [(n.site, n.layer, n.channel, s) for n, s in zip(site.neurons(shown), scores, strict=True)]
             modes = sorted(mask.modes)
-            ranking_key = ranking.key if intervention.selection == "can" else None
+            ranking_key = ranking.key if intervention.selection == "ranked" else None
         where = f"{self.name} {site_name} {category} k={k}"
         mean_ref = require_finite(_mean(reference), f"reference NLL of {where}")
         mean_self = require_finite(_mean([c.self_nll for c in captions]), f"self NLL of {where}")
@@ -297,6 +311,7 @@ class ModelExperiment:
             masked_neurons=neurons,
             mask_modes=modes,
             intervention=intervention.label,
+            ranking=self.settings.ranking.label,
             ranking_key=ranking_key,
             options=self.options_record(),
         )
@@ -329,8 +344,7 @@ class ModelExperiment:
     def options_record(self) -> dict:
         spec = self.loaded.spec
         return {
-            "alpha": self.settings.can.alpha,
-            "positions": self.settings.can.positions,
+            **self.settings.ranking.used(),
             "max_new_tokens": self.settings.max_new_tokens,
             "prompt": spec.prompt,
             "clip_model": self.clip.spec.label,

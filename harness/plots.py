@@ -6,13 +6,15 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from harness.labels import curve_label
+
 STAGE_COLOURS = {1: "#f6d55c", 2: "#ed553b"}
-CONTROL_MARKERS = {"random": ("x", "random-k controls"), "mean": ("^", "mean ablation of the CAN set")}
+CONTROL_MARKERS = {"random": ("x", "random-k controls"), "mean": ("^", "mean ablation of the top-k")}
 
 
 def plot_file_name(row: dict) -> str:
-    """`model__site__category.png` with anything unsafe for a file name replaced."""
-    name = "__".join(row[key] for key in ("model", "site", "category"))
+    """`model__site__category.png` (and the ranking, if not the default) with anything unsafe replaced."""
+    name = curve_label(row["model"], row["site"], row["category"], row.get("ranking"), separator="__")
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name) + ".png"
 
 
@@ -26,8 +28,8 @@ def plot_analysis(row: dict, path: Path) -> Path:
     points = [p for p in row["points"] if p["k"] > 0]
     ks = [p["k"] for p in points]
     figure, (ppl_axis, clip_axis) = plt.subplots(2, 1, sharex=True, figsize=(7, 6), constrained_layout=True)
-    ppl_axis.plot(ks, [p["log10_ppl_ratio"] for p in points], "o-", color="#20639b", label="CAN top-k")
-    clip_axis.plot(ks, [p["clip"] for p in points], "o-", color="#20639b", label="CAN top-k")
+    ppl_axis.plot(ks, [p["log10_ppl_ratio"] for p in points], "o-", color="#20639b", label="ranked top-k")
+    clip_axis.plot(ks, [p["clip"] for p in points], "o-", color="#20639b", label="ranked top-k")
     ppl_axis.axhline(0, color="grey", linestyle="--", linewidth=1, label="baseline (k = 0)")
     clip_axis.axhline(row["clip_baseline"], color="grey", linestyle="--", linewidth=1, label="baseline (k = 0)")
     if row["clip_chance"] is not None:

@@ -5,11 +5,14 @@ A case opts in with `@pytest.mark.collapse_grid(models=[...], sites=[...])` and 
 and `k`; the plugin expands it over model × site × image category × k (a geometric grid from 0 = baseline).
 With `@pytest.mark.collapse_search(models=[...], sites=[...])` and the fixture `collapse_analysis` it expands
 over model × site × category, and each case gets its curve's thresholds found by the adaptive search, with
-controls at k₂ and the layer breakdown (harness.analysis).
+controls at k₂ and the layer breakdown (harness.analysis). Either marker takes `methods=[...]` (ranking methods,
+see harness.ranking) to expand over them too; without it every case ranks by `--can-method`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import json
 import os
 from pathlib import Path
@@ -23,7 +26,6 @@ IMAGES = pytest.StashKey[object]()
 BASELINES = pytest.StashKey[object]()
 POINT_PROPERTY = "can_point"
 ANALYSIS_PROPERTY = "can_analysis"
-PARAMS = ("can_model", "can_site", "can_category", "k")
 MARKERS = ("collapse_grid", "collapse_search")
 
 
@@ -63,8 +65,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     add("--can-baseline-k-rtol", type=float, default=0.1, help="allowed relative change of k₁/k₂ (default 0.1)")
     add("--can-baseline-log10-atol", type=float, default=0.1, help="allowed change of log10 PPLs (default 0.1)")
     add("--can-baseline-clip-atol", type=float, default=2.0, help="allowed change of CLIP scores (default 2)")
+    add(
+        "--can-method",
+        default="can",
+        choices=("can", "activation", "gradient", "pcicn", "random"),  # harness.ranking.RANKING_METHODS
+        help="how neurons are ranked: can (default), activation, gradient, pcicn (noise on embeddings), random",
+    )
     add("--can-alpha", type=float, default=1.0, help="CAN exponent α on |∂L/∂a| in [0, 1] (default 1)")
-    add("--can-positions", default="all", choices=("all", "scored"), help="positions CAN averages over (all)")
+    add(
+        "--can-positions", default="all", choices=("all", "scored"), help="positions a ranking averages over (all)"
+    )
+    add("--can-noise-sigma", type=float, default=5.0, help="pcicn: std of the noise on the input embeddings (5)")
+    add("--can-noise-samples", type=int, default=100, help="pcicn: noisy passes per batch of images (100)")
+    add("--can-ranking-seed", type=int, default=0, help="pcicn noise and random ranking seed (default 0)")
     add("--can-batch-size", type=int, default=8, help="images per forward pass (default 8)")
     add("--can-max-new-tokens", type=int, default=64, help="caption length limit (default 64)")
     add("--can-clip-model", help="open_clip model name or local-dir:PATH (default: the model's registered CLIP)")
@@ -107,11 +120,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "collapse_grid(models, sites): expand a case over model × site × image category × k (see harness.plugin)",
+        "collapse_grid(models, sites, methods=None): expand a case over model × site [× ranking method] × image "
+        "category × k (see harness.plugin)",
     )
     config.addinivalue_line(
         "markers",
-        "collapse_search(models, sites): expand a case over model × site × image category; the fixture "
+        "collapse_search(models, sites, methods=None): expand a case over model × site [× ranking method] × image "
+        "category; the fixture "
         "collapse_analysis holds the curve's searched thresholds, controls and layer breakdown",
     )
     try:
@@ -146,7 +161,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
 
 
 def _settings_from_options(config: pytest.Config):
-    from harness.ranking import CanOptions
+    from harness.ranking import RankingOptions
     from harness.registry import ClipSpec, use_local_path
     from harness.settings import HarnessSettings, default_cache_dir
     from harness.stages import StageThresholds
@@ -174,7 +189,14 @@ def _settings_from_options(config: pytest.Config):
         max_images=option("can_max_images"),
         batch_size=option("can_batch_size"),
         max_new_tokens=option("can_max_new_tokens"),
-        can=CanOptions(alpha=option("can_alpha"), positions=option("can_positions")),
+        ranking=RankingOptions(
+            method=option("can_method"),
+            alpha=option("can_alpha"),
+            positions=option("can_positions"),
+            noise_sigma=option("can_noise_sigma"),
+            noise_samples=option("can_noise_samples"),
+            seed=option("can_ranking_seed"),
+        ),
         thresholds=StageThresholds(
             stage1_ppl_ratio=option("can_stage1_ppl_ratio"),
             stage1_clip_fraction=option("can_stage1_clip_fraction"),
@@ -234,6 +256,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     sites = config.getoption("can_sites") or list(marker.kwargs["sites"])
     for site in sites:
         site_names(site)  # unknown sites fail collection with the list of valid ones
+    methods = list(marker.kwargs.get("methods", ()))
+    for method in methods:
+        dataclasses.replace(settings.ranking, method=method)  # an unknown method fails collection, listing them
     images = _image_set(config)  # scanned (and the category selection checked) before anything is collected
     categories = list(settings.categories or images.categories)
     params = []
@@ -243,14 +268,15 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         marks = [pytest.mark.skip(reason=unavailable)] if unavailable else []
         for site in sites:
             size = site_size(site, text_config) if text_config is not None else settings.k_max
-            for category in categories:
-                curve = f"{model}-{site}-{category}"
+            for method, category in itertools.product(methods or [None], categories):
+                curve = (model, site, *([method] if methods else []), category)
                 if name == "collapse_search":
-                    params.append(pytest.param(model, site, category, id=curve, marks=marks))
+                    params.append(pytest.param(*curve, id="-".join(curve), marks=marks))
                     continue
                 for k in k_grid(size, settings.k_max, settings.k_factor):
-                    params.append(pytest.param(model, site, category, k, id=f"{curve}-k{k}", marks=marks))
-    metafunc.parametrize(PARAMS if name == "collapse_grid" else PARAMS[:3], params)
+                    params.append(pytest.param(*curve, k, id="-".join(curve) + f"-k{k}", marks=marks))
+    names = ["can_model", "can_site", *(["can_method"] if methods else []), "can_category"]
+    metafunc.parametrize(names + (["k"] if name == "collapse_grid" else []), params)
 
 
 def _image_set(config: pytest.Config):
@@ -324,28 +350,38 @@ def can_category(request: pytest.FixtureRequest) -> str:
     return _grid_parameter(request)
 
 
-def _experiment_or_skip(can_session, model: str):
-    """The model's experiment; a model whose weights are not on this machine skips the case, saying why."""
+@pytest.fixture
+def can_method(request: pytest.FixtureRequest, can_settings) -> str:
+    """Ranking method of this case: from the marker's `methods=[...]` expansion, else `--can-method`."""
+    return request.param if hasattr(request, "param") else can_settings.ranking.method
+
+
+def _experiment_or_skip(can_session, model: str, method: str):
+    """The model's experiment ranking by `method`; a model whose weights are not on this machine skips the case,
+    saying why."""
     try:
-        return can_session.experiment(model)
+        experiment = can_session.experiment(model)
     except ModelUnavailableError as error:
         pytest.skip(str(error))
+    return experiment.with_ranking(dataclasses.replace(experiment.settings.ranking, method=method))
 
 
 def _session_curve(curves: dict, experiment, site: str, category: str):
-    """The session's one CollapseCurve per (model, site, category), shared by grid and search cases."""
+    """The session's one CollapseCurve per (model, ranking, site, category), shared by grid and search cases."""
     from harness.curve import CollapseCurve
 
-    key = (experiment.name, site, category)
+    key = (experiment.name, experiment.settings.ranking, site, category)
     if key not in curves:
         curves[key] = CollapseCurve(experiment, site, category)
     return curves[key]
 
 
 @pytest.fixture
-def collapse_curve(request, can_session, _can_curves, can_model: str, can_site: str, can_category: str):
+def collapse_curve(
+    request, can_session, _can_curves, can_model: str, can_site: str, can_method: str, can_category: str
+):
     """The CollapseCurve of this case's (model, site, category); every point it measures is recorded."""
-    experiment = _experiment_or_skip(can_session, can_model)
+    experiment = _experiment_or_skip(can_session, can_model, can_method)
     curve = _session_curve(_can_curves, experiment, can_site, can_category)
     curve.on_point = lambda point: request.node.user_properties.append(
         (POINT_PROPERTY, json.dumps(point.to_row()))
@@ -369,6 +405,7 @@ def collapse_analysis(
     _can_analyses,
     can_model: str,
     can_site: str,
+    can_method: str,
     can_category: str,
 ):
     """The CurveAnalysis of this case's (model, site, category): k₁ and k₂ by the configured search, the
@@ -377,8 +414,8 @@ def collapse_analysis(
     from harness.analysis import analyse_curve
 
     model, site, category = can_model, can_site, can_category
-    experiment = _experiment_or_skip(can_session, model)
-    key = (model, site, category)
+    experiment = _experiment_or_skip(can_session, model, can_method)
+    key = (model, site, can_method, category)
     if key not in _can_analyses:
         _can_analyses[key] = analyse_curve(
             experiment,
@@ -413,7 +450,7 @@ class CollapseRecorder:
                 self.rows.append(json.loads(value))
             elif name == ANALYSIS_PROPERTY:
                 row = json.loads(value)
-                self.analyses[row["model"], row["site"], row["category"]] = row
+                self.analyses[row["model"], row["site"], row["ranking"], row["category"]] = row
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if not self.rows and not self.analyses:
@@ -436,10 +473,12 @@ class CollapseRecorder:
             return
         from harness.curve import format_curve
         from harness.experiment import CollapsePoint
+        from harness.labels import curve_label
         from harness.report import latest_points, render_summary, render_thresholds, summarize
 
         settings = self.config.stash[SETTINGS]
-        method = f"CAN, α={settings.can.alpha:g}, positions={settings.can.positions}"
+        rankings = {row["ranking"] for row in [*self.rows, *self.analyses.values()]}
+        method = next(iter(rankings)) if len(rankings) == 1 else "several rankings"
         if self.rows:
             terminalreporter.write_sep("=", f"critical-neuron collapse ({method})")
             terminalreporter.write_line(render_summary(summarize(self.rows)))
@@ -450,8 +489,12 @@ class CollapseRecorder:
             terminalreporter.write_line(render_thresholds(list(self.analyses.values())))
         if self.config.getoption("can_show_curves"):
             points = latest_points(self.rows)
-            for group in sorted({(p["model"], p["site"], p["category"]) for p in points}):
-                curve = [CollapsePoint(**p) for p in points if (p["model"], p["site"], p["category"]) == group]
-                terminalreporter.write_line(f"\n{' / '.join(group)}\n{format_curve(curve)}")
+            for group in sorted({(p["model"], p["site"], p["category"], p["ranking"]) for p in points}):
+                curve = [
+                    CollapsePoint(**p)
+                    for p in points
+                    if (p["model"], p["site"], p["category"], p["ranking"]) == group
+                ]
+                terminalreporter.write_line(f"\n{curve_label(*group)}\n{format_curve(curve)}")
         if self.reports is not None:
             terminalreporter.write_line(f"reports: {self.reports[0]}  {self.reports[1]}")

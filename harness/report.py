@@ -16,7 +16,7 @@ from tabulate import tabulate
 from harness.metrics import format_ppl
 from harness.stages import first_k_at_stage, is_monotone
 
-GROUP_KEYS = ("model", "site", "category")
+GROUP_KEYS = ("model", "site", "ranking", "category")
 
 
 def provenance(root: Path | None = None) -> dict[str, object]:
@@ -54,13 +54,13 @@ def _git_commit(root: Path) -> str | None:
 
 
 def latest_points(rows: Iterable[dict]) -> list[dict]:
-    """One row per (model, site, category, k), the last recorded winning, ordered for reading."""
-    unique = {(r["model"], r["site"], r["category"], r["k"]): r for r in rows}
+    """One row per (model, site, ranking, category, k), the last recorded winning, ordered for reading."""
+    unique = {(*(r[key] for key in GROUP_KEYS), r["k"]): r for r in rows}
     return [unique[key] for key in sorted(unique)]
 
 
 def summarize(rows: Iterable[dict]) -> list[dict]:
-    """Per (model, site, category): baselines, chance level and the first k reaching stage 1 and stage 2."""
+    """Per (model, site, ranking, category): baselines, chance level and the first k at stage 1 and stage 2."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for row in latest_points(rows):
         groups[tuple(row[key] for key in GROUP_KEYS)].append(row)
@@ -93,6 +93,7 @@ def render_summary(summary: list[dict]) -> str:
         (
             s["model"],
             s["site"],
+            s["ranking"],
             s["category"],
             s["n_images"],
             format_ppl(s["log10_ppl_baseline"]),
@@ -105,9 +106,19 @@ def render_summary(summary: list[dict]) -> str:
         )
         for s in summary
     ]
-    headers = ("model", "site", "category", "imgs", "PPL₀", "CLIP₀", "chance", "k₁ stage 1", "k₂ stage 2")
-    headers += ("k grid", "notes")
-    align = ("left",) * 3 + ("right",) * 6 + ("left",) * 2  # numbers right-aligned, as formatted above
+    headers = ("model", "site", "ranking", "category", "imgs", "PPL₀", "CLIP₀", "chance", "k₁ stage 1")
+    headers += ("k₂ stage 2", "k grid", "notes")
+    align = ("left",) * 4 + ("right",) * 6 + ("left",) * 2  # numbers right-aligned, as formatted above
+    return _table(rows, headers, align)
+
+
+def _table(rows: list[tuple], headers: tuple[str, ...], align: tuple[str, ...]) -> str:
+    """A GitHub-style table; the ranking column only when the rows were ranked in more than one way (the title
+    names a single ranking)."""
+    column = headers.index("ranking")
+    if len({row[column] for row in rows}) <= 1:
+        drop = lambda values: tuple(v for i, v in enumerate(values) if i != column)  # noqa: E731
+        rows, headers, align = [drop(row) for row in rows], drop(headers), drop(align)
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True, colalign=align)
 
 
@@ -127,12 +138,13 @@ def _grid_label(ks: list[int]) -> str:
 def render_thresholds(analyses: list[dict]) -> str:
     """One row per searched curve: thresholds, cost, metrics at k₂, controls and where the k₂ set lives."""
     rows = []
-    for a in sorted(analyses, key=lambda a: (a["model"], a["site"], a["category"])):
+    for a in sorted(analyses, key=lambda a: tuple(a[key] for key in GROUP_KEYS)):
         found = a["k2"] is not None
         rows.append(
             (
                 a["model"],
                 a["site"],
+                a["ranking"],
                 a["category"],
                 format_ppl(a["log10_ppl_baseline"]),
                 f"{a['clip_baseline']:.1f}",
@@ -147,10 +159,10 @@ def render_thresholds(analyses: list[dict]) -> str:
                 "" if a["monotone"] else "non-monotone: " + ", ".join(f"{k}→{k2}" for k, k2 in a["violations"]),
             )
         )
-    headers = ("model", "site", "category", "PPL₀", "CLIP₀", "chance", "k₁", "k₂", "evals", "Δlog10 PPL@k₂")
-    headers += ("CLIP@k₂", "controls at k₂", "layers of the k₂ set", "notes")
-    align = ("left",) * 3 + ("right",) * 8 + ("left",) * 3
-    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True, colalign=align)
+    headers = ("model", "site", "ranking", "category", "PPL₀", "CLIP₀", "chance", "k₁", "k₂", "evals")
+    headers += ("Δlog10 PPL@k₂", "CLIP@k₂", "controls at k₂", "layers of the k₂ set", "notes")
+    align = ("left",) * 4 + ("right",) * 8 + ("left",) * 3
+    return _table(rows, headers, align)
 
 
 def _where(layers: dict[str, dict[str, int]]) -> str:

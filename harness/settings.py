@@ -10,7 +10,7 @@ import torch
 
 from harness.devices import DTYPES
 from harness.masking import MASK_MODES
-from harness.ranking import CanOptions
+from harness.ranking import RankingOptions
 from harness.registry import ClipSpec
 from harness.stages import StageThresholds
 from harness.threshold_search import SEARCH_MODES
@@ -30,7 +30,7 @@ class HarnessSettings:
     max_images: int | None = None  # per category
     batch_size: int = 8
     max_new_tokens: int = 64
-    can: CanOptions = field(default_factory=CanOptions)
+    ranking: RankingOptions = field(default_factory=RankingOptions)
     thresholds: StageThresholds = field(default_factory=StageThresholds)
     clip: ClipSpec | None = None  # None: the model's registered CLIP
     device: str = "auto"

@@ -59,7 +59,7 @@ def test_mean_ablation_and_random_k_are_measured_and_labelled(experiment, unmodi
     can = experiment.measure(SITE, "circle", 4)
     mean = experiment.measure(SITE, "circle", 4, Intervention(ablation="mean"))
     random = experiment.measure(SITE, "circle", 4, Intervention(selection="random", seed=1))
-    assert (can.intervention, mean.intervention) == ("CAN top-k, zero ablation", "CAN top-k, mean ablation")
+    assert (can.intervention, mean.intervention) == ("top-k, zero ablation", "top-k, mean ablation")
     assert random.intervention == "random-k (seed 1), zero ablation"
     assert mean.masked_neurons == can.masked_neurons and mean.mask_modes == ["hook"]
     chosen = random_selection(experiment.site(SITE), 4, seed=1)

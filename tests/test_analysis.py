@@ -23,7 +23,7 @@ def test_analysis_measures_controls_at_k2_and_the_layer_breakdown(experiment, un
     assert labels == [
         "random-k (seed 0), zero ablation",
         "random-k (seed 1), zero ablation",
-        "CAN top-k, mean ablation",
+        "top-k, mean ablation",
     ]
     assert all(control.k == search.k2 for control in analysis.controls)
     assert list(analysis.layers) == [SITE]

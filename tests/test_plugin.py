@@ -67,7 +67,7 @@ class Run:
 
 def summary_table(lines: list[str]) -> list[str]:
     """The markdown table printed under the "critical-neuron collapse" section."""
-    start = next(i for i, line in enumerate(lines) if "critical-neuron collapse (CAN" in line)
+    start = next(i for i, line in enumerate(lines) if "critical-neuron collapse (" in line)
     return list(itertools.takewhile(lambda line: line.startswith("|"), lines[start + 1 :]))
 
 
@@ -709,6 +709,55 @@ def test_search_reuses_the_points_grid_cases_measured(run_cases, pytester):
     (analysis,) = run.report["analyses"]
     assert {k for k, _ in analysis["stages"]} == set(measured)
     assert [p["k"] for p in run.report["points"]] == [0, 1, 2, 4]
+
+
+def test_a_case_parametrised_over_ranking_methods(run_cases, pytester):
+    """`methods=[...]` adds the method to each case id and to every point; the table gains a ranking column; an
+    unknown method fails collection naming the valid ones."""
+    mark = '@pytest.mark.collapse_grid(models=["tiny-llava"], sites=["lm.down_proj"], methods=["can", "random"])'
+    pytester.makepyfile(
+        test_methods=f"""
+        import pytest
+
+        {mark}
+        def test_methods(collapse_curve, can_method, k):
+            point = collapse_curve.measure(k)
+            assert point.options["method"] == can_method
+        """
+    )
+    run = run_cases(
+        "test_methods.py",
+        *FEW_IMAGES,
+        "--can-categories",
+        "circle",
+        "--can-k-max",
+        "2",
+        "--can-max-new-tokens",
+        "8",
+    )
+    assert run.outcomes == {"passed": 6}, "\n".join(run.lines)
+    rankings = {p["ranking"] for p in run.report["points"]}
+    assert rankings == {"CAN, α=1, positions=all", "random, seed=0"}
+    assert "critical-neuron collapse (several rankings)" in "\n".join(run.lines)
+    table = summary_table(run.lines)
+    assert cells(table[0])[:4] == ["model", "site", "ranking", "category"]
+    assert sorted(cells(row)[2] for row in table[2:]) == sorted(rankings)
+    collected = run_cases(
+        "test_methods.py", "--can-categories", "circle", "--can-k-max", "1", "--collect-only", "-q"
+    )
+    assert [line.split("::")[-1] for line in collected.lines if "::" in line] == [
+        f"test_methods[tiny-llava-lm.down_proj-{method}-circle-k{k}]"
+        for method in ("can", "random")
+        for k in (0, 1)
+    ]
+    pytester.makepyfile(
+        test_methods=f"import pytest\n\n{mark.replace('random', 'saliency')}\ndef test_x(k):\n    pass\n"
+    )
+    bad = run_cases("test_methods.py", "--collect-only", "-q")
+    assert (
+        "unknown ranking method 'saliency'; valid choices: can, activation, gradient, pcicn, random"
+        in "\n".join(bad.lines)
+    )
 
 
 def test_search_report_holds_thresholds_points_controls_and_layers(search_run):

@@ -1,4 +1,10 @@
-"""CAN importance against an independent per-image computation, and the order a ranking induces."""
+"""Every ranking method against a computation written out here by hand, on the tiny model, and the order a
+ranking induces.
+
+The gradient methods (CAN, activation, gradient) are checked against activations and gradients retained one image
+at a time; PCICN is re-derived from its definition: draw the noise, add it to the input embeddings, average the
+absolute change of each neuron's output.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +18,9 @@ from hypothesis import strategies as st
 
 from harness.captioning import teacher_forced_batch
 from harness.errors import UnknownNameError
+from harness.labels import DEFAULT_RANKING
 from harness.masking import NeuronMask
-from harness.ranking import CanOptions, Ranking, can_importance
+from harness.ranking import RANKING_METHODS, Ranking, RankingOptions, importance
 from harness.sites import resolve_site
 
 CATEGORY = "circle"
@@ -110,12 +117,12 @@ def terms(loaded, images, caption_sets):
 
 
 def harness_can(loaded, images, captions, site_name, batch_size=4, **options):
-    return can_importance(
+    return importance(
         loaded,
         resolve_site(loaded, site_name),
         images.images(CATEGORY),
         captions,
-        options=CanOptions(**options),
+        options=RankingOptions(**options),
         batch_size=batch_size,
     )
 
@@ -236,21 +243,190 @@ def test_top_k_is_nested_and_order_is_a_permutation(rows):
 def test_alpha_outside_unit_interval_is_rejected(alpha):
     """α must lie in [0, 1]; the error names the bad value."""
     with pytest.raises(ValueError, match=str(alpha)):
-        CanOptions(alpha=alpha)
+        RankingOptions(alpha=alpha)
 
 
 @pytest.mark.parametrize("alpha", [0.0, 1.0])
 def test_alpha_bounds_are_accepted(alpha):
     """The interval is closed: 0 and 1 are valid."""
-    assert CanOptions(alpha=alpha).alpha == alpha
+    assert RankingOptions(alpha=alpha).alpha == alpha
 
 
 def test_unknown_positions_are_rejected():
     """An unknown position aggregation names itself and lists the valid ones."""
     with pytest.raises(UnknownNameError) as error:
-        CanOptions(positions="bogus")
+        RankingOptions(positions="bogus")
     message = str(error.value)
     assert "bogus" in message
     assert "all" in message
     assert "scored" in message
     assert error.value.valid == ["all", "scored"]
+
+
+# -- the other methods -------------------------------------------------------------------------------------
+def harness_scores(loaded, images, captions, site_name, batch_size=4, **options) -> torch.Tensor:
+    return importance(
+        loaded,
+        resolve_site(loaded, site_name),
+        images.images(CATEGORY),
+        captions,
+        options=RankingOptions(**options),
+        batch_size=batch_size,
+    )
+
+
+def mean_over_images(per_image: list[torch.Tensor]) -> torch.Tensor:
+    return torch.stack(per_image).mean(0).float()
+
+
+@pytest.mark.parametrize("site_name", ["lm.down_proj", "lm.mlp_hidden"])
+def test_activation_method_is_the_mean_absolute_activation(loaded, images, ragged_captions, terms, site_name):
+    expected = mean_over_images(
+        [torch.stack([a.abs().mean(0) for a, _ in layers]) for layers, _, _ in terms(site_name, "ragged")]
+    )
+    actual = harness_scores(loaded, images, ragged_captions, site_name, method="activation")
+    assert torch.allclose(actual, expected, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("positions", ["all", "scored"])
+@pytest.mark.parametrize("site_name", ["lm.down_proj", "lm.mlp_hidden"])
+def test_gradient_method_is_the_mean_absolute_gradient(
+    loaded, images, ragged_captions, terms, site_name, positions
+):
+    per_image = []
+    for layers, prompt_len, total_len in terms(site_name, "ragged"):
+        rows = slice(0, total_len) if positions == "all" else slice(prompt_len - 1, total_len - 1)
+        per_image.append(torch.stack([g[rows].abs().mean(0) for _, g in layers]))
+    expected = mean_over_images(per_image)
+    actual = harness_scores(loaded, images, ragged_captions, site_name, method="gradient", positions=positions)
+    assert expected.abs().max() > 0
+    assert torch.allclose(actual, expected, rtol=1e-4, atol=1e-9), (actual - expected).abs().max()
+
+
+def test_gradient_and_activation_rank_differently_from_can(loaded, images, ragged_captions):
+    """The three gradient-family methods are different functions of the same terms, not one under three names."""
+    scores = {
+        method: harness_scores(loaded, images, ragged_captions, "lm.down_proj", method=method)
+        for method in ("can", "activation", "gradient")
+    }
+    assert not torch.allclose(scores["can"], scores["activation"])
+    assert not torch.allclose(scores["can"], scores["gradient"])
+
+
+def reference_pcicn(loaded, images, captions, site_name, sigma, samples, seed, positions) -> torch.Tensor:
+    """PCICN from its definition, one image at a time: K times, noise ~ N(0, σ²) of the embedding output's shape
+    is drawn from a CPU generator seeded with `seed` and added to the input embeddings; each neuron's score is the
+    mean over samples, images and the chosen positions of |output(clean) − output(noisy)|."""
+    path, unit = SITE_TENSORS[site_name]
+    modules = [layer.get_submodule(path) for layer in loaded.model.get_submodule(LAYERS_PATH)]
+    embed = loaded.model.get_input_embeddings()
+    generator = torch.Generator().manual_seed(seed)
+    per_image = []
+    for image, caption in zip(images, captions, strict=True):
+        batch = teacher_forced_batch(loaded, [image], [caption])
+        prompt_len, total_len = int(batch.prompt_lengths[0]), int(batch.total_lengths[0])
+        rows = slice(0, total_len) if positions == "all" else slice(prompt_len - 1, total_len - 1)
+
+        def outputs(batch, noise: torch.Tensor | None) -> list[torch.Tensor]:
+            seen = []
+            handles = [
+                module.register_forward_hook(lambda m, args, out: seen.append(out[0].double()))
+                if unit == "output"
+                else module.register_forward_pre_hook(lambda m, args: seen.append(args[0][0].double()))
+                for module in modules
+            ]
+            if noise is not None:
+                handles.append(embed.register_forward_hook(lambda m, args, out: out + noise))
+            try:
+                with torch.no_grad():
+                    loaded.model(**batch.inputs, use_cache=False)
+            finally:
+                for handle in handles:
+                    handle.remove()
+            return seen
+
+        clean = outputs(batch, None)
+        total = torch.zeros(len(modules), clean[0].shape[-1], dtype=torch.float64)
+        for _ in range(samples):
+            shape = (1, batch.inputs["input_ids"].shape[1], embed.embedding_dim)
+            noisy = outputs(batch, sigma * torch.randn(shape, generator=generator))
+            total += torch.stack([(c - n)[rows].abs().mean(0) for c, n in zip(clean, noisy, strict=True)])
+        per_image.append(total / samples)
+    return mean_over_images(per_image)
+
+
+@pytest.mark.parametrize(("site_name", "positions"), [("lm.down_proj", "all"), ("lm.mlp_hidden", "scored")])
+def test_pcicn_reproduces_its_definition_exactly(
+    loaded, images, ragged_captions, site_name, positions, unmodified
+):
+    """Same noise draws, same sum: the batched harness (one image per batch, so the draws line up) equals the
+    definition to float32 rounding."""
+    options = {"sigma": 5.0, "samples": 3, "seed": 7}
+    expected = reference_pcicn(
+        loaded, images.images(CATEGORY), ragged_captions, site_name, positions=positions, **options
+    )
+    actual = harness_scores(
+        loaded, images, ragged_captions, site_name, batch_size=1, method="pcicn", positions=positions,
+        noise_sigma=options["sigma"], noise_samples=options["samples"], seed=options["seed"],
+    )  # fmt: skip
+    assert expected.abs().max() > 0
+    assert torch.allclose(actual, expected, rtol=1e-5, atol=1e-6), (actual - expected).abs().max()
+
+
+def test_pcicn_depends_on_sigma_and_seed_and_not_on_batching_in_expectation(loaded, images, ragged_captions):
+    base = {"method": "pcicn", "noise_samples": 2}
+    first = harness_scores(loaded, images, ragged_captions, "lm.down_proj", **base)
+    assert torch.equal(first, harness_scores(loaded, images, ragged_captions, "lm.down_proj", **base))
+    assert not torch.equal(first, harness_scores(loaded, images, ragged_captions, "lm.down_proj", **base, seed=1))
+    small = harness_scores(loaded, images, ragged_captions, "lm.down_proj", **base, noise_sigma=0.01)
+    assert small.sum() < first.sum()  # less noise, smaller changes
+
+
+def test_random_method_is_seeded_uniform_and_runs_no_model(loaded, images, ragged_captions, monkeypatch):
+    site = resolve_site(loaded, "lm.down_proj")
+
+    def no_forward(*args, **kwargs):
+        raise AssertionError("a random ranking must not run the model")
+
+    monkeypatch.setattr(loaded.model, "forward", no_forward)
+    scores = harness_scores(loaded, images, ragged_captions, "lm.down_proj", method="random", seed=3)
+    expected = torch.rand(site.n_layers, site.width, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(scores, expected)
+
+
+def test_options_record_only_what_the_method_reads():
+    assert RankingOptions().used() == {"method": "can", "alpha": 1.0, "positions": "all"}
+    assert RankingOptions(method="random", alpha=0.3).used() == {"method": "random", "seed": 0}
+    assert RankingOptions(method="pcicn").used() == {
+        "method": "pcicn", "positions": "all", "noise_sigma": 5.0, "noise_samples": 100, "seed": 0,
+    }  # fmt: skip
+    assert RankingOptions().label == "CAN, α=1, positions=all" == DEFAULT_RANKING  # curves named without it
+    assert RankingOptions(method="pcicn", noise_samples=8).label == "PCICN, positions=all, σ=5, K=8, seed=0"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            {"method": "saliency"},
+            "unknown ranking method 'saliency'; valid choices: " + ", ".join(RANKING_METHODS),
+        ),
+        ({"noise_sigma": 0.0}, "noise sigma must be a finite number > 0, got 0.0"),
+        ({"noise_sigma": float("nan")}, "got nan"),
+        ({"noise_samples": 0}, "noise samples must be ≥ 1, got 0"),
+    ],
+)
+def test_bad_ranking_options_name_the_value(options, message):
+    with pytest.raises((ValueError, UnknownNameError), match=message.replace("(", r"\(")):
+        RankingOptions(**options)
+
+
+def test_an_experiment_ranked_another_way_shares_captions_not_rankings(experiment):
+    other = experiment.with_ranking(RankingOptions(method="random"))
+    assert experiment.with_ranking(experiment.settings.ranking) is experiment
+    assert experiment.with_ranking(RankingOptions(method="random")) is other
+    assert other.baseline(CATEGORY) is experiment.baseline(CATEGORY)
+    assert not torch.equal(
+        other.ranking("lm.down_proj", CATEGORY).scores, experiment.ranking("lm.down_proj", CATEGORY).scores
+    )
+    assert other.ranking("lm.down_proj", CATEGORY).key != experiment.ranking("lm.down_proj", CATEGORY).key

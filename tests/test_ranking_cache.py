@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import multiprocessing
@@ -18,7 +17,6 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from harness.errors import CacheError
-from harness.ranking import CanOptions
 from harness.ranking_cache import RankingCache, cache_key
 
 SHAPE = (2, 3)
@@ -96,9 +94,11 @@ def test_inputs_differ_between_sites_and_categories(experiment, inputs):
 
 
 def test_every_can_option_is_in_the_inputs(experiment, inputs):
-    """Every CanOptions field is recorded with the value in use."""
-    for option in dataclasses.fields(CanOptions):
-        assert inputs[option.name] == getattr(experiment.settings.can, option.name)
+    """Every option the ranking method reads is recorded with the value in use."""
+    used = experiment.settings.ranking.used()
+    assert set(used) == {"method", "alpha", "positions"}  # the default method, CAN
+    for name, value in used.items():
+        assert inputs[name] == value
 
 
 def test_computes_once_then_loads(tmp_path):

@@ -39,7 +39,8 @@ def point(category: str = "circle", k: int = 0, stage: int = 0, **changes) -> di
         "captions": ["a red circle", "a circle"],
         "masked_neurons": [["lm.down_proj", 0, channel, 1.0 / (channel + 1)] for channel in range(k)],
         "mask_modes": ["weight"] if k else [],
-        "intervention": "CAN top-k, zero ablation",
+        "intervention": "top-k, zero ablation",
+        "ranking": "CAN, α=1, positions=all",
         "ranking_key": "ab" * 32 if k else None,
         "options": {"alpha": 1.0, "clip_model": "tiny-clip@1", "checkpoint": "embedded:tiny-llava@v2"},
     }
@@ -64,6 +65,7 @@ def summary_row(category: str, *, monotone: bool, clip_baseline: float, clip_cha
     return {
         "model": "tiny-llava",
         "site": "lm.down_proj",
+        "ranking": "CAN, α=1, positions=all",
         "category": category,
         "n_images": 4,
         "log10_ppl_baseline": 0.5,
@@ -155,7 +157,8 @@ def test_csv_clip_column_is_the_score(tmp_path):
 
 def analysis_row(k2, controls=(), layers=None, violations=()) -> dict:
     return {
-        "model": "m", "site": "lm.down_proj", "category": "circle", "k_max": 64, "k1": 3, "k2": k2,
+        "model": "m", "site": "lm.down_proj", "ranking": "CAN, α=1, positions=all", "category": "circle",
+        "k_max": 64, "k1": 3, "k2": k2,
         "evaluations": 9, "monotone": not violations, "violations": [list(v) for v in violations],
         "log10_ppl_baseline": 0.5, "clip_baseline": 80.0, "clip_chance": 20.0,
         "log10_ppl_ratio_at_k2": 1.5 if k2 else None, "clip_at_k2": 12.0 if k2 else None,
@@ -168,7 +171,7 @@ def test_threshold_table_shows_controls_layers_and_recoveries():
     rows = [
         analysis_row(
             8,
-            [("random-k (seed 0), zero ablation", 1), ("CAN top-k, mean ablation", 0)],
+            [("random-k (seed 0), zero ablation", 1), ("top-k, mean ablation", 0)],
             {"lm.down_proj": {"0": 5, "2": 3}},
         ),
         analysis_row(
@@ -188,3 +191,12 @@ def test_threshold_table_breaks_a_joint_ranking_down_by_site():
     row = {**analysis_row(8, layers=layers), "site": "lm.down_proj+lm.gate_proj+lm.up_proj"}
     cells = [c.strip() for c in render_thresholds([row]).splitlines()[2].strip("|").split("|")]
     assert cells[12] == "lm.down_proj 7 (L0:5 L2:2) · lm.gate_proj 1 (L1:1) · lm.up_proj 0"
+
+
+def test_a_ranking_column_appears_only_when_rankings_differ():
+    """One ranking: the title names it and the tables have no ranking column; several: a column says which."""
+    rows = [analysis_row(8), {**analysis_row(None), "ranking": "PCICN, positions=all, σ=5, K=100, seed=0"}]
+    assert "ranking" not in table_rows(render_thresholds(rows[:1]))[0]
+    header, *cells = table_rows(render_thresholds(rows))
+    assert header[:4] == ["model", "site", "ranking", "category"]
+    assert [row[2] for row in cells] == ["CAN, α=1, positions=all", "PCICN, positions=all, σ=5, K=100, seed=0"]

@@ -14,7 +14,7 @@ import pytest
 
 from harness import world
 from harness.ablation import Intervention, rank_correlation, single_neuron_effects, top_k_overlap
-from harness.ranking import CanOptions, can_importance
+from harness.ranking import RankingOptions, importance
 from harness.zoo import SYNTH_FOLDER
 from harness.zoo.synth_quality import caption_quality, clip_quality
 
@@ -96,8 +96,8 @@ def single_neuron_truth(synth):
     truth = single_neuron_effects(synth.loaded, site, images, captions, batch_size=32)
 
     def can(alpha: float):
-        options = CanOptions(alpha=alpha)
-        return can_importance(synth.loaded, site, images, captions, options=options, batch_size=32)
+        options = RankingOptions(alpha=alpha)
+        return importance(synth.loaded, site, images, captions, options=options, batch_size=32)
 
     return truth, {alpha: can(alpha) for alpha in (0.0, 1.0)}
 
