@@ -64,7 +64,7 @@ def mean_activations(
     weights: torch.Tensor | None = None
 
     def add(layer: int, activation: torch.Tensor) -> None:
-        totals[layer] += torch.einsum("btw,bt->w", activation.float(), weights)
+        totals[layer] += site.summed_means(activation.float(), weights)
 
     with site.watched(add):
         for start in range(0, len(images), batch_size):

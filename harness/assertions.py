@@ -66,6 +66,13 @@ def assert_collapses_within(analysis: CurveAnalysis, k_max: int) -> None:
         _fail_analysis(analysis, f"expected complete collapse by k={k_max}, found {found}")
 
 
+def assert_no_collapse_within(analysis: CurveAnalysis, k: int) -> None:
+    """No complete collapse at any k ≤ `k` (e.g. a vision-side site with as many neurons as collapse the LM)."""
+    k2 = analysis.search.k2
+    if k2 is not None and k2 <= k:
+        _fail_analysis(analysis, f"expected no complete collapse up to k={k}, found k₂ = {k2}")
+
+
 def assert_controls_hold(analysis: CurveAnalysis) -> None:
     """The collapse is a finding: at k₂, neither k random neurons nor the mean-ablated CAN set collapse."""
     if analysis.search.k2 is None:

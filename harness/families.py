@@ -1,40 +1,77 @@
-"""Where each model family keeps its language model, found by probing its known attribute paths and then
-checking the layer count against the config (transformers has moved these paths between releases)."""
+"""Where each model family keeps its components — language model, vision tower, Q-Former, projector — found by
+probing known attribute paths and then checking the layer count against the config (transformers has moved these
+paths between releases)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import nn
 
 from harness.errors import SiteResolutionError, UnknownNameError, UnsupportedModelError
 
+COMPONENTS = {"lm": "language-model", "vision": "vision-tower", "qformer": "Q-Former", "projector": "projector"}
+
+
+@dataclass(frozen=True)
+class Component:
+    """One part of a model: candidate attribute paths of its layer list (or, unlayered, of its one module), and the
+    attribute of the model config that describes it ('' = the model config itself)."""
+
+    paths: tuple[str, ...]
+    config: str
+    layered: bool = True
+
 
 @dataclass(frozen=True)
 class Family:
-    """A model family: the candidate attribute paths of its language-model decoder layers."""
+    """A model family: where its components live."""
 
     name: str
-    language_layer_paths: tuple[str, ...]
+    components: dict[str, Component] = field(hash=False)
     captioning_validated: bool  # prompts, generation and teacher-forced scoring checked on a tiny offline model
 
+    @property
+    def language_layer_paths(self) -> tuple[str, ...]:
+        return self.components["lm"].paths
+
+    def component(self, name: str) -> Component:
+        if name not in self.components:
+            raise SiteResolutionError(
+                f"{self.name} models have no {name!r} component; theirs: {', '.join(self.components)}"
+            )
+        return self.components[name]
+
+    def component_config(self, config, name: str):
+        attribute = self.component(name).config
+        return getattr(config, attribute) if attribute else config
+
     def text_config(self, config):
-        """The language model's config (VLM configs nest it as `text_config`)."""
-        return getattr(config, "text_config", None) or config
+        """The language model's config."""
+        return self.component_config(config, "lm")
 
     def language_layers(self, model: nn.Module) -> nn.ModuleList:
-        for path in self.language_layer_paths:
-            layers = _get_path(model, path)
-            if isinstance(layers, nn.ModuleList):
-                expected = self.text_config(model.config).num_hidden_layers
-                if len(layers) != expected:
+        return self.layers(model, "lm")
+
+    def layers(self, model: nn.Module, name: str) -> list[nn.Module]:
+        """The component's layers (one module for an unlayered component), their count checked against the
+        config."""
+        component = self.component(name)
+        for path in component.paths:
+            found = _get_path(model, path)
+            if component.layered and isinstance(found, nn.ModuleList):
+                expected = self.component_config(model.config, name).num_hidden_layers
+                if len(found) != expected:
                     raise SiteResolutionError(
-                        f"{type(model).__name__}.{path} holds {len(layers)} layers but the config says {expected}"
+                        f"{type(model).__name__}.{path} holds {len(found)} layers but the config says {expected}"
                     )
-                return layers
+                return found
+            if not component.layered and isinstance(found, nn.Module):
+                return nn.ModuleList([found])
+        what = "layers" if component.layered else "module"
         raise SiteResolutionError(
-            f"no language-model layers found in {type(model).__name__} (family {self.name!r}); "
-            f"probed: {', '.join(self.language_layer_paths)}"
+            f"no {COMPONENTS[name]} {what} found in {type(model).__name__} (family {self.name!r}); "
+            f"probed: {', '.join(component.paths)}"
         )
 
 
@@ -48,8 +85,28 @@ def _get_path(root: nn.Module, path: str) -> object | None:
 
 
 FAMILIES = {
-    "llava": Family("llava", ("model.language_model.layers",), captioning_validated=True),
-    "instructblip": Family("instructblip", ("language_model.model.layers",), captioning_validated=False),
+    "llava": Family(
+        "llava",
+        {
+            "lm": Component(("model.language_model.layers",), "text_config"),
+            "vision": Component(
+                ("model.vision_tower.encoder.layers", "model.vision_tower.vision_model.encoder.layers"),
+                "vision_config",
+            ),
+            "projector": Component(("model.multi_modal_projector.linear_1",), "text_config", layered=False),
+        },
+        captioning_validated=True,
+    ),
+    "instructblip": Family(
+        "instructblip",
+        {
+            "lm": Component(("language_model.model.layers",), "text_config"),
+            "vision": Component(("vision_model.encoder.layers",), "vision_config"),
+            "qformer": Component(("qformer.encoder.layer",), "qformer_config"),
+            "projector": Component(("language_projection",), "text_config", layered=False),
+        },
+        captioning_validated=False,
+    ),
 }
 
 

@@ -190,12 +190,11 @@ def load_model(
     return loaded
 
 
-def load_text_config(spec: ModelSpec, *, cache_dir: Path, allow_download: bool = False):
-    """The language model's config alone (no weights): enough to size sites when collecting cases."""
+def load_model_config(spec: ModelSpec, *, cache_dir: Path, allow_download: bool = False):
+    """The model's config alone (no weights): enough to size sites when collecting cases."""
     from transformers import AutoConfig
 
     folder = resolve_checkpoint_folder(spec, cache_dir, allow_download)
     if not (folder / "config.json").is_file():
         raise ModelUnavailableError(f"{spec.name}: no config.json in {folder}; the checkpoint is incomplete")
-    config = AutoConfig.from_pretrained(folder, local_files_only=True)
-    return get_family(spec.family).text_config(config)
+    return AutoConfig.from_pretrained(folder, local_files_only=True)

@@ -240,6 +240,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     if len(found) > 1:
         raise pytest.UsageError(f"{metafunc.definition.nodeid}: use one of {' / '.join(MARKERS)}, not both")
+    from harness.families import get_family
     from harness.registry import get_model_spec
     from harness.settings import k_grid
     from harness.sites import site_names, site_size
@@ -264,10 +265,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     params = []
     for model in models:
         spec = get_model_spec(model)
-        text_config, unavailable = _text_config_or_reason(spec, settings)
+        model_config, unavailable = _model_config_or_reason(spec, settings)
+        family = get_family(spec.family)
         marks = [pytest.mark.skip(reason=unavailable)] if unavailable else []
         for site in sites:
-            size = site_size(site, text_config) if text_config is not None else settings.k_max
+            size = site_size(site, model_config, family) if model_config is not None else settings.k_max
             for method, category in itertools.product(methods or [None], categories):
                 curve = (model, site, *([method] if methods else []), category)
                 if name == "collapse_search":
@@ -288,11 +290,11 @@ def _image_set(config: pytest.Config):
     return config.stash[IMAGES]
 
 
-def _text_config_or_reason(spec, settings):
-    from harness.loading import load_text_config
+def _model_config_or_reason(spec, settings):
+    from harness.loading import load_model_config
 
     try:
-        return load_text_config(spec, cache_dir=settings.cache_dir, allow_download=settings.allow_download), None
+        return load_model_config(spec, cache_dir=settings.cache_dir, allow_download=settings.allow_download), None
     except ModelUnavailableError as error:
         return None, str(error)
 

@@ -149,9 +149,7 @@ def _gradient_importance(loaded, site, images, captions, *, options: RankingOpti
             weights = _position_weights(batch, options.positions)
             for layer, (activation, grad) in enumerate(zip(captured, grads, strict=True)):
                 grad = None if grad is None else grad.float()
-                totals[layer] += torch.einsum(
-                    "btw,bt->w", contribution(activation.detach().float(), grad), weights
-                )
+                totals[layer] += site.summed_means(contribution(activation.detach().float(), grad), weights)
             captured[:] = [None] * site.n_layers
     return (totals / len(images)).cpu()
 
@@ -178,7 +176,7 @@ def _noise_sensitivity(loaded, site, images, captions, *, options: RankingOption
                 ):
                     loaded.model(**batch.inputs, use_cache=False)
                 for layer, (noisy, reference) in enumerate(zip(captured, clean, strict=True)):
-                    totals[layer] += torch.einsum("btw,bt->w", (reference - noisy).abs(), weights)
+                    totals[layer] += site.summed_means((reference - noisy).abs(), weights)
             captured[:] = [None] * site.n_layers
     return (totals / (len(images) * options.noise_samples)).cpu()
 

@@ -1,7 +1,9 @@
 """Sites: named sets of neurons, resolved by probing the module tree and checked against the config.
 
-A neuron is addressed as (site, layer, channel). Hook-point names follow TransformerLens' habit of naming the
-tensor, e.g. `lm.layers.1.mlp.down_proj.out` for an output channel and `....down_proj.in` for a hidden unit.
+A neuron is addressed as (site, layer, channel). A site is one Linear per layer of a model component (language
+model, vision tower, Q-Former) or the projector's Linear, its neurons the output channels or the input units.
+Hook-point names follow TransformerLens' habit of naming the tensor, e.g. `lm.layers.1.mlp.down_proj.out` for an
+output channel, `....down_proj.in` for a hidden unit, `projector.out` for the projector.
 """
 
 from __future__ import annotations
@@ -25,24 +27,34 @@ JOINT = "+"  # lm.down_proj+lm.gate_proj: both sites ranked together
 
 @dataclass(frozen=True)
 class SiteSpec:
-    """A kind of neuron: the output channels (or input units) of one Linear in every language-model layer."""
+    """A kind of neuron: the output channels (or input units) of one Linear in every layer of a component."""
 
     name: str
-    module: str  # attribute path below each decoder layer
+    component: str  # harness.families.COMPONENTS
+    module: str  # attribute path below each layer ('' = the component's module itself)
     unit: Unit
-    width_field: str  # text-config field that gives the number of channels per layer
+    width_field: str  # field of the component's config that gives the number of channels per layer
     description: str
 
 
 SITES: dict[str, SiteSpec] = {
     spec.name: spec
     for spec in (
-        SiteSpec("lm.gate_proj", "mlp.gate_proj", "output", "intermediate_size", "FFN gate projection outputs"),
-        SiteSpec("lm.up_proj", "mlp.up_proj", "output", "intermediate_size", "FFN up projection outputs"),
-        SiteSpec("lm.down_proj", "mlp.down_proj", "output", "hidden_size", "FFN down projection outputs"),
-        SiteSpec("lm.mlp_hidden", "mlp.down_proj", "input", "intermediate_size", "FFN hidden units act(gate)·up"),
+        SiteSpec("lm.gate_proj", "lm", "mlp.gate_proj", "output", "intermediate_size", "FFN gate outputs"),
+        SiteSpec("lm.up_proj", "lm", "mlp.up_proj", "output", "intermediate_size", "FFN up projection outputs"),
+        SiteSpec("lm.down_proj", "lm", "mlp.down_proj", "output", "hidden_size", "FFN down projection outputs"),
+        SiteSpec("lm.mlp_hidden", "lm", "mlp.down_proj", "input", "intermediate_size", "FFN hidden act(gate)·up"),
+        SiteSpec("lm.o_proj", "lm", "self_attn.o_proj", "output", "hidden_size", "attention output projection"),
+        SiteSpec("vision.fc1", "vision", "mlp.fc1", "output", "intermediate_size", "vision MLP hidden units"),
+        SiteSpec("vision.fc2", "vision", "mlp.fc2", "output", "hidden_size", "vision MLP outputs"),
+        SiteSpec("qformer.fc1", "qformer", "intermediate_query.dense", "output", "intermediate_size",
+                 "Q-Former FFN hidden units (query tokens)"),
+        SiteSpec("qformer.fc2", "qformer", "output_query.dense", "output", "hidden_size",
+                 "Q-Former FFN outputs (query tokens)"),
+        SiteSpec("projector", "projector", "", "output", "hidden_size",
+                 "multimodal projector outputs (LLaVA linear_1, InstructBLIP language_projection)"),
     )
-}
+}  # fmt: skip
 
 
 class Neuron(NamedTuple):
@@ -72,8 +84,19 @@ class ResolvedSite:
         """Number of neurons in the site across all layers: the largest valid k."""
         return self.n_layers * self.width
 
+    def summed_means(self, values: torch.Tensor, text_weights: torch.Tensor) -> torch.Tensor:
+        """[B, T, W] → [W]: the sum over images of each image's mean over positions. Language-model sites weigh
+        the text positions by `text_weights` ([B, T], rows summing to 1: the chosen positions); the vision tower,
+        Q-Former and projector average all their own positions (patches, query tokens)."""
+        if self.spec.component == "lm":
+            return torch.einsum("btw,bt->w", values, text_weights)
+        return values.mean(dim=1).sum(0)
+
     def hook_point(self, layer: int) -> str:
-        return f"lm.layers.{layer}.{self.spec.module}.{'out' if self.spec.unit == 'output' else 'in'}"
+        tensor = "out" if self.spec.unit == "output" else "in"
+        if not self.spec.module:
+            return f"{self.spec.component}.{tensor}"
+        return f"{self.spec.component}.layers.{layer}.{self.spec.module}.{tensor}"
 
     @contextmanager
     def watched(self, callback: Callable[[int, torch.Tensor], None]) -> Iterator[None]:
@@ -175,15 +198,18 @@ def site_names(name: str) -> list[str]:
     return names
 
 
-def site_size(name: str, text_config) -> int:
-    """Neurons in a site or joint site, from the config alone (no weights needed)."""
-    return sum(math.prod(site_shape(part, text_config)) for part in site_names(name))
+def site_size(name: str, config, family) -> int:
+    """Neurons in a site or joint site, from the model config alone (no weights needed)."""
+    return sum(math.prod(site_shape(part, config, family)) for part in site_names(name))
 
 
-def site_shape(name: str, text_config) -> tuple[int, int]:
-    """(layers, channels per layer) of a site, from the config alone (no weights needed)."""
+def site_shape(name: str, config, family) -> tuple[int, int]:
+    """(layers, channels per layer) of a site, from the model config alone (no weights needed)."""
     spec = get_site_spec(name)
-    return text_config.num_hidden_layers, getattr(text_config, spec.width_field)
+    component = family.component(spec.component)
+    component_config = family.component_config(config, spec.component)
+    layers = component_config.num_hidden_layers if component.layered else 1
+    return layers, getattr(component_config, spec.width_field)
 
 
 def get_site_spec(name: str) -> SiteSpec:
@@ -203,20 +229,21 @@ def resolve_any_site(loaded, name: str) -> AnySite:
 def resolve_site(loaded, name: str) -> ResolvedSite:
     """Bind site `name` to the modules of `loaded` (a LoadedModel), asserting layer count and widths."""
     spec = get_site_spec(name)
-    layers = loaded.family.language_layers(loaded.model)
-    n_layers, width = site_shape(name, loaded.text_config)
+    layers = loaded.family.layers(loaded.model, spec.component)
+    n_layers, width = site_shape(name, loaded.model.config, loaded.family)
     modules = []
     for index, layer in enumerate(layers):
         module = layer.get_submodule(spec.module) if _has_submodule(layer, spec.module) else None
         if not isinstance(module, nn.Linear):
             raise SiteResolutionError(
-                f"site {name}: layer {index} has no Linear at {spec.module!r} (found {type(module).__name__})"
+                f"site {name}: layer {index} has no Linear at {spec.module or 'the module itself'!r} "
+                f"(found {type(module).__name__})"
             )
         actual = module.out_features if spec.unit == "output" else module.in_features
         if actual != width:
             raise SiteResolutionError(
-                f"site {name}: layer {index} {spec.module} has {actual} {spec.unit} channels but the config's "
-                f"{spec.width_field} is {width}"
+                f"site {name}: layer {index} {spec.module or spec.component} has {actual} {spec.unit} channels "
+                f"but the config's {spec.width_field} is {width}"
             )
         modules.append(module)
     if len(modules) != n_layers:
@@ -230,3 +257,8 @@ def _has_submodule(module: nn.Module, path: str) -> bool:
     except AttributeError:
         return False
     return True
+
+
+def sites_of(family) -> list[str]:
+    """The registered sites a model family has the components for."""
+    return [name for name, spec in SITES.items() if spec.component in family.components]

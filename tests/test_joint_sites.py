@@ -35,10 +35,10 @@ def test_site_names_checks_every_part():
 
 
 def test_site_size_is_the_sum_of_the_parts(loaded):
-    config = loaded.text_config
-    layers, hidden, ffn = config.num_hidden_layers, config.hidden_size, config.intermediate_size
-    assert site_size("lm.down_proj", config) == layers * hidden
-    assert site_size(DOWN_AND_GATE, config) == layers * hidden + layers * ffn
+    text = loaded.text_config
+    layers, hidden, ffn = text.num_hidden_layers, text.hidden_size, text.intermediate_size
+    assert site_size("lm.down_proj", loaded.model.config, loaded.family) == layers * hidden
+    assert site_size(DOWN_AND_GATE, loaded.model.config, loaded.family) == layers * hidden + layers * ffn
 
 
 def test_joint_site_addresses_each_neuron_in_its_own_site(loaded):

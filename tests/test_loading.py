@@ -28,7 +28,7 @@ from harness.errors import MaskError, ModelUnavailableError, UnknownNameError
 from harness.loading import (
     checkpoint_id,
     load_model,
-    load_text_config,
+    load_model_config,
     missing_checkpoint_files,
     parameter_checksums,
     resolve_checkpoint_folder,
@@ -189,13 +189,13 @@ def test_folder_without_weights_is_incomplete(loaded, tmp_path):
 
 
 def test_folder_without_config_is_incomplete(checkpoint_copy, tmp_path):
-    """Weights without config.json: load_model names the missing file, load_text_config says it has none."""
+    """Weights without config.json: load_model names the missing file, load_model_config says it has none."""
     (checkpoint_copy / "config.json").unlink()
     spec = ModelSpec(name="ghost", source=str(checkpoint_copy))
     with pytest.raises(ModelUnavailableError, match=r"incomplete \(missing config\.json\)"):
         load_on_cpu(spec, tmp_path)
     with pytest.raises(ModelUnavailableError, match=r"no config\.json") as error:
-        load_text_config(spec, cache_dir=tmp_path)
+        load_model_config(spec, cache_dir=tmp_path)
     assert str(checkpoint_copy) in str(error.value)
 
 

@@ -12,10 +12,12 @@ import harness.masking
 from harness.captioning import encode_prompts, generate_captions, teacher_forced_batch
 from harness.errors import MaskError
 from harness.masking import NeuronMask
-from harness.sites import SITES, ResolvedSite, resolve_site
+from harness.sites import SITES, ResolvedSite, resolve_site, sites_of
 
 MAX_NEW_TOKENS = 8
-OUTPUT_SITES = [name for name, spec in SITES.items() if spec.unit == "output"]
+LM_SITES = [name for name, spec in SITES.items() if spec.component == "lm"]
+OUTPUT_SITES = [name for name in LM_SITES if SITES[name].unit == "output"]
+OTHER_LLAVA_SITES = ["vision.fc1", "vision.fc2", "projector"]
 
 
 class Boom(Exception):
@@ -24,7 +26,7 @@ class Boom(Exception):
 
 @pytest.fixture(scope="module")
 def sites(loaded):
-    return {name: resolve_site(loaded, name) for name in SITES}
+    return {name: resolve_site(loaded, name) for name in sites_of(loaded.family)}
 
 
 @pytest.fixture(scope="module")
@@ -97,18 +99,18 @@ def spread_indices(n_layers: int, width: int) -> list[int]:
 def site_geometry(loaded, name: str) -> tuple[int, int]:
     """(layers, channels) from the config, independently of harness.sites."""
     config = loaded.model.config.text_config
-    width = config.hidden_size if name == "lm.down_proj" else config.intermediate_size
+    width = config.hidden_size if name in ("lm.down_proj", "lm.o_proj") else config.intermediate_size
     return config.num_hidden_layers, width
 
 
-@pytest.mark.parametrize("name", list(SITES))
+@pytest.mark.parametrize("name", LM_SITES + OTHER_LLAVA_SITES)
 def test_weight_and_hook_masks_give_identical_logits_and_captions(
     name, loaded, sites, scored, caption_images, unmodified
 ):
     """Both mechanisms give bit-identical teacher-forced logits and the same greedy captions; the masked logits
     differ from the unmasked model's (the mask has an effect)."""
     site = sites[name]
-    indices = spread_indices(*site_geometry(loaded, name))
+    indices = spread_indices(site.n_layers, site.width)
     unmasked = forward(loaded, scored.inputs)
     results = {}
     for mode in ("weight", "hook"):
@@ -206,9 +208,9 @@ def test_output_mask_also_zeroes_the_bias(mode):
 
 def test_restored_after_normal_exit(loaded, sites, prompt, pristine):
     """Entering and leaving masks on every site (both modes) leaves parameters and hooks exactly as loaded."""
-    for name, site in sites.items():
+    for site in sites.values():
         for mode in ("weight", "hook"):
-            with NeuronMask(site, spread_indices(*site_geometry(loaded, name)), mode=mode):
+            with NeuronMask(site, spread_indices(site.n_layers, site.width), mode=mode):
                 forward(loaded, prompt)
             assert_pristine(loaded, sites, pristine)
 
@@ -240,7 +242,7 @@ def test_failed_entry_restores_layers_already_zeroed():
 
 mask_plans = st.lists(
     st.tuples(
-        st.sampled_from(list(SITES)),
+        st.sampled_from(LM_SITES + OTHER_LLAVA_SITES),
         st.lists(st.floats(0, 1, exclude_max=True), max_size=6),  # fractions of the site's size
         st.sampled_from(["weight", "hook", "auto"]),
         st.booleans(),  # the body raises
@@ -322,7 +324,7 @@ def test_mask_never_reached_is_an_error_only_when_verifying(loaded, sites, prist
     assert_pristine(loaded, sites, pristine)
 
 
-@pytest.mark.parametrize("name", list(SITES))
+@pytest.mark.parametrize("name", LM_SITES)
 def test_zeroing_undone_behind_the_masks_back_is_detected(name, loaded, sites, prompt, pristine):
     """If the zeroed weights come back before the forward (offloaded weights), the forward raises 'did not take
     effect', and the model is restored afterwards."""

@@ -12,16 +12,24 @@ from torch import nn
 
 from harness.errors import InvalidKError, SiteResolutionError, UnknownNameError
 from harness.families import get_family
-from harness.sites import SITES, Neuron, resolve_site
+from harness.sites import SITES, Neuron, resolve_site, site_size, sites_of
 
-EXPECTED_SITES = {"lm.gate_proj", "lm.up_proj", "lm.down_proj", "lm.mlp_hidden"}
 # (attribute below each decoder layer, counts output channels?, config field giving the width)
 SITE_LAYOUT = {
     "lm.gate_proj": ("mlp.gate_proj", True, "intermediate_size"),
     "lm.up_proj": ("mlp.up_proj", True, "intermediate_size"),
     "lm.down_proj": ("mlp.down_proj", True, "hidden_size"),
     "lm.mlp_hidden": ("mlp.down_proj", False, "intermediate_size"),
+    "lm.o_proj": ("self_attn.o_proj", True, "hidden_size"),
 }
+# outside the language model: (the layers on tiny LLaVA, attribute below each, config giving the width, its field)
+OTHER_LAYOUT = {
+    "vision.fc1": (lambda m: m.model.vision_tower.encoder.layers, "mlp.fc1", "vision_config", "intermediate_size"),
+    "vision.fc2": (lambda m: m.model.vision_tower.encoder.layers, "mlp.fc2", "vision_config", "hidden_size"),
+    "projector": (lambda m: [m.model.multi_modal_projector.linear_1], "", "text_config", "hidden_size"),
+}
+QFORMER_SITES = {"qformer.fc1", "qformer.fc2"}  # InstructBLIP only
+EXPECTED_SITES = set(SITE_LAYOUT) | set(OTHER_LAYOUT) | QFORMER_SITES
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -33,12 +41,32 @@ def with_model(loaded, model: nn.Module) -> SimpleNamespace:
     return SimpleNamespace(model=model, family=loaded.family, text_config=model.config.text_config)
 
 
-def test_registered_sites_are_the_llama_ffn_sites():
-    """The site registry holds exactly the four FFN sites the tests below describe."""
+def test_registered_sites_are_the_ones_described_here():
     assert set(SITES) == EXPECTED_SITES
+    assert set(sites_of(get_family("llava"))) == EXPECTED_SITES - QFORMER_SITES
+    assert set(sites_of(get_family("instructblip"))) == EXPECTED_SITES
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED_SITES))
+@pytest.mark.parametrize("name", sorted(OTHER_LAYOUT))
+def test_vision_and_projector_sites_resolve_to_the_models_modules(name, loaded):
+    """Outside the language model too: one Linear per layer (the projector: one layer), widths from the config
+    the component has, hook points named after the component."""
+    layers_of, path, config_name, field = OTHER_LAYOUT[name]
+    width = getattr(getattr(loaded.model.config, config_name), field)
+    layers = list(layers_of(loaded.model))
+    site = resolve_site(loaded, name)
+    assert (site.n_layers, site.width) == (len(layers), width)
+    assert all(module is layer.get_submodule(path) for layer, module in zip(layers, site.modules, strict=True))
+    assert all(module.out_features == width for module in site.modules)
+    assert site.hook_point(0) == ("projector.out" if name == "projector" else f"vision.layers.0.{path}.out")
+
+
+def test_a_site_the_family_lacks_names_the_components_it_has(loaded):
+    with pytest.raises(SiteResolutionError, match="llava models have no 'qformer' component; theirs: lm, vision"):
+        resolve_site(loaded, "qformer.fc1")
+
+
+@pytest.mark.parametrize("name", sorted(SITE_LAYOUT))
 def test_resolve_site_matches_config_and_modules(name, loaded):
     """Layer count and width come out as the config says, and each layer's module is the model's own Linear."""
     config = loaded.model.config.text_config
@@ -111,7 +139,7 @@ def test_model_without_language_layers_lists_probed_paths(loaded):
     listing every probed path."""
     tower = loaded.model.model.vision_tower
     target = SimpleNamespace(model=tower, family=loaded.family, text_config=loaded.text_config)
-    with pytest.raises(SiteResolutionError, match="no language-model layers") as error:
+    with pytest.raises(SiteResolutionError, match="no language-model layers found") as error:
         resolve_site(target, "lm.gate_proj")
     paths = loaded.family.language_layer_paths
     assert "model.language_model.layers" in paths
@@ -174,16 +202,63 @@ def llava_7b():
     return SimpleNamespace(model=model, family=get_family("llava"), text_config=config.text_config)
 
 
-@pytest.mark.parametrize(
-    ("name", "width"),
-    [("lm.gate_proj", 11008), ("lm.up_proj", 11008), ("lm.mlp_hidden", 11008), ("lm.down_proj", 4096)],
-)
-def test_full_size_llava_sites_resolve(name, width, llava_7b):
-    """Every site of the real 7b architecture resolves to 32 layers of the right width."""
+@pytest.fixture(scope="module")
+def instructblip_7b():
+    """InstructBLIP-Vicuna-7b's architecture on the meta device: EVA ViT-g, Q-Former, Vicuna-7b; no weights."""
+    from transformers import (
+        InstructBlipConfig,
+        InstructBlipForConditionalGeneration,
+        InstructBlipQFormerConfig,
+        InstructBlipVisionConfig,
+        LlamaConfig,
+    )
+
+    config = InstructBlipConfig(
+        vision_config=InstructBlipVisionConfig(
+            hidden_size=1408, intermediate_size=6144, num_hidden_layers=39, num_attention_heads=16, image_size=224,
+            patch_size=14,
+        ).to_dict(),
+        qformer_config=InstructBlipQFormerConfig(
+            hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+            encoder_hidden_size=1408, vocab_size=30523,
+        ).to_dict(),
+        text_config=LlamaConfig(
+            hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+            vocab_size=32001,
+        ).to_dict(),
+        num_query_tokens=32,
+    )  # fmt: skip
+    with torch.device("meta"):
+        model = InstructBlipForConditionalGeneration(config)
+    return SimpleNamespace(model=model, family=get_family("instructblip"), text_config=config.text_config)
+
+
+FULL_SIZE = {  # site: (layers, width), as the two models' published configs say
+    "lm.gate_proj": (32, 11008), "lm.up_proj": (32, 11008), "lm.mlp_hidden": (32, 11008),
+    "lm.down_proj": (32, 4096), "lm.o_proj": (32, 4096), "projector": (1, 4096),
+}  # fmt: skip
+LLAVA_VISION = {"vision.fc1": (24, 4096), "vision.fc2": (24, 1024)}  # CLIP ViT-L/14-336
+INSTRUCTBLIP_VISION = {  # EVA ViT-g/14 and the BERT-base-sized Q-Former
+    "vision.fc1": (39, 6144), "vision.fc2": (39, 1408), "qformer.fc1": (12, 3072), "qformer.fc2": (12, 768),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "shape"), {**FULL_SIZE, **LLAVA_VISION}.items())
+def test_full_size_llava_sites_resolve(name, shape, llava_7b):
+    """Every site of the real LLaVA-1.5-7b architecture resolves with its published layer count and width."""
     site = resolve_site(llava_7b, name)
-    assert site.n_layers == 32
-    assert site.width == width
-    assert site.size == 32 * width
+    assert (site.n_layers, site.width) == shape
+    assert site.size == shape[0] * shape[1]
+    assert all(module.weight.device.type == "meta" for module in site.modules)
+
+
+@pytest.mark.parametrize(("name", "shape"), {**FULL_SIZE, **INSTRUCTBLIP_VISION}.items())
+def test_full_size_instructblip_sites_resolve(name, shape, instructblip_7b):
+    """Every site of the real InstructBLIP-Vicuna-7b architecture resolves with its published layer count and
+    width; its sizes from the config alone (what collection uses) agree."""
+    site = resolve_site(instructblip_7b, name)
+    assert (site.n_layers, site.width) == shape
+    assert site_size(name, instructblip_7b.model.config, instructblip_7b.family) == site.size
     assert all(module.weight.device.type == "meta" for module in site.modules)
 
 
