@@ -430,3 +430,26 @@ def test_an_experiment_ranked_another_way_shares_captions_not_rankings(experimen
         other.ranking("lm.down_proj", CATEGORY).scores, experiment.ranking("lm.down_proj", CATEGORY).scores
     )
     assert other.ranking("lm.down_proj", CATEGORY).key != experiment.ranking("lm.down_proj", CATEGORY).key
+
+
+@pytest.mark.parametrize("site_name", ["vision.fc1", "projector"])
+def test_vision_side_scores_average_their_own_positions(loaded, images, ragged_captions, site_name):
+    """Outside the language model a score averages the component's own positions (image patches), not text
+    positions: activation scores equal the mean |a| over patches and images, seen by a hook of the test's own."""
+    site = resolve_site(loaded, site_name)
+    seen = {layer: [] for layer in range(site.n_layers)}
+    handles = [
+        module.register_forward_hook(lambda m, args, out, layer=layer: seen[layer].append(out.detach().abs()))
+        for layer, module in enumerate(site.modules)
+    ]
+    try:
+        for image, caption in zip(images.images(CATEGORY), ragged_captions, strict=True):
+            with torch.no_grad():
+                loaded.model(**teacher_forced_batch(loaded, [image], [caption]).inputs, use_cache=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    expected = torch.stack([torch.stack([a[0].mean(0) for a in seen[layer]]).mean(0) for layer in seen])
+    actual = harness_scores(loaded, images, ragged_captions, site_name, method="activation")
+    assert expected.shape == actual.shape == (site.n_layers, site.width)
+    assert torch.allclose(actual, expected, rtol=1e-5, atol=1e-7)
