@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from harness.captioning import Caption, teacher_forced_batch
+from harness.captioning import Caption, teacher_forced_batches
 from harness.errors import UnknownNameError
 from harness.sites import AnySite, ResolvedSite
 
@@ -67,12 +67,8 @@ def mean_activations(
         totals[layer] += site.summed_means(activation.float(), weights)
 
     with site.watched(add):
-        for start in range(0, len(images), batch_size):
-            batch = teacher_forced_batch(
-                loaded, images[start : start + batch_size], captions[start : start + batch_size]
-            )
-            mask = batch.position_mask(positions).float()
-            weights = mask / mask.sum(1, keepdim=True)
+        for batch in teacher_forced_batches(loaded, images, captions, batch_size):
+            weights = batch.position_weights(positions)
             loaded.model(**batch.inputs, use_cache=False)
     return (totals / len(images)).cpu()
 

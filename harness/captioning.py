@@ -7,7 +7,7 @@ and pads on the right, so every token keeps the positions it had when it was gen
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
 
@@ -52,6 +52,11 @@ class TeacherForcedBatch:
         """[B, K] True where position first_target + j holds a caption token (the scored tokens)."""
         positions = torch.arange(self.first_target, self.last_target + 1, device=self.prompt_lengths.device)
         return (positions >= self.prompt_lengths[:, None]) & (positions < self.total_lengths[:, None])
+
+    def position_weights(self, which: str) -> torch.Tensor:
+        """[B, T] weights that average each row's `which` positions (rows sum to 1)."""
+        mask = self.position_mask(which).float()
+        return mask / mask.sum(1, keepdim=True)
 
     def position_mask(self, which: str) -> torch.Tensor:
         """[B, T] positions whose activations are aggregated: 'all' real tokens, or 'scored' (predicting a caption
@@ -124,6 +129,16 @@ def generate_captions(
                 )
             )
     return captions
+
+
+def teacher_forced_batches(
+    loaded, images: Sequence[Image.Image], captions: Sequence[Caption], batch_size: int
+) -> Iterator[TeacherForcedBatch]:
+    """teacher_forced_batch over consecutive slices of `batch_size` images."""
+    for start in range(0, len(images), batch_size):
+        yield teacher_forced_batch(
+            loaded, images[start : start + batch_size], captions[start : start + batch_size]
+        )
 
 
 def teacher_forced_batch(loaded, images: Sequence[Image.Image], captions: Sequence[Caption]) -> TeacherForcedBatch:

@@ -24,7 +24,7 @@ from typing import Literal
 import torch
 from PIL import Image
 
-from harness.captioning import Caption, TeacherForcedBatch, caption_nll_per_row, teacher_forced_batch
+from harness.captioning import Caption, caption_nll_per_row, teacher_forced_batches
 from harness.errors import UnknownNameError
 from harness.sites import ResolvedSite
 
@@ -138,7 +138,7 @@ def _gradient_importance(loaded, site, images, captions, *, options: RankingOpti
         captured[layer] = activation
 
     with site.watched(keep):
-        for batch in _batches(loaded, images, captions, batch_size):
+        for batch in teacher_forced_batches(loaded, images, captions, batch_size):
             with torch.set_grad_enabled(need_grad):
                 loss = caption_nll_per_row(loaded, batch).sum()  # sum over images: each row gets its own gradient
                 grads = (
@@ -146,7 +146,7 @@ def _gradient_importance(loaded, site, images, captions, *, options: RankingOpti
                     if need_grad
                     else [None] * site.n_layers
                 )
-            weights = _position_weights(batch, options.positions)
+            weights = batch.position_weights(options.positions)
             for layer, (activation, grad) in enumerate(zip(captured, grads, strict=True)):
                 grad = None if grad is None else grad.float()
                 totals[layer] += site.summed_means(contribution(activation.detach().float(), grad), weights)
@@ -166,8 +166,8 @@ def _noise_sensitivity(loaded, site, images, captions, *, options: RankingOption
         captured[layer] = activation.float()
 
     with site.watched(keep):
-        for batch in _batches(loaded, images, captions, batch_size):
-            weights = _position_weights(batch, options.positions)
+        for batch in teacher_forced_batches(loaded, images, captions, batch_size):
+            weights = batch.position_weights(options.positions)
             loaded.model(**batch.inputs, use_cache=False)
             clean = list(captured)
             for _ in range(options.noise_samples):
@@ -193,16 +193,3 @@ def _noisy_embeddings(loaded, draw: Callable[[torch.Size], torch.Tensor]) -> Ite
         yield
     finally:
         handle.remove()
-
-
-def _batches(loaded, images, captions, batch_size: int):
-    for start in range(0, len(images), batch_size):
-        yield teacher_forced_batch(
-            loaded, images[start : start + batch_size], captions[start : start + batch_size]
-        )
-
-
-def _position_weights(batch: TeacherForcedBatch, positions: str) -> torch.Tensor:
-    """[B, T] weights that average each image's aggregated positions."""
-    mask = batch.position_mask(positions).float()
-    return mask / mask.sum(1, keepdim=True)

@@ -116,7 +116,7 @@ def terms(loaded, images, caption_sets):
     return get
 
 
-def harness_can(loaded, images, captions, site_name, batch_size=4, **options):
+def harness_scores(loaded, images, captions, site_name, batch_size=4, **options) -> torch.Tensor:
     return importance(
         loaded,
         resolve_site(loaded, site_name),
@@ -136,7 +136,7 @@ def test_can_matches_per_image_hand_computation(
 ):
     """Batched CAN scores equal mean over images of mean over positions of |∂L/∂a|^α·|a|, computed per image."""
     expected = reference_can(terms(site_name, which), alpha, positions)
-    actual = harness_can(loaded, images, caption_sets[which], site_name, alpha=alpha, positions=positions)
+    actual = harness_scores(loaded, images, caption_sets[which], site_name, alpha=alpha, positions=positions)
     assert actual.dtype == torch.float32
     assert actual.shape == expected.shape
     assert expected.abs().max() > 0
@@ -145,8 +145,8 @@ def test_can_matches_per_image_hand_computation(
 
 def test_positions_choice_changes_scores(loaded, images, ragged_captions):
     """'all' and 'scored' aggregate different positions, so they give different scores."""
-    all_positions = harness_can(loaded, images, ragged_captions, "lm.down_proj", positions="all")
-    scored = harness_can(loaded, images, ragged_captions, "lm.down_proj", positions="scored")
+    all_positions = harness_scores(loaded, images, ragged_captions, "lm.down_proj", positions="all")
+    scored = harness_scores(loaded, images, ragged_captions, "lm.down_proj", positions="scored")
     assert not torch.allclose(all_positions, scored)
 
 
@@ -162,15 +162,15 @@ def test_alpha_zero_is_activation_magnitude_without_backward(loaded, images, rag
     monkeypatch.setattr(torch.autograd, "grad", no_backward)
     monkeypatch.setattr(torch.autograd, "backward", no_backward)
     monkeypatch.setattr(torch.Tensor, "backward", no_backward)
-    actual = harness_can(loaded, images, ragged_captions, "lm.down_proj", alpha=0.0)
+    actual = harness_scores(loaded, images, ragged_captions, "lm.down_proj", alpha=0.0)
     assert torch.allclose(actual, expected.float(), rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("positions", ["all", "scored"])
 def test_up_proj_and_hidden_units_have_equal_alpha_one_scores(loaded, images, ragged_captions, positions):
     """Chain rule: h = act(gate)·up gives ∂L/∂up·up = ∂L/∂h·h, so α = 1 scores of the two sites coincide."""
-    up = harness_can(loaded, images, ragged_captions, "lm.up_proj", alpha=1.0, positions=positions)
-    hidden = harness_can(loaded, images, ragged_captions, "lm.mlp_hidden", alpha=1.0, positions=positions)
+    up = harness_scores(loaded, images, ragged_captions, "lm.up_proj", alpha=1.0, positions=positions)
+    hidden = harness_scores(loaded, images, ragged_captions, "lm.mlp_hidden", alpha=1.0, positions=positions)
     assert up.abs().max() > 0
     assert torch.allclose(up, hidden, rtol=1e-4, atol=1e-8), (up - hidden).abs().max()
 
@@ -202,8 +202,8 @@ def test_masking_hidden_unit_equals_masking_gate_or_up(
 @pytest.mark.parametrize("positions", ["all", "scored"])
 def test_batches_do_not_interact(loaded, images, ragged_captions, batch_size, positions):
     """Scores do not depend on how the images are batched (ragged captions, so padding differs)."""
-    together = harness_can(loaded, images, ragged_captions, "lm.down_proj", batch_size=4, positions=positions)
-    split = harness_can(
+    together = harness_scores(loaded, images, ragged_captions, "lm.down_proj", batch_size=4, positions=positions)
+    split = harness_scores(
         loaded, images, ragged_captions, "lm.down_proj", batch_size=batch_size, positions=positions
     )
     assert torch.allclose(split, together, rtol=1e-4, atol=1e-7), (split - together).abs().max()
@@ -264,15 +264,6 @@ def test_unknown_positions_are_rejected():
 
 
 # -- the other methods -------------------------------------------------------------------------------------
-def harness_scores(loaded, images, captions, site_name, batch_size=4, **options) -> torch.Tensor:
-    return importance(
-        loaded,
-        resolve_site(loaded, site_name),
-        images.images(CATEGORY),
-        captions,
-        options=RankingOptions(**options),
-        batch_size=batch_size,
-    )
 
 
 def mean_over_images(per_image: list[torch.Tensor]) -> torch.Tensor:
