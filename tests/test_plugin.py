@@ -831,3 +831,15 @@ def test_a_case_cannot_use_both_markers(run_cases, pytester):
     )
     run = run_cases("test_both.py", *ONE_CELL)
     assert any("use one of collapse_grid / collapse_search, not both" in line for line in run.lines), run.lines
+
+
+def test_golden_real_weight_cases_skip_saying_what_is_missing(run_cases, pytester):
+    """Without the checkpoints (and here without a GPU) the golden cases skip with the commands that fix it."""
+    pytester.makepyfile(test_golden=(CASES.parent / "test_golden.py").read_text())
+    run = run_cases("test_golden.py", "-rs")
+    assert run.outcomes == {"skipped": 2}, "\n".join(run.lines)
+    text = "\n".join(run.lines)
+    for source in ("llava-hf/llava-1.5-7b-hf", "Salesforce/instructblip-vicuna-7b"):
+        assert f"hf download {source}" in text
+    if not torch.cuda.is_available():
+        assert text.count("golden real-weight checks need a CUDA GPU") == 2
