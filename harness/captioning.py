@@ -189,9 +189,6 @@ def score_captions(
 ) -> list[float]:
     """Mean NLL of each caption under `loaded` as it stands (unmasked: the reference PPL; masked: self PPL)."""
     scores: list[float] = []
-    for start in range(0, len(images), batch_size):
-        batch = teacher_forced_batch(
-            loaded, images[start : start + batch_size], captions[start : start + batch_size]
-        )
+    for batch in teacher_forced_batches(loaded, images, captions, batch_size):
         scores.extend(caption_nll_per_row(loaded, batch).tolist())
     return scores
