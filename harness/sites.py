@@ -158,13 +158,17 @@ class JointSite:
 
     def neurons(self, flat_indices: torch.Tensor) -> list[Neuron]:
         """(site, layer, channel) in the order given."""
-        bounds = torch.tensor(self.offsets[1:], dtype=torch.long)
-        which = torch.bucketize(torch.as_tensor(flat_indices, dtype=torch.long), bounds, right=True).tolist()
-        found = []
-        for index, part_index in zip(torch.as_tensor(flat_indices).tolist(), which, strict=True):
-            part = self.parts[part_index]
-            found.extend(part.neurons(torch.tensor([index - self.offsets[part_index]])))
-        return found
+        flat_indices = torch.as_tensor(flat_indices, dtype=torch.long).reshape(-1)
+        which = torch.bucketize(flat_indices, torch.tensor(self.offsets[1:]), right=True)
+        local = flat_indices - torch.tensor(self.offsets)[which]
+        widths = torch.tensor([part.width for part in self.parts])[which]
+        names = [part.name for part in self.parts]
+        return [
+            Neuron(names[part], layer, channel)
+            for part, layer, channel in zip(
+                which.tolist(), (local // widths).tolist(), (local % widths).tolist(), strict=True
+            )
+        ]
 
     def check_k(self, k: int) -> int:
         sizes = " + ".join(str(part.size) for part in self.parts)
