@@ -16,12 +16,12 @@ from harness.assertions import assert_collapses_within, assert_controls_hold, as
 
 # The CAN paper's headline: LLaVA-1.5-7b collapses with as few as 4 (one summary says 5) down_proj neurons; the
 # controls must not collapse at that k for the collapse to count (DESIGN §2).
-COLLAPSES_WITHIN = {("llava-1.5-7b", "lm.down_proj"): 8}
+COLLAPSES_WITHIN = {("llava-1.5-7b", "lm.down_proj"): 8, ("instructblip-vicuna-7b", "lm.down_proj"): 4096}
 
 
 # Each site alone, and both ranked as one pool: where the pooled top-k₂ lands is the localisation finding.
 @pytest.mark.collapse_search(
-    models=["synth-llava", "planted-llava", "llava-1.5-7b"],
+    models=["synth-llava", "planted-llava", "llava-1.5-7b", "instructblip-vicuna-7b"],
     sites=["lm.down_proj", "lm.gate_proj", "lm.down_proj+lm.gate_proj"],
 )
 def test_two_stage_thresholds(collapse_analysis, can_baselines):

@@ -1,7 +1,7 @@
 """The models the harness knows by name out of the box."""
 
 from harness.registry import ClipSpec, ModelSpec, register_model
-from harness.zoo import SYNTH_FOLDER, TINY_CLIP, TINY_LLAVA
+from harness.zoo import SYNTH_FOLDER, TINY_CLIP, TINY_INSTRUCTBLIP, TINY_LLAVA
 
 SYNTH_CLIP = ClipSpec(model_name=f"local-dir:{SYNTH_FOLDER / 'synth-clip'}", pretrained=None)
 
@@ -34,6 +34,22 @@ register_model(
         "it exercises every code path of a real checkpoint, but its captions carry no meaning.",
     )
 )
+INSTRUCTBLIP = {
+    "family": "instructblip",
+    "model_class": "InstructBlipForConditionalGeneration",
+    "prompt_template": "{instruction}",  # the processor puts the query placeholders in front of the text
+}
+register_model(
+    ModelSpec(
+        name="tiny-instructblip",
+        source="(built offline by the harness)",
+        embedded=TINY_INSTRUCTBLIP,
+        clip=ClipSpec(model_name="tiny-clip", pretrained=None, embedded=TINY_CLIP),
+        **INSTRUCTBLIP,
+        description="Randomly initialised tiny InstructBLIP (ViT, Q-Former, Llama) built offline, for testing the "
+        "harness's InstructBLIP path; its captions carry no meaning.",
+    )
+)
 register_model(
     ModelSpec(
         name="llava-1.5-7b",
@@ -45,9 +61,7 @@ register_model(
     ModelSpec(
         name="instructblip-vicuna-7b",
         source="Salesforce/instructblip-vicuna-7b",
-        family="instructblip",
-        model_class="InstructBlipForConditionalGeneration",
-        prompt_template="{instruction}",
+        **INSTRUCTBLIP,
         instruction="A short image description:",
         description="InstructBLIP-Vicuna-7b, the CAN paper's second model.",
     )

@@ -75,8 +75,11 @@ def eos_token_ids(loaded) -> set[int]:
 
 
 def placeholder_token_ids(loaded) -> list[int]:
-    """Tokens that stand for image features: a caption containing one could not be scored (nor means anything)."""
+    """Tokens that stand for image features: a caption containing one could not be scored (nor means anything).
+    LLaVA's processor names it; InstructBLIP's only its model config does."""
     image_token_id = getattr(loaded.processor, "image_token_id", None)
+    if image_token_id is None:
+        image_token_id = getattr(loaded.model.config, "image_token_id", None)
     return [int(image_token_id)] if image_token_id is not None else []
 
 

@@ -105,7 +105,7 @@ FAMILIES = {
             "qformer": Component(("qformer.encoder.layer",), "qformer_config"),
             "projector": Component(("language_projection",), "text_config", layered=False),
         },
-        captioning_validated=False,
+        captioning_validated=True,
     ),
 }
 

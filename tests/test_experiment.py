@@ -20,7 +20,7 @@ import harness.ranking
 import harness.sites
 from harness.errors import ModelUnavailableError, UnknownNameError, UnsupportedModelError
 from harness.experiment import HarnessSession, ModelExperiment, load_image_set
-from harness.families import check_family_supported
+from harness.families import FAMILIES, check_family_supported
 from harness.images import scan_image_root
 from harness.ranking_cache import cache_key
 from harness.registry import get_model_spec
@@ -194,9 +194,17 @@ def test_failed_model_start_is_remembered(settings, monkeypatch):
     assert load.calls == 2
 
 
-def test_unsupported_family_is_refused_before_loading(settings, monkeypatch):
-    """instructblip's captioning path is not validated: the session refuses it with UnsupportedModelError
-    (remembered like any failed start) and never loads the weights."""
+@pytest.fixture
+def unvalidated_instructblip(monkeypatch):
+    """The instructblip family as it was before its captioning path was tested: what a new family starts as."""
+    monkeypatch.setitem(
+        FAMILIES, "instructblip", dataclasses.replace(FAMILIES["instructblip"], captioning_validated=False)
+    )
+
+
+def test_unsupported_family_is_refused_before_loading(settings, monkeypatch, unvalidated_instructblip):
+    """A family whose captioning path is not validated is refused with UnsupportedModelError (remembered like any
+    failed start) and its weights are never loaded."""
     load = CountingLoad(AssertionError("the weights of an unsupported model must not be loaded"))
     monkeypatch.setattr(harness.experiment, "load_model", load)
     session = HarnessSession(settings)
@@ -208,8 +216,8 @@ def test_unsupported_family_is_refused_before_loading(settings, monkeypatch):
     assert load.calls == 0
 
 
-def test_check_family_supported():
-    """instructblip is refused naming the model, its family and the supported ones; llava models pass."""
+def test_check_family_supported(unvalidated_instructblip):
+    """An unvalidated family is refused naming the model, its family and the supported ones; others pass."""
     with pytest.raises(UnsupportedModelError) as error:
         check_family_supported(get_model_spec("instructblip-vicuna-7b"))
     message = str(error.value)
@@ -218,6 +226,10 @@ def test_check_family_supported():
     assert message.endswith("families supported end to end: llava")
     assert check_family_supported(get_model_spec("llava-1.5-7b")) is None
     assert check_family_supported(get_model_spec("tiny-llava")) is None
+
+
+def test_both_paper_families_are_supported_end_to_end():
+    assert check_family_supported(get_model_spec("instructblip-vicuna-7b")) is None
 
 
 # -- threshold search on a real curve ----------------------------------------------------------------------------

@@ -843,3 +843,14 @@ def test_golden_real_weight_cases_skip_saying_what_is_missing(run_cases, pyteste
         assert f"hf download {source}" in text
     if not torch.cuda.is_available():
         assert text.count("golden real-weight checks need a CUDA GPU") == 2
+
+
+def test_a_site_the_family_lacks_is_skipped_saying_so(run_cases):
+    """A case list may name sites of several families; for a model without that component the case skips with
+    the sites its family does have."""
+    run = run_cases(
+        "--can-models", "tiny-llava", "--can-sites", "qformer.fc1", *FEW_IMAGES, "--can-categories", "circle",
+        "--can-k-max", "1", "-rs",
+    )  # fmt: skip
+    assert run.outcomes == {"skipped": 2}, "\n".join(run.lines)
+    assert "tiny-llava: llava models have no qformer.fc1 site (theirs: lm.gate_proj," in "\n".join(run.lines)

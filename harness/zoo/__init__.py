@@ -7,19 +7,23 @@ from harness import world
 from harness.registry import EmbeddedAsset
 from harness.zoo.store import ensure_built
 from harness.zoo.tiny_clip import build_tiny_clip
+from harness.zoo.tiny_instructblip import build_tiny_instructblip
 from harness.zoo.tiny_llava import build_tiny_llava
 
 SYNTH_FOLDER = Path(__file__).parent / "synth"  # written by `python -m harness.zoo.synth_training`
 TINY_LLAVA = EmbeddedAsset(name="tiny-llava", version="2", build=build_tiny_llava)
 TINY_CLIP = EmbeddedAsset(name="tiny-clip", version="1", build=build_tiny_clip)
+TINY_INSTRUCTBLIP = EmbeddedAsset(name="tiny-instructblip", version="1", build=build_tiny_instructblip)
 WORLD_IMAGES = EmbeddedAsset(name="world-images", version=world.VERSION, build=world.write_category_folders)
 
 __all__ = [
     "SYNTH_FOLDER",
     "TINY_CLIP",
+    "TINY_INSTRUCTBLIP",
     "TINY_LLAVA",
     "WORLD_IMAGES",
     "build_tiny_clip",
+    "build_tiny_instructblip",
     "build_tiny_llava",
     "ensure_built",
 ]
