@@ -1,7 +1,7 @@
 """The models the harness knows by name out of the box."""
 
 from harness.registry import ClipSpec, ModelSpec, register_model
-from harness.zoo import SYNTH_FOLDER, TINY_CLIP, TINY_INSTRUCTBLIP, TINY_LLAVA
+from harness.zoo import SYNTH_FOLDER, TINY_CLIP, TINY_INSTRUCTBLIP, TINY_LLAVA, TINY_LLAVA_NEXT
 
 SYNTH_CLIP = ClipSpec(model_name=f"local-dir:{SYNTH_FOLDER / 'synth-clip'}", pretrained=None)
 
@@ -32,6 +32,26 @@ register_model(
         clip=ClipSpec(model_name="tiny-clip", pretrained=None, embedded=TINY_CLIP),
         description="Randomly initialised tiny LLaVA built offline in milliseconds, for testing the harness: "
         "it exercises every code path of a real checkpoint, but its captions carry no meaning.",
+    )
+)
+LLAVA_NEXT = {"family": "llava_next", "model_class": "LlavaNextForConditionalGeneration"}
+register_model(
+    ModelSpec(
+        name="tiny-llava-next",
+        source="(built offline by the harness)",
+        embedded=TINY_LLAVA_NEXT,
+        clip=ClipSpec(model_name="tiny-clip", pretrained=None, embedded=TINY_CLIP),
+        **LLAVA_NEXT,
+        description="Randomly initialised tiny LLaVA-NeXT (any-resolution tiles) built offline, for testing the "
+        "harness's LLaVA-NeXT path; its captions carry no meaning.",
+    )
+)
+register_model(
+    ModelSpec(
+        name="llava-v1.6-vicuna-7b",
+        source="llava-hf/llava-v1.6-vicuna-7b-hf",
+        **LLAVA_NEXT,
+        description="LLaVA-NeXT (1.6) with Vicuna-7b: LLaVA-1.5's language model behind any-resolution tiles.",
     )
 )
 INSTRUCTBLIP = {

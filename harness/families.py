@@ -84,19 +84,17 @@ def _get_path(root: nn.Module, path: str) -> object | None:
     return node
 
 
-FAMILIES = {
-    "llava": Family(
-        "llava",
-        {
-            "lm": Component(("model.language_model.layers",), "text_config"),
-            "vision": Component(
-                ("model.vision_tower.encoder.layers", "model.vision_tower.vision_model.encoder.layers"),
-                "vision_config",
-            ),
-            "projector": Component(("model.multi_modal_projector.linear_1",), "text_config", layered=False),
-        },
-        captioning_validated=True,
+LLAVA_COMPONENTS = {
+    "lm": Component(("model.language_model.layers",), "text_config"),
+    "vision": Component(
+        ("model.vision_tower.encoder.layers", "model.vision_tower.vision_model.encoder.layers"), "vision_config"
     ),
+    "projector": Component(("model.multi_modal_projector.linear_1",), "text_config", layered=False),
+}
+FAMILIES = {
+    "llava": Family("llava", LLAVA_COMPONENTS, captioning_validated=True),
+    # LLaVA-NeXT (1.6): LLaVA's layout; images are cut into any-resolution tiles, each a row of the vision tower
+    "llava_next": Family("llava_next", LLAVA_COMPONENTS, captioning_validated=True),
     "instructblip": Family(
         "instructblip",
         {

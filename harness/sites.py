@@ -87,10 +87,11 @@ class ResolvedSite:
     def summed_means(self, values: torch.Tensor, text_weights: torch.Tensor) -> torch.Tensor:
         """[B, T, W] → [W]: the sum over images of each image's mean over positions. Language-model sites weigh
         the text positions by `text_weights` ([B, T], rows summing to 1: the chosen positions); the vision tower,
-        Q-Former and projector average all their own positions (patches, query tokens)."""
+        Q-Former and projector average all their own positions (patches, query tokens), across every crop when a
+        model cuts an image into several (LLaVA-NeXT's any-resolution tiles: more rows than images)."""
         if self.spec.component == "lm":
             return torch.einsum("btw,bt->w", values, text_weights)
-        return values.mean(dim=1).sum(0)
+        return values.mean(dim=(0, 1)) * text_weights.shape[0]
 
     def hook_point(self, layer: int) -> str:
         tensor = "out" if self.spec.unit == "output" else "in"

@@ -8,11 +8,12 @@ from harness.registry import EmbeddedAsset
 from harness.zoo.store import ensure_built
 from harness.zoo.tiny_clip import build_tiny_clip
 from harness.zoo.tiny_instructblip import build_tiny_instructblip
-from harness.zoo.tiny_llava import build_tiny_llava
+from harness.zoo.tiny_llava import build_tiny_llava, build_tiny_llava_next
 
 SYNTH_FOLDER = Path(__file__).parent / "synth"  # written by `python -m harness.zoo.synth_training`
 TINY_LLAVA = EmbeddedAsset(name="tiny-llava", version="2", build=build_tiny_llava)
 TINY_CLIP = EmbeddedAsset(name="tiny-clip", version="1", build=build_tiny_clip)
+TINY_LLAVA_NEXT = EmbeddedAsset(name="tiny-llava-next", version="1", build=build_tiny_llava_next)
 TINY_INSTRUCTBLIP = EmbeddedAsset(name="tiny-instructblip", version="1", build=build_tiny_instructblip)
 WORLD_IMAGES = EmbeddedAsset(name="world-images", version=world.VERSION, build=world.write_category_folders)
 
@@ -21,9 +22,11 @@ __all__ = [
     "TINY_CLIP",
     "TINY_INSTRUCTBLIP",
     "TINY_LLAVA",
+    "TINY_LLAVA_NEXT",
     "WORLD_IMAGES",
     "build_tiny_clip",
     "build_tiny_instructblip",
     "build_tiny_llava",
+    "build_tiny_llava_next",
     "ensure_built",
 ]

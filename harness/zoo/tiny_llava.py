@@ -67,22 +67,29 @@ def tiny_llava(
     image_size: int = 32,
     patch_size: int = 8,
     initializer_range: float = 0.2,
+    any_resolution: bool = False,
 ):
-    """A fresh (model, processor) pair: a real LlavaForConditionalGeneration with a PIL LlavaProcessor."""
-    from transformers import (
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )
-    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+    """A fresh (model, processor) pair: a real LlavaForConditionalGeneration with a PIL LlavaProcessor, or with
+    `any_resolution` a LlavaNextForConditionalGeneration (LLaVA-1.6) whose processor cuts each image into tiles
+    on a grid of 1×1, 1×2 and 2×1 tiles plus a downscaled overview."""
+    import transformers
+    from transformers import CLIPVisionConfig, LlamaConfig
 
     tokenizer = build_word_tokenizer(tiny_vocabulary())
-    image_processor = CLIPImageProcessorPil(
-        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
-    )
-    processor = LlavaProcessor(
+    crop = {"height": image_size, "width": image_size}
+    grid = [[image_size, image_size], [image_size, 2 * image_size], [2 * image_size, image_size]]
+    if any_resolution:
+        from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+        image_processor = LlavaNextImageProcessorPil(
+            size={"shortest_edge": image_size}, crop_size=crop, image_grid_pinpoints=grid
+        )
+    else:
+        from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+        image_processor = CLIPImageProcessorPil(size={"shortest_edge": image_size}, crop_size=crop)
+    prefix = "LlavaNext" if any_resolution else "Llava"
+    processor = getattr(transformers, f"{prefix}Processor")(
         image_processor=image_processor,
         tokenizer=tokenizer,
         patch_size=patch_size,
@@ -111,16 +118,19 @@ def tiny_llava(
         pad_token_id=tokenizer.pad_token_id,
         initializer_range=initializer_range,
     )
-    config = LlavaConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
-        image_seq_length=(image_size // patch_size) ** 2,
-        vision_feature_select_strategy="default",
-        vision_feature_layer=-2,
-    )
+    shared = {
+        "vision_config": vision,
+        "text_config": text,
+        "image_token_id": tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        "vision_feature_select_strategy": "default",
+        "vision_feature_layer": -2,
+    }
+    if any_resolution:
+        config = transformers.LlavaNextConfig(**shared, image_grid_pinpoints=grid)
+    else:
+        config = transformers.LlavaConfig(**shared, image_seq_length=(image_size // patch_size) ** 2)
     torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config)
+    model = getattr(transformers, f"{prefix}ForConditionalGeneration")(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     return model, processor
@@ -131,3 +141,8 @@ def build_tiny_llava(folder: Path, *, seed: int = 0, **sizes) -> None:
     model, processor = tiny_llava(seed=seed, **sizes)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
+
+
+def build_tiny_llava_next(folder: Path, *, seed: int = 0) -> None:
+    """The same for LLaVA-NeXT (any-resolution tiles)."""
+    build_tiny_llava(folder, seed=seed, any_resolution=True)
