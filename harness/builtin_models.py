@@ -24,50 +24,39 @@ register_model(
         "activation every later RMSNorm relies on): the ground truth the harness must find.",
     )
 )
-register_model(
-    ModelSpec(
-        name="tiny-llava",
-        source="(built offline by the harness)",
-        embedded=TINY_LLAVA,
-        clip=ClipSpec(model_name="tiny-clip", pretrained=None, embedded=TINY_CLIP),
-        description="Randomly initialised tiny LLaVA built offline in milliseconds, for testing the harness: "
-        "it exercises every code path of a real checkpoint, but its captions carry no meaning.",
-    )
-)
+TINY_CLIP_SPEC = ClipSpec(model_name="tiny-clip", pretrained=None, embedded=TINY_CLIP)
 LLAVA_NEXT = {"family": "llava_next", "model_class": "LlavaNextForConditionalGeneration"}
-register_model(
-    ModelSpec(
-        name="tiny-llava-next",
-        source="(built offline by the harness)",
-        embedded=TINY_LLAVA_NEXT,
-        clip=ClipSpec(model_name="tiny-clip", pretrained=None, embedded=TINY_CLIP),
-        **LLAVA_NEXT,
-        description="Randomly initialised tiny LLaVA-NeXT (any-resolution tiles) built offline, for testing the "
-        "harness's LLaVA-NeXT path; its captions carry no meaning.",
+INSTRUCTBLIP = {
+    "family": "instructblip",
+    "model_class": "InstructBlipForConditionalGeneration",
+    "prompt_template": "{instruction}",  # the processor puts the query placeholders in front of the text
+}
+
+
+def register_tiny(name: str, asset, what: str, **family) -> None:
+    """A random model the harness builds offline in milliseconds to test one family's code path."""
+    register_model(
+        ModelSpec(
+            name=name,
+            source="(built offline by the harness)",
+            embedded=asset,
+            clip=TINY_CLIP_SPEC,
+            **family,
+            description=f"Randomly initialised tiny {what} built offline, for testing the harness: it exercises "
+            "every code path of a real checkpoint, but its captions carry no meaning.",
+        )
     )
-)
+
+
+register_tiny("tiny-llava", TINY_LLAVA, "LLaVA")
+register_tiny("tiny-llava-next", TINY_LLAVA_NEXT, "LLaVA-NeXT (any-resolution tiles)", **LLAVA_NEXT)
+register_tiny("tiny-instructblip", TINY_INSTRUCTBLIP, "InstructBLIP (ViT, Q-Former, Llama)", **INSTRUCTBLIP)
 register_model(
     ModelSpec(
         name="llava-v1.6-vicuna-7b",
         source="llava-hf/llava-v1.6-vicuna-7b-hf",
         **LLAVA_NEXT,
         description="LLaVA-NeXT (1.6) with Vicuna-7b: LLaVA-1.5's language model behind any-resolution tiles.",
-    )
-)
-INSTRUCTBLIP = {
-    "family": "instructblip",
-    "model_class": "InstructBlipForConditionalGeneration",
-    "prompt_template": "{instruction}",  # the processor puts the query placeholders in front of the text
-}
-register_model(
-    ModelSpec(
-        name="tiny-instructblip",
-        source="(built offline by the harness)",
-        embedded=TINY_INSTRUCTBLIP,
-        clip=ClipSpec(model_name="tiny-clip", pretrained=None, embedded=TINY_CLIP),
-        **INSTRUCTBLIP,
-        description="Randomly initialised tiny InstructBLIP (ViT, Q-Former, Llama) built offline, for testing the "
-        "harness's InstructBLIP path; its captions carry no meaning.",
     )
 )
 register_model(
