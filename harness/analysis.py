@@ -17,6 +17,7 @@ from harness.ablation import Intervention
 from harness.curve import format_curve
 from harness.experiment import CollapsePoint, ModelExperiment
 from harness.labels import DEFAULT_RANKING, curve_label
+from harness.metrics import format_score
 from harness.sites import site_names
 from harness.threshold_search import ThresholdSearch
 
@@ -29,7 +30,7 @@ class ControlOutcome:
     k: int
     stage: int
     log10_ppl_ratio: float
-    clip: float
+    clip: float | None
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ class CurveAnalysis:
         for control in self.controls:
             lines.append(
                 f"control at k={control.k}: {control.intervention}: stage {control.stage}, "
-                f"Δlog10 PPL {control.log10_ppl_ratio:+.2f}, CLIP {control.clip:.1f}"
+                f"Δlog10 PPL {control.log10_ppl_ratio:+.2f}, CLIP {format_score(control.clip)}"
             )
         return "\n".join(lines)
 

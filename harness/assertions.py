@@ -25,6 +25,8 @@ def assert_ppl_blowup(curve: CollapseCurve, k: int, min_log10_ratio: float = 1.0
 def assert_clip_drop(curve: CollapseCurve, k: int, max_fraction: float = 0.9) -> None:
     """The CLIP score at k is at most max_fraction of the baseline CLIP score."""
     point = curve.point(k)
+    if point.clip is None or point.clip_baseline is None:
+        raise ValueError(f"{point.model} is a text-only model: it has no CLIP score to assert on (use the PPL)")
     if not point.clip <= max_fraction * point.clip_baseline:
         _fail(
             curve,

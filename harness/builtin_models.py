@@ -1,7 +1,15 @@
 """The models the harness knows by name out of the box."""
 
-from harness.registry import ClipSpec, ModelSpec, register_model
-from harness.zoo import SYNTH_FOLDER, TINY_CLIP, TINY_INSTRUCTBLIP, TINY_LLAVA, TINY_LLAVA_NEXT
+from harness.registry import CAUSAL_LM, ClipSpec, ModelSpec, register_model
+from harness.zoo import (
+    SYNTH_FOLDER,
+    TINY_CLIP,
+    TINY_INSTRUCTBLIP,
+    TINY_LLAMA,
+    TINY_LLAVA,
+    TINY_LLAVA_NEXT,
+    TINY_QWEN2,
+)
 
 SYNTH_CLIP = ClipSpec(model_name=f"local-dir:{SYNTH_FOLDER / 'synth-clip'}", pretrained=None)
 
@@ -40,10 +48,9 @@ def register_tiny(name: str, asset, what: str, **family) -> None:
             name=name,
             source="(built offline by the harness)",
             embedded=asset,
-            clip=TINY_CLIP_SPEC,
-            **family,
+            **{"clip": TINY_CLIP_SPEC, **family},
             description=f"Randomly initialised tiny {what} built offline, for testing the harness: it exercises "
-            "every code path of a real checkpoint, but its captions carry no meaning.",
+            "every code path of a real checkpoint, but its outputs carry no meaning.",
         )
     )
 
@@ -51,6 +58,8 @@ def register_tiny(name: str, asset, what: str, **family) -> None:
 register_tiny("tiny-llava", TINY_LLAVA, "LLaVA")
 register_tiny("tiny-llava-next", TINY_LLAVA_NEXT, "LLaVA-NeXT (any-resolution tiles)", **LLAVA_NEXT)
 register_tiny("tiny-instructblip", TINY_INSTRUCTBLIP, "InstructBLIP (ViT, Q-Former, Llama)", **INSTRUCTBLIP)
+register_tiny("tiny-llama", TINY_LLAMA, "Llama causal LM (text only)", **CAUSAL_LM)
+register_tiny("tiny-qwen2", TINY_QWEN2, "Qwen2 causal LM (text only, no BOS token)", **CAUSAL_LM)
 register_model(
     ModelSpec(
         name="llava-v1.6-vicuna-7b",
@@ -73,5 +82,32 @@ register_model(
         **INSTRUCTBLIP,
         instruction="A short image description:",
         description="InstructBLIP-Vicuna-7b, the CAN paper's second model.",
+    )
+)
+
+# Text-only causal LMs: the PCICN ("The Achilles' Heel of LLMs") setting
+register_model(
+    ModelSpec(
+        name="qwen2.5-0.5b",
+        source="Qwen/Qwen2.5-0.5B",
+        **CAUSAL_LM,
+        description="Qwen2.5-0.5B: PCICN collapses it with 3 neurons (log10 PPL ratio ≥ 1).",
+    )
+)
+register_model(
+    ModelSpec(
+        name="gemma-7b",
+        source="google/gemma-7b",
+        **CAUSAL_LM,
+        description="Gemma-7B: PCICN collapses it with 3 neurons (WikiText PPL 9.98 → 6.25e21).",
+    )
+)
+register_model(
+    ModelSpec(
+        name="llama-2-7b",
+        source="meta-llama/Llama-2-7b-hf",
+        **CAUSAL_LM,
+        description="Llama-2-7B, the base of LLaVA-1.5-7b's language model (massive activations in residual "
+        "channels 1415 and 2533, written by layers[1].mlp.down_proj).",
     )
 )

@@ -1,4 +1,5 @@
-"""Batched greedy captioning and teacher-forced caption scoring for processor-driven VLMs.
+"""Batched greedy captioning and teacher-forced caption scoring for processor-driven VLMs, and the same for
+text-only language models, whose prompts are token ids (a text's opening) instead of images.
 
 Generation pads prompts on the left (as HF generation needs); scoring rebuilds each sequence as prompt + caption
 and pads on the right, so every token keeps the positions it had when it was generated.
@@ -19,12 +20,13 @@ from harness.metrics import is_degenerate
 
 @dataclass(frozen=True)
 class Caption:
-    """A generated caption: its tokens (with the final EOS when the model emitted one) and its text."""
+    """A generated caption (or a text continuation): its tokens (with the final EOS when the model emitted one)
+    and its text. A given text that is scored, not generated, has no self NLL."""
 
     token_ids: tuple[int, ...]
     ended: bool  # the model emitted EOS (rather than running into max_new_tokens)
     text: str
-    self_nll: float  # mean NLL of its own tokens under the model (and mask) that generated it
+    self_nll: float | None  # mean NLL of its own tokens under the model (and mask) that generated it
 
     @property
     def degenerate(self) -> bool:
@@ -83,10 +85,16 @@ def placeholder_token_ids(loaded) -> list[int]:
     return [int(image_token_id)] if image_token_id is not None else []
 
 
-def encode_prompts(loaded, images: Sequence[Image.Image]) -> dict[str, torch.Tensor]:
-    """The processor's batch (left-padded prompt ids, attention mask, pixel values …) on the model's device."""
+Prompt = Image.Image | tuple[int, ...]  # an image (prompted by the model's template), or a text's token ids
+
+
+def encode_prompts(loaded, prompts: Sequence[Prompt]) -> dict[str, torch.Tensor]:
+    """The processor's batch (left-padded prompt ids, attention mask, pixel values …) on the model's device; for
+    token-id prompts (text-only models), the ids left-padded."""
+    if all(isinstance(prompt, tuple) for prompt in prompts):
+        return _left_padded(loaded, prompts)
     encoded = loaded.processor(
-        images=list(images), text=[loaded.spec.prompt] * len(images), return_tensors="pt", padding=True
+        images=list(prompts), text=[loaded.spec.prompt] * len(prompts), return_tensors="pt", padding=True
     )
     batch = {}
     for name, value in encoded.items():
@@ -96,16 +104,30 @@ def encode_prompts(loaded, images: Sequence[Image.Image]) -> dict[str, torch.Ten
     return batch
 
 
+def _left_padded(loaded, prompts: Sequence[tuple[int, ...]]) -> dict[str, torch.Tensor]:
+    width = max(len(prompt) for prompt in prompts)
+    input_ids = torch.full((len(prompts), width), _pad_id(loaded), dtype=torch.long)
+    attention = torch.zeros_like(input_ids)
+    for row, prompt in enumerate(prompts):
+        if prompt:
+            input_ids[row, width - len(prompt) :] = torch.tensor(prompt)
+            attention[row, width - len(prompt) :] = 1
+    return {"input_ids": input_ids.to(loaded.device), "attention_mask": attention.to(loaded.device)}
+
+
+def _pad_id(loaded) -> int:
+    pad = loaded.tokenizer.pad_token_id
+    return pad if pad is not None else min(eos_token_ids(loaded))
+
+
 @torch.no_grad()
-def generate_captions(
-    loaded, images: Sequence[Image.Image], *, max_new_tokens: int, batch_size: int
-) -> list[Caption]:
-    """Greedy captions; each one's self NLL comes from the generation logits (no extra forward pass)."""
+def generate_captions(loaded, prompts: Sequence[Prompt], *, max_new_tokens: int, batch_size: int) -> list[Caption]:
+    """Greedy captions (or continuations); each one's self NLL comes from the generation logits (no extra forward
+    pass)."""
     eos = eos_token_ids(loaded)
-    pad_id = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else min(eos)
     captions: list[Caption] = []
-    for start in range(0, len(images), batch_size):
-        batch = encode_prompts(loaded, images[start : start + batch_size])
+    for start in range(0, len(prompts), batch_size):
+        batch = encode_prompts(loaded, prompts[start : start + batch_size])
         output = loaded.model.generate(
             **batch,
             max_new_tokens=max_new_tokens,
@@ -113,7 +135,7 @@ def generate_captions(
             num_beams=1,
             output_logits=True,
             return_dict_in_generate=True,
-            pad_token_id=pad_id,
+            pad_token_id=_pad_id(loaded),
             suppress_tokens=placeholder_token_ids(loaded) or None,
         )
         new_tokens = output.sequences[:, batch["input_ids"].shape[1] :]
@@ -135,19 +157,19 @@ def generate_captions(
 
 
 def teacher_forced_batches(
-    loaded, images: Sequence[Image.Image], captions: Sequence[Caption], batch_size: int
+    loaded, prompts: Sequence[Prompt], captions: Sequence[Caption], batch_size: int
 ) -> Iterator[TeacherForcedBatch]:
-    """teacher_forced_batch over consecutive slices of `batch_size` images."""
-    for start in range(0, len(images), batch_size):
+    """teacher_forced_batch over consecutive slices of `batch_size` prompts."""
+    for start in range(0, len(prompts), batch_size):
         yield teacher_forced_batch(
-            loaded, images[start : start + batch_size], captions[start : start + batch_size]
+            loaded, prompts[start : start + batch_size], captions[start : start + batch_size]
         )
 
 
-def teacher_forced_batch(loaded, images: Sequence[Image.Image], captions: Sequence[Caption]) -> TeacherForcedBatch:
+def teacher_forced_batch(loaded, prompts: Sequence[Prompt], captions: Sequence[Caption]) -> TeacherForcedBatch:
     """Rebuild prompt + caption sequences (right-padded) for scoring or gradients."""
-    encoded = encode_prompts(loaded, images)
-    pad_id = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
+    encoded = encode_prompts(loaded, prompts)
+    pad_id = _pad_id(loaded)
     prompts = [ids[mask.bool()] for ids, mask in zip(encoded["input_ids"], encoded["attention_mask"], strict=True)]
     sequences = [
         torch.cat([prompt, torch.tensor(caption.token_ids, dtype=prompt.dtype, device=prompt.device)])
@@ -188,10 +210,10 @@ def caption_nll_per_row(loaded, batch: TeacherForcedBatch) -> torch.Tensor:
 
 @torch.no_grad()
 def score_captions(
-    loaded, images: Sequence[Image.Image], captions: Sequence[Caption], *, batch_size: int
+    loaded, prompts: Sequence[Prompt], captions: Sequence[Caption], *, batch_size: int
 ) -> list[float]:
     """Mean NLL of each caption under `loaded` as it stands (unmasked: the reference PPL; masked: self PPL)."""
     scores: list[float] = []
-    for batch in teacher_forced_batches(loaded, images, captions, batch_size):
+    for batch in teacher_forced_batches(loaded, prompts, captions, batch_size):
         scores.extend(caption_nll_per_row(loaded, batch).tolist())
     return scores

@@ -8,7 +8,7 @@ from tabulate import tabulate
 
 from harness.experiment import CollapsePoint, ModelExperiment
 from harness.labels import curve_label
-from harness.metrics import format_ppl
+from harness.metrics import format_ppl, format_score
 
 STAGE_NAMES = {0: "intact", 1: "degraded", 2: "collapsed"}
 
@@ -60,8 +60,8 @@ def format_curve(points) -> str:
             p.k,
             format_ppl(p.log10_ppl_ref),
             f"{p.log10_ppl_ratio:+.2f}",
-            f"{p.clip:.1f}",
-            "n/a" if p.clip_chance is None else f"{p.clip_chance:.1f}",
+            format_score(p.clip),
+            format_score(p.clip_chance),
             f"{p.degenerate_rate:.0%}",
             f"{p.stage} {STAGE_NAMES[p.stage]}",
             (p.captions[0][:40] + "…") if p.captions and len(p.captions[0]) > 40 else (p.captions or [""])[0],

@@ -48,3 +48,7 @@ class MetricError(HarnessError, ArithmeticError):
 
 class CacheError(HarnessError):
     """A cache entry could not be written."""
+
+
+class TextFileError(HarnessError):
+    """A text file is missing, empty, not UTF-8, or too short to score."""

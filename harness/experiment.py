@@ -6,8 +6,10 @@ pytest plugin keeps as a session fixture; `ModelExperiment` measures points on o
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -16,13 +18,13 @@ import torch
 
 import harness
 from harness.ablation import Intervention, mean_activations, random_selection
-from harness.captioning import Caption, generate_captions, score_captions
+from harness.captioning import Caption, Prompt, generate_captions, score_captions
 from harness.clip_score import ClipScorer, clip_score_matrix, clip_scores
 from harness.errors import UnknownNameError
 from harness.families import check_family_supported
 from harness.images import ImageSet, scan_image_root
 from harness.loading import LoadedModel, load_model
-from harness.masking import mask_neurons
+from harness.masking import JointMask, NeuronMask, mask_neurons
 from harness.metrics import log10_ppl, require_finite
 from harness.ranking import Ranking, RankingOptions, importance
 from harness.ranking_cache import RankingCache, code_fingerprint
@@ -30,6 +32,7 @@ from harness.registry import ClipSpec, get_model_spec
 from harness.settings import HarnessSettings
 from harness.sites import AnySite, JointSite, resolve_any_site
 from harness.stages import classify_stage
+from harness.texts import TextSet, load_text_set
 from harness.threshold_search import SEARCH_MODES, ThresholdSearch, adaptive_search, linear_search
 from harness.zoo import WORLD_IMAGES, ensure_built
 
@@ -38,12 +41,13 @@ TOP_K_ZERO = Intervention()  # the experiment itself: zero the ranking's top-k
 
 
 @dataclass(frozen=True)
-class Baseline:
-    """The unmasked model on one category: its captions are the ranking's targets and the k = 0 point."""
+class Observation:
+    """What the model (masked or not) does on one category. Unmasked, it is the k = 0 point, and a VLM's captions
+    are its ranking's targets."""
 
-    captions: list[Caption]
-    reference_nll: list[float]  # teacher-forced, per caption
-    clip: list[float]  # per image
+    captions: list[Caption]  # generated: captions, or a text model's continuations
+    reference_nll: list[float]  # teacher-forced, per caption (VLM) or per text window (text model)
+    clip: list[float] | None  # per image; None for a text model
     clip_chance: float | None  # these captions scored against images of the other categories
 
 
@@ -62,8 +66,8 @@ class CollapsePoint:
     log10_ppl_self: float
     log10_ppl_baseline: float
     log10_ppl_ratio: float
-    clip: float
-    clip_baseline: float
+    clip: float | None  # None for text-only models
+    clip_baseline: float | None
     clip_chance: float | None
     clip_chance_baseline: float | None
     chance_images: int
@@ -82,13 +86,14 @@ class CollapsePoint:
 
 
 class ModelExperiment:
-    """Measures collapse points on one loaded model, caching baselines, sites, image features and rankings."""
+    """Measures collapse points on one loaded vision-language model, caching baselines, sites, image features and
+    rankings. harness.text_experiment.TextExperiment measures text-only models the same way on texts."""
 
     def __init__(
         self,
         loaded: LoadedModel,
-        clip: ClipScorer,
-        images: ImageSet,
+        clip: ClipScorer | None,
+        images: ImageSet | None,
         settings: HarnessSettings,
         rankings: RankingCache,
     ):
@@ -99,7 +104,7 @@ class ModelExperiment:
             settings,
             rankings,
         )
-        self._baselines: dict[str, Baseline] = {}
+        self._baselines: dict[str, Observation] = {}
         self._sites: dict[str, AnySite] = {}
         self._rankings: dict[tuple[str, str], Ranking] = {}
         self._means: dict[tuple[str, str, str], torch.Tensor] = {}  # (site, category, positions)
@@ -123,19 +128,46 @@ class ModelExperiment:
         if options == self.settings.ranking:
             return self
         if options not in self._siblings:
-            sibling = ModelExperiment(
-                self.loaded, self.clip, self.images, replace(self.settings, ranking=options), self.rankings
-            )
-            sibling._baselines, sibling._sites, sibling._means = self._baselines, self._sites, self._means
-            sibling._image_features, sibling._other_features = self._image_features, self._other_features
+            sibling = copy.copy(self)  # shares the baselines, sites, means and features dictionaries
+            sibling.settings = replace(self.settings, ranking=options)
+            sibling._rankings, sibling._siblings = {}, {}
             self._siblings[options] = sibling
         return self._siblings[options]
 
-    # -- captions and their scores ----------------------------------------------------------------------------
+    # -- what the model is given, what it does ---------------------------------------------------------------
+    def samples(self, category: str) -> Sequence[Prompt]:
+        """The model's inputs on `category`: its images."""
+        return self.images.images(category)
+
+    def ranking_data(self, category: str) -> tuple[Sequence[Prompt], list[Caption]]:
+        """The inputs and teacher-forced targets the ranking loss (and mean ablation) is computed on: the images
+        and the unmasked model's own captions."""
+        return self.samples(category), self.baseline(category).captions
+
+    def data_record(self, category: str) -> dict[str, object]:
+        """What identifies the data of `category` in a ranking's cache key."""
+        return {
+            "loss": "teacher-forced NLL of the unmasked model's greedy caption",
+            "images": self.images.content_hashes(category),
+        }
+
+    def observe(self, category: str, mask: NeuronMask | JointMask | None = None) -> Observation:
+        """Captions generated under `mask` (None: unmasked), each scored by the unmasked model (the reference PPL)
+        and by CLIP against its image."""
+        with mask or nullcontext():
+            captions = self._captions(category)
+        reference = score_captions(
+            self.loaded, self.samples(category), captions, batch_size=self.settings.batch_size
+        )
+        clip, chance = self._clip_and_chance(category, captions)
+        return Observation(captions, reference, clip, chance)
+
     def _captions(self, category: str) -> list[Caption]:
-        images = self.images.images(category)
         return generate_captions(
-            self.loaded, images, max_new_tokens=self.settings.max_new_tokens, batch_size=self.settings.batch_size
+            self.loaded,
+            self.samples(category),
+            max_new_tokens=self.settings.max_new_tokens,
+            batch_size=self.settings.batch_size,
         )
 
     def image_features(self, category: str) -> torch.Tensor:
@@ -158,13 +190,10 @@ class ModelExperiment:
     def chance_images(self, category: str) -> int:
         return sum(len(self.images.check_category(other)) for other in self.images.other_categories(category))
 
-    def baseline(self, category: str) -> Baseline:
+    def baseline(self, category: str) -> Observation:
+        """The unmasked model on `category` (computed once)."""
         if category not in self._baselines:
-            images = self.images.images(category)
-            captions = self._captions(category)
-            reference = score_captions(self.loaded, images, captions, batch_size=self.settings.batch_size)
-            clip, chance = self._clip_and_chance(category, captions)
-            self._baselines[category] = Baseline(captions, reference, clip, chance)
+            self._baselines[category] = self.observe(category)
         return self._baselines[category]
 
     # -- ranking ----------------------------------------------------------------------------------------------
@@ -177,16 +206,15 @@ class ModelExperiment:
                 scores = torch.cat([part.scores.reshape(-1) for part in parts])
                 self._rankings[key] = Ranking(site_name, scores, key="+".join(part.key for part in parts))
                 return self._rankings[key]
-            baseline = self.baseline(category)
-            images = self.images.images(category)
+            inputs, targets = self.ranking_data(category)
             scores, cache_key = self.rankings.load_or_compute(
                 self.ranking_inputs(site_name, category),
                 (site.n_layers, site.width),
                 lambda: importance(
                     self.loaded,
                     site,
-                    images,
-                    baseline.captions,
+                    inputs,
+                    targets,
                     options=self.settings.ranking,
                     batch_size=self.settings.batch_size,
                 ),
@@ -195,7 +223,7 @@ class ModelExperiment:
         return self._rankings[key]
 
     def mean_activations(self, site_name: str, category: str) -> torch.Tensor:
-        """Mean activation of each neuron over the ranking's images, captions and positions (mean ablation), in
+        """Mean activation of each neuron over the ranking's inputs, targets and positions (mean ablation), in
         the shape of the site's scores."""
         key = (site_name, category, self.settings.ranking.positions)
         if key not in self._means:
@@ -207,8 +235,7 @@ class ModelExperiment:
             self._means[key] = mean_activations(
                 self.loaded,
                 site,
-                self.images.images(category),
-                self.baseline(category).captions,
+                *self.ranking_data(category),
                 positions=self.settings.ranking.positions,
                 batch_size=self.settings.batch_size,
             )
@@ -240,9 +267,8 @@ class ModelExperiment:
             "max_new_tokens": self.settings.max_new_tokens,
             "site": site_name,
             **self.settings.ranking.used(),
-            "loss": "teacher-forced NLL of the unmasked model's greedy caption",
             "category": category,
-            "images": self.images.content_hashes(category),
+            **self.data_record(category),
         }
 
     # -- measurement ------------------------------------------------------------------------------------------
@@ -254,18 +280,13 @@ class ModelExperiment:
         site = self.site(site_name)
         k = site.check_k(k)
         baseline = self.baseline(category)
-        images = self.images.images(category)
         if k == 0:
-            captions, reference, clip = baseline.captions, baseline.reference_nll, baseline.clip
-            chance = baseline.clip_chance
-            neurons, modes, ranking_key = [], [], None
+            observed, neurons, modes, ranking_key = baseline, [], [], None
         else:
             chosen = self.selection(site_name, category, k, intervention)
             values = self.mean_activations(site_name, category) if intervention.ablation == "mean" else None
-            with mask_neurons(site, chosen, mode=self.settings.mask_mode, values=values) as mask:
-                captions = self._captions(category)
-            reference = score_captions(self.loaded, images, captions, batch_size=self.settings.batch_size)
-            clip, chance = self._clip_and_chance(category, captions)
+            mask = mask_neurons(site, chosen, mode=self.settings.mask_mode, values=values)
+            observed = self.observe(category, mask)
             shown = chosen[:MAX_REPORTED_NEURONS]
             ranking = self._rankings.get((site_name, category))
             scores = ranking.scores.reshape(-1)[shown].tolist() if ranking is not None else [None] * len(shown)
@@ -273,19 +294,23 @@ class ModelExperiment:
             modes = sorted(mask.modes)
             ranking_key = ranking.key if intervention.selection == "ranked" else None
         where = f"{self.name} {site_name} {category} k={k}"
-        mean_ref = require_finite(_mean(reference), f"reference NLL of {where}")
+        captions = observed.captions
+        mean_ref = require_finite(_mean(observed.reference_nll), f"reference NLL of {where}")
         mean_self = require_finite(_mean([c.self_nll for c in captions]), f"self NLL of {where}")
-        mean_clip = require_finite(_mean(clip), f"CLIP score of {where}")
+        mean_clip = (
+            None if observed.clip is None else require_finite(_mean(observed.clip), f"CLIP score of {where}")
+        )
         base_log10 = log10_ppl(_mean(baseline.reference_nll))
         degenerate_rate = _mean([float(c.degenerate) for c in captions])
         ratio = log10_ppl(mean_ref) - base_log10
-        clip_baseline = _mean(baseline.clip)
+        clip_baseline = None if baseline.clip is None else _mean(baseline.clip)
+        chance = observed.clip_chance
         return CollapsePoint(
             model=self.name,
             site=site_name,
             category=category,
             k=k,
-            n_images=len(images),
+            n_images=len(self.samples(category)),
             mean_nll_ref=mean_ref,
             mean_nll_self=mean_self,
             log10_ppl_ref=log10_ppl(mean_ref),
@@ -347,7 +372,7 @@ class ModelExperiment:
             **self.settings.ranking.used(),
             "max_new_tokens": self.settings.max_new_tokens,
             "prompt": spec.prompt,
-            "clip_model": self.clip.spec.label,
+            "clip_model": None if self.clip is None else self.clip.spec.label,
             "checkpoint": self.loaded.checkpoint_id,
             "dtype": str(self.loaded.dtype).removeprefix("torch."),
             "device": str(self.loaded.device),
@@ -367,7 +392,7 @@ class HarnessSession:
     following cases of that model fail or skip at once instead of loading it again.
     """
 
-    def __init__(self, settings: HarnessSettings, images: ImageSet | None = None):
+    def __init__(self, settings: HarnessSettings, images: ImageSet | None = None, texts: TextSet | None = None):
         self.settings = settings
         self.rankings = RankingCache(settings.cache_dir)
         self._experiments: dict[str, ModelExperiment] = {}
@@ -375,11 +400,18 @@ class HarnessSession:
         self._clips: dict[tuple[ClipSpec, torch.device], ClipScorer] = {}
         if images is not None:
             self.images = images
+        if texts is not None:
+            self.texts = texts
 
     @cached_property
     def images(self) -> ImageSet:
         """Every category under the image root (the others set the chance level of each evaluated one)."""
         return load_image_set(self.settings)
+
+    @cached_property
+    def texts(self) -> TextSet:
+        """The texts text-only models are measured on."""
+        return load_text_set(self.settings.texts)
 
     def experiment(self, model_name: str) -> ModelExperiment:
         """The experiment for a registered model; raises ModelUnavailableError when its weights are absent."""
@@ -403,6 +435,10 @@ class HarnessSession:
             dtype=self.settings.dtype,
             allow_download=self.settings.allow_download,
         )
+        if loaded.family.text_only:
+            from harness.text_experiment import TextExperiment  # it builds on this module
+
+            return TextExperiment(loaded, self.texts, self.settings, self.rankings)
         clip = self.clip(self.settings.clip or spec.clip, loaded.device)
         return ModelExperiment(loaded, clip, self.images, self.settings, self.rankings)
 

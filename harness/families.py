@@ -25,11 +25,12 @@ class Component:
 
 @dataclass(frozen=True)
 class Family:
-    """A model family: where its components live."""
+    """A model family: where its components live, and whether it sees images or only text."""
 
     name: str
     components: dict[str, Component] = field(hash=False)
     captioning_validated: bool  # prompts, generation and teacher-forced scoring checked on a tiny offline model
+    text_only: bool = False  # a causal LM measured on texts (the PCICN setting) instead of captioned images
 
     @property
     def language_layer_paths(self) -> tuple[str, ...]:
@@ -104,6 +105,11 @@ FAMILIES = {
             "projector": Component(("language_projection",), "text_config", layered=False),
         },
         captioning_validated=True,
+    ),
+    # any AutoModelForCausalLM with a Llama-style decoder (Llama, Qwen2, Gemma, Mistral; Phi-3 fuses gate_proj and
+    # up_proj into gate_up_proj, so only its lm.down_proj, lm.mlp_hidden and lm.o_proj sites exist)
+    "causal_lm": Family(
+        "causal_lm", {"lm": Component(("model.layers",), "")}, captioning_validated=True, text_only=True
     ),
 }
 

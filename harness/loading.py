@@ -38,7 +38,8 @@ class LoadedModel:
 
     @property
     def tokenizer(self):
-        return self.processor.tokenizer
+        """The processor's tokenizer; a text-only model's processor is its tokenizer."""
+        return getattr(self.processor, "tokenizer", self.processor)
 
     @property
     def text_config(self):
@@ -174,7 +175,6 @@ def load_model(
     model = model_cls.from_pretrained(folder, dtype=torch_dtype, local_files_only=True)
     processor = processor_cls.from_pretrained(folder, local_files_only=True, **dict(spec.processor_kwargs))
     model.to(torch_device).eval().requires_grad_(False)
-    processor.tokenizer.padding_side = "left"
     loaded = LoadedModel(
         spec=spec,
         model=model,
@@ -186,6 +186,7 @@ def load_model(
         fingerprint=weights_fingerprint(folder),
         checkpoint_id=checkpoint_id(spec, folder),
     )
+    loaded.tokenizer.padding_side = "left"
     loaded.remember_parameters()
     return loaded
 

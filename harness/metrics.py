@@ -19,6 +19,11 @@ def log10_ppl(mean_nll: float) -> float:
     return mean_nll / LN10
 
 
+def format_score(value: float | None) -> str:
+    """A CLIP score or chance level for tables; n/a where there is none (no other category, a text-only model)."""
+    return "n/a" if value is None else f"{value:.1f}"
+
+
 def format_ppl(log10_value: float) -> str:
     """Perplexity for humans, computed from its log10 without ever exponentiating a large number."""
     if not math.isfinite(log10_value):

@@ -1,5 +1,6 @@
-"""One PNG per searched curve: reference-PPL ratio and CLIP score against k, the two stages shaded, the
-controls at k₂ overlaid. Written next to the JSON/CSV report (`<report dir>/plots/`)."""
+"""One PNG per searched curve: reference-PPL ratio and CLIP score (for a text-only model: the rate of degenerate
+continuations) against k, the two stages shaded, the controls at k₂ overlaid. Written next to the JSON/CSV report
+(`<report dir>/plots/`)."""
 
 from __future__ import annotations
 
@@ -27,11 +28,14 @@ def plot_analysis(row: dict, path: Path) -> Path:
 
     points = [p for p in row["points"] if p["k"] > 0]
     ks = [p["k"] for p in points]
+    has_clip = row["clip_baseline"] is not None
+    second, second_label = ("clip", "CLIP score") if has_clip else ("degenerate_rate", "degenerate continuations")
     figure, (ppl_axis, clip_axis) = plt.subplots(2, 1, sharex=True, figsize=(7, 6), constrained_layout=True)
     ppl_axis.plot(ks, [p["log10_ppl_ratio"] for p in points], "o-", color="#20639b", label="ranked top-k")
-    clip_axis.plot(ks, [p["clip"] for p in points], "o-", color="#20639b", label="ranked top-k")
+    clip_axis.plot(ks, [p[second] for p in points], "o-", color="#20639b", label="ranked top-k")
     ppl_axis.axhline(0, color="grey", linestyle="--", linewidth=1, label="baseline (k = 0)")
-    clip_axis.axhline(row["clip_baseline"], color="grey", linestyle="--", linewidth=1, label="baseline (k = 0)")
+    baseline = row["clip_baseline"] if has_clip else row["points"][0]["degenerate_rate"]
+    clip_axis.axhline(baseline, color="grey", linestyle="--", linewidth=1, label="baseline (k = 0)")
     if row["clip_chance"] is not None:
         clip_axis.axhline(row["clip_chance"], color="black", linestyle=":", linewidth=1, label="chance level")
     right_edge = max(ks) if ks else row["k_max"]
@@ -44,12 +48,14 @@ def plot_analysis(row: dict, path: Path) -> Path:
         kind = "random" if control["intervention"].startswith("random") else "mean"
         marker, label = CONTROL_MARKERS[kind]
         for axis, value in ((ppl_axis, control["log10_ppl_ratio"]), (clip_axis, control["clip"])):
+            if value is None:  # a text-only model's control has no CLIP score
+                continue
             seen = {text for text in axis.get_legend_handles_labels()[1]}
             axis.plot([control["k"]], [value], marker, color="#3caea3", markersize=9,
                       label=None if label in seen else label)  # fmt: skip
     ppl_axis.set_xscale("log")
     ppl_axis.set_ylabel("log10(PPL_k / PPL_0), reference PPL")
-    clip_axis.set_ylabel("CLIP score")
+    clip_axis.set_ylabel(second_label)
     clip_axis.set_xlabel("k (neurons masked, log scale)")
     k2 = "none" if row["k2"] is None else row["k2"]
     ppl_axis.set_title(f"{row['model']} / {row['site']} / {row['category']}: k₁ = {row['k1']}, k₂ = {k2}")

@@ -2,7 +2,8 @@
 
 Registered through the `pytest11` entry point (installed package) and by the repository's root conftest.
 A case opts in with `@pytest.mark.collapse_grid(models=[...], sites=[...])` and the fixtures `collapse_curve`
-and `k`; the plugin expands it over model × site × image category × k (a geometric grid from 0 = baseline).
+and `k`; the plugin expands it over model × site × category × k (a geometric grid from 0 = baseline); a category
+is an image category, or for a text-only model a text (`--can-texts`).
 With `@pytest.mark.collapse_search(models=[...], sites=[...])` and the fixture `collapse_analysis` it expands
 over model × site × category, and each case gets its curve's thresholds found by the adaptive search, with
 controls at k₂ and the layer breakdown (harness.analysis). Either marker takes `methods=[...]` (ranking methods,
@@ -23,6 +24,7 @@ from harness.errors import HarnessError, ModelUnavailableError
 
 SETTINGS = pytest.StashKey[object]()
 IMAGES = pytest.StashKey[object]()
+TEXTS = pytest.StashKey[object]()
 BASELINES = pytest.StashKey[object]()
 POINT_PROPERTY = "can_point"
 ANALYSIS_PROPERTY = "can_analysis"
@@ -49,6 +51,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="image root with one folder per category (default: held-out renderings of the synthetic world)",
     )
     add("--can-max-images", type=int, help="use at most N images per category (default: all)")
+    add(
+        "--can-texts",
+        type=_csv,
+        help="comma-separated text files for text-only models, one category per file stem (default: the "
+        "built-in paragraph, category 'paragraph')",
+    )
+    add("--can-text-window", type=int, default=128, help="tokens per window of a text (default 128)")
+    add("--can-max-windows", type=int, help="use at most N windows per text (default: all)")
     add(
         "--can-k-max", type=int, default=8192, help="largest k on the grid (default 8192; capped at the site size)"
     )
@@ -120,14 +130,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "collapse_grid(models, sites, methods=None): expand a case over model × site [× ranking method] × image "
-        "category × k (see harness.plugin)",
+        "collapse_grid(models, sites, methods=None): expand a case over model × site [× ranking method] × "
+        "category (image category, or text) × k (see harness.plugin)",
     )
     config.addinivalue_line(
         "markers",
-        "collapse_search(models, sites, methods=None): expand a case over model × site [× ranking method] × image "
-        "category; the fixture "
-        "collapse_analysis holds the curve's searched thresholds, controls and layer breakdown",
+        "collapse_search(models, sites, methods=None): expand a case over model × site [× ranking method] × "
+        "category; the fixture collapse_analysis holds the curve's searched thresholds, controls and layer "
+        "breakdown",
     )
     try:
         config.stash[SETTINGS] = _settings_from_options(config)
@@ -187,6 +197,9 @@ def _settings_from_options(config: pytest.Config):
         image_root=option("can_images"),
         categories=tuple(option("can_categories")) if option("can_categories") else None,
         max_images=option("can_max_images"),
+        texts=tuple(Path(p) for p in option("can_texts")) if option("can_texts") else None,
+        text_window=option("can_text_window"),
+        max_windows=option("can_max_windows"),
         batch_size=option("can_batch_size"),
         max_new_tokens=option("can_max_new_tokens"),
         ranking=RankingOptions(
@@ -261,12 +274,13 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     for method in methods:
         dataclasses.replace(settings.ranking, method=method)  # an unknown method fails collection, listing them
     images = _image_set(config)  # scanned (and the category selection checked) before anything is collected
-    categories = list(settings.categories or images.categories)
+    image_categories = list(settings.categories or images.categories)
     params = []
     for model in models:
         spec = get_model_spec(model)
         model_config, unavailable = _model_config_or_reason(spec, settings)
         family = get_family(spec.family)
+        categories = _text_set(config).categories if family.text_only else image_categories
         marks = [pytest.mark.skip(reason=unavailable)] if unavailable else []
         for site in sites:
             lacking = [part for part in site_names(site) if part not in sites_of(family)]
@@ -297,6 +311,15 @@ def _image_set(config: pytest.Config):
     return config.stash[IMAGES]
 
 
+def _text_set(config: pytest.Config):
+    """The run's texts for text-only models, read and validated once per process."""
+    if TEXTS not in config.stash:
+        from harness.texts import load_text_set
+
+        config.stash[TEXTS] = load_text_set(config.stash[SETTINGS].texts)
+    return config.stash[TEXTS]
+
+
 def _model_config_or_reason(spec, settings):
     from harness.loading import load_model_config
 
@@ -318,7 +341,7 @@ def can_session(pytestconfig: pytest.Config, can_settings):
     """Loaded models, CLIP scorers, images and rankings shared by every case in this process."""
     from harness.experiment import HarnessSession
 
-    return HarnessSession(can_settings, images=_image_set(pytestconfig))
+    return HarnessSession(can_settings, images=_image_set(pytestconfig), texts=_text_set(pytestconfig))
 
 
 @pytest.fixture(scope="session")
@@ -355,7 +378,7 @@ def can_site(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def can_category(request: pytest.FixtureRequest) -> str:
-    """Image category of this case."""
+    """Image category of this case (for a text-only model: the text)."""
     return _grid_parameter(request)
 
 

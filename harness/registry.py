@@ -62,7 +62,7 @@ class ModelSpec:
     prompt_template: str = LLAVA_15_PROMPT
     instruction: str = CAPTION_INSTRUCTION
     dtype: str = "auto"
-    clip: ClipSpec = field(default_factory=ClipSpec)
+    clip: ClipSpec | None = field(default_factory=ClipSpec)  # None for text-only models
     embedded: EmbeddedAsset | None = None
     description: str = ""
 
@@ -70,6 +70,20 @@ class ModelSpec:
     def prompt(self) -> str:
         return self.prompt_template.format(instruction=self.instruction)
 
+
+# A text-only causal LM (the PCICN setting): `ModelSpec(name, source, **CAUSAL_LM)`. It has no prompt template
+# (its prompts are the openings of a text), no CLIP, and loads its tokenizer as its processor.
+CAUSAL_LM = MappingProxyType(
+    {
+        "family": "causal_lm",
+        "model_class": "AutoModelForCausalLM",
+        "processor_class": "AutoTokenizer",
+        "processor_kwargs": MappingProxyType({}),
+        "prompt_template": "",
+        "instruction": "",
+        "clip": None,
+    }
+)
 
 _REGISTRY: dict[str, ModelSpec] = {}
 

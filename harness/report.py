@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from harness.metrics import format_ppl
+from harness.metrics import format_ppl, format_score
 from harness.stages import first_k_at_stage, is_monotone
 
 GROUP_KEYS = ("model", "site", "ranking", "category")
@@ -97,8 +97,8 @@ def render_summary(summary: list[dict]) -> str:
             s["category"],
             s["n_images"],
             format_ppl(s["log10_ppl_baseline"]),
-            f"{s['clip_baseline']:.1f}",
-            "n/a" if s["clip_chance"] is None else f"{s['clip_chance']:.1f}",
+            format_score(s["clip_baseline"]),
+            format_score(s["clip_chance"]),
             _threshold(s["k_stage1"], s["k_evaluated"]),
             _threshold(s["k_stage2"], s["k_evaluated"]),
             _grid_label(s["k_evaluated"]),
@@ -106,7 +106,7 @@ def render_summary(summary: list[dict]) -> str:
         )
         for s in summary
     ]
-    headers = ("model", "site", "ranking", "category", "imgs", "PPL₀", "CLIP₀", "chance", "k₁ stage 1")
+    headers = ("model", "site", "ranking", "category", "n", "PPL₀", "CLIP₀", "chance", "k₁ stage 1")
     headers += ("k₂ stage 2", "k grid", "notes")
     align = ("left",) * 4 + ("right",) * 6 + ("left",) * 2  # numbers right-aligned, as formatted above
     return _table(rows, headers, align)
@@ -126,7 +126,7 @@ def _notes(summary_row: dict) -> list[str]:
     """Warnings a reader must see next to the thresholds (explained in the README)."""
     notes = [] if summary_row["monotone"] else ["non-monotone"]  # the stage falls again at a larger k
     chance = summary_row["clip_chance"]
-    if chance is not None and summary_row["clip_baseline"] <= chance:
+    if chance is not None and summary_row["clip_baseline"] is not None and summary_row["clip_baseline"] <= chance:
         notes.append("CLIP₀ ≤ chance")  # the CLIP clauses cannot tell collapse from the baseline
     return notes
 
@@ -147,13 +147,13 @@ def render_thresholds(analyses: list[dict]) -> str:
                 a["ranking"],
                 a["category"],
                 format_ppl(a["log10_ppl_baseline"]),
-                f"{a['clip_baseline']:.1f}",
-                "n/a" if a["clip_chance"] is None else f"{a['clip_chance']:.1f}",
+                format_score(a["clip_baseline"]),
+                format_score(a["clip_chance"]),
                 _threshold(a["k1"], [a["k_max"]]),
                 _threshold(a["k2"], [a["k_max"]]),
                 str(a["evaluations"]),
                 f"{a['log10_ppl_ratio_at_k2']:+.2f}" if found else "",
-                f"{a['clip_at_k2']:.1f}" if found else "",
+                format_score(a["clip_at_k2"]) if found else "",
                 _controls_label(a) if found else "",
                 _where(a["layers"]),
                 "" if a["monotone"] else "non-monotone: " + ", ".join(f"{k}→{k2}" for k, k2 in a["violations"]),

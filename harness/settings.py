@@ -28,6 +28,11 @@ class HarnessSettings:
     image_root: Path | None = None  # None: the built-in image set
     categories: tuple[str, ...] | None = None  # None: every category under image_root
     max_images: int | None = None  # per category
+    texts: tuple[Path, ...] | None = (
+        None  # text-only models' texts, one category per file; None: built-in paragraph
+    )
+    text_window: int = 128  # tokens per window of a text
+    max_windows: int | None = None  # per text
     batch_size: int = 8
     max_new_tokens: int = 64
     ranking: RankingOptions = field(default_factory=RankingOptions)
@@ -46,8 +51,13 @@ class HarnessSettings:
         for name in ("batch_size", "max_new_tokens", "k_max"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)!r}")
-        if self.max_images is not None and self.max_images < 1:
-            raise ValueError(f"max_images must be ≥ 1 (or unset), got {self.max_images!r}")
+        for name in ("max_images", "max_windows"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be ≥ 1 (or unset), got {getattr(self, name)!r}")
+        if self.text_window < 2:
+            raise ValueError(
+                f"text_window must be ≥ 2 tokens (one to condition on, one to score), got {self.text_window!r}"
+            )
         if not (math.isfinite(self.k_factor) and self.k_factor > 1):
             raise ValueError(f"k_factor must be a finite number > 1 for the k grid to grow, got {self.k_factor!r}")
         if self.search not in SEARCH_MODES:

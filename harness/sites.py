@@ -242,7 +242,7 @@ def resolve_site(loaded, name: str) -> ResolvedSite:
         if not isinstance(module, nn.Linear):
             raise SiteResolutionError(
                 f"site {name}: layer {index} has no Linear at {spec.module or 'the module itself'!r} "
-                f"(found {type(module).__name__})"
+                f"(found {type(module).__name__}{_linears_beside(layer, spec.module)})"
             )
         actual = module.out_features if spec.unit == "output" else module.in_features
         if actual != width:
@@ -254,6 +254,17 @@ def resolve_site(loaded, name: str) -> ResolvedSite:
     if len(modules) != n_layers:
         raise SiteResolutionError(f"site {name}: found {len(modules)} layers, config says {n_layers}")
     return ResolvedSite(spec=spec, modules=tuple(modules), width=width)
+
+
+def _linears_beside(layer: nn.Module, path: str) -> str:
+    """'; its mlp has: gate_up_proj, down_proj': what a family that fuses or renames Linears has instead."""
+    parent_path, _, _ = path.rpartition(".")
+    if not parent_path or not _has_submodule(layer, parent_path):
+        return ""
+    names = [
+        name for name, child in layer.get_submodule(parent_path).named_children() if isinstance(child, nn.Linear)
+    ]
+    return f"; its {parent_path} has: {', '.join(names)}" if names else ""
 
 
 def _has_submodule(module: nn.Module, path: str) -> bool:

@@ -3,6 +3,7 @@
 stage 1, expressive degradation: reference PPL ≥ ppl_ratio × baseline, or CLIP ≤ clip_fraction × baseline.
 stage 2, complete collapse: log10(PPL/PPL₀) ≥ log10_ppl_ratio, and (CLIP ≤ chance level, or at least
 degenerate_rate of the captions are empty / one token repeated).
+Text-only models have no CLIP score: their stages rest on the PPL of the text and on degenerate continuations.
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ def classify_stage(
     *,
     k: int,
     log10_ppl_ratio: float,
-    clip: float,
-    clip_baseline: float,
+    clip: float | None,
+    clip_baseline: float | None,
     clip_chance: float | None,
     degenerate_rate: float,
     thresholds: StageThresholds,
@@ -51,13 +52,15 @@ def classify_stage(
     if k == 0:
         return 0  # the reference point itself
     ppl_collapsed = log10_ppl_ratio >= thresholds.stage2_log10_ppl_ratio
-    text_lost = (clip_chance is not None and clip <= clip_chance) or (
+    text_lost = (clip is not None and clip_chance is not None and clip <= clip_chance) or (
         degenerate_rate >= thresholds.stage2_degenerate_rate
     )
     if ppl_collapsed and text_lost:
         return 2
     ppl_degraded = log10_ppl_ratio >= math.log10(thresholds.stage1_ppl_ratio)
-    clip_degraded = clip_baseline > 0 and clip <= thresholds.stage1_clip_fraction * clip_baseline
+    clip_degraded = (
+        clip is not None and clip_baseline > 0 and clip <= thresholds.stage1_clip_fraction * clip_baseline
+    )
     return 1 if ppl_degraded or clip_degraded else 0
 
 

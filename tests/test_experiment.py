@@ -223,7 +223,7 @@ def test_check_family_supported(unvalidated_instructblip):
     message = str(error.value)
     assert message.startswith("instructblip-vicuna-7b: ")
     assert "'instructblip' family" in message
-    assert message.endswith("families supported end to end: llava, llava_next")
+    assert message.endswith("families supported end to end: causal_lm, llava, llava_next")
     assert check_family_supported(get_model_spec("llava-1.5-7b")) is None
     assert check_family_supported(get_model_spec("tiny-llava")) is None
 

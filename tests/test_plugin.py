@@ -139,7 +139,7 @@ def test_serial_run_passes_and_prints_one_row_per_curve(serial):
     assert serial.outcomes == {"passed": 8, "skipped": 8}
     assert any(re.search(r"=+ critical-neuron collapse \(CAN, α=1, positions=all\) =+", s) for s in serial.lines)
     header, separator, *rows = summary_table(serial.lines)
-    assert cells(header)[:4] == ["model", "site", "category", "imgs"]
+    assert cells(header)[:4] == ["model", "site", "category", "n"]
     assert cells(header)[-2:] == ["k grid", "notes"]
     assert set(separator) <= {"|", "-"}
     assert [cells(row)[:4] for row in rows] == [["tiny-llava", "lm.down_proj", c, "4"] for c in CATEGORIES]

@@ -12,7 +12,7 @@ import pytest
 from harness.experiment import CollapsePoint
 from harness.report import _flat_row, render_summary, render_thresholds, summarize, write_reports
 
-HEADERS = ["model", "site", "category", "imgs", "PPL₀", "CLIP₀", "chance", "k₁ stage 1", "k₂ stage 2"]
+HEADERS = ["model", "site", "category", "n", "PPL₀", "CLIP₀", "chance", "k₁ stage 1", "k₂ stage 2"]
 
 
 def point(category: str = "circle", k: int = 0, stage: int = 0, **changes) -> dict:

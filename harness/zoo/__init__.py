@@ -6,6 +6,7 @@ from pathlib import Path
 from harness import world
 from harness.registry import EmbeddedAsset
 from harness.zoo.store import ensure_built
+from harness.zoo.tiny_causal_lm import build_tiny_llama, build_tiny_qwen2
 from harness.zoo.tiny_clip import build_tiny_clip
 from harness.zoo.tiny_instructblip import build_tiny_instructblip
 from harness.zoo.tiny_llava import build_tiny_llava, build_tiny_llava_next
@@ -15,18 +16,24 @@ TINY_LLAVA = EmbeddedAsset(name="tiny-llava", version="2", build=build_tiny_llav
 TINY_CLIP = EmbeddedAsset(name="tiny-clip", version="1", build=build_tiny_clip)
 TINY_LLAVA_NEXT = EmbeddedAsset(name="tiny-llava-next", version="1", build=build_tiny_llava_next)
 TINY_INSTRUCTBLIP = EmbeddedAsset(name="tiny-instructblip", version="1", build=build_tiny_instructblip)
+TINY_LLAMA = EmbeddedAsset(name="tiny-llama", version="1", build=build_tiny_llama)
+TINY_QWEN2 = EmbeddedAsset(name="tiny-qwen2", version="1", build=build_tiny_qwen2)
 WORLD_IMAGES = EmbeddedAsset(name="world-images", version=world.VERSION, build=world.write_category_folders)
 
 __all__ = [
     "SYNTH_FOLDER",
     "TINY_CLIP",
     "TINY_INSTRUCTBLIP",
+    "TINY_LLAMA",
     "TINY_LLAVA",
     "TINY_LLAVA_NEXT",
+    "TINY_QWEN2",
     "WORLD_IMAGES",
     "build_tiny_clip",
     "build_tiny_instructblip",
+    "build_tiny_llama",
     "build_tiny_llava",
     "build_tiny_llava_next",
+    "build_tiny_qwen2",
     "ensure_built",
 ]

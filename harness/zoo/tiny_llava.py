@@ -33,20 +33,23 @@ def tiny_vocabulary() -> list[str]:
     return words
 
 
-def build_word_tokenizer(words: list[str]):
-    """A fast tokenizer that adds `<s>` like Llama's, splits on whitespace/punctuation and knows `<image>`."""
+def build_word_tokenizer(words: list[str], *, bos: bool = True, image_token: bool = True):
+    """A fast tokenizer that splits on whitespace/punctuation; with `bos` it adds `<s>` like Llama's (without, it
+    has no BOS, like Qwen2's), with `image_token` it knows `<image>`."""
     from transformers import PreTrainedTokenizerFast
 
     backend = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    backend.add_special_tokens([IMAGE_TOKEN])
-    backend.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", words.index("<s>"))]
-    )
+    if image_token:
+        backend.add_special_tokens([IMAGE_TOKEN])
+    if bos:
+        backend.post_processor = processors.TemplateProcessing(
+            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", words.index("<s>"))]
+        )
     backend.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces, no space before punctuation
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
-        bos_token="<s>",
+        bos_token="<s>" if bos else None,
         eos_token="</s>",
         pad_token="<pad>",
         unk_token="<unk>",

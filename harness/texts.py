@@ -1,0 +1,116 @@
+"""Texts for text-only language models (the PCICN setting): perplexity is measured on a given text, cut into
+windows of tokens, instead of on captions of images.
+
+A run's texts are files (`--can-texts a.txt,b.txt`), each one a category named by its file stem, or the built-in
+paragraph (category `paragraph`). Files are validated up front, every bad one named.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.errors import TextFileError, UnknownNameError
+
+BUILTIN_CATEGORY = "paragraph"
+# Written for this harness: plain, varied English prose, so that any tokenizer splits it into common pieces.
+BUILTIN_PARAGRAPH = (
+    "The old bridge over the river was built from grey stone more than two hundred years ago. Every morning the "
+    "baker crosses it with a basket of warm bread, and every evening the fishermen return over it with their "
+    "nets. In spring the water rises and carries branches from the hills, so the town keeps a small boat ready "
+    "near the first arch. Children count the arches on their way to school: there are seven, and the middle one "
+    "is the widest. Last winter a storm broke part of the railing, and the people of the town repaired it "
+    "together. They chose the same grey stone, cut it by hand, and placed it so carefully that visitors can no "
+    "longer tell the new stones from the old ones. On market days the bridge is full of carts, voices and the "
+    "smell of apples, but at night it is quiet, and the only sound is the river moving slowly towards the sea."
+)
+
+
+@dataclass(frozen=True)
+class TextWindow:
+    """One window of a text: `prefix` (the tokenizer's BOS, if it has one) followed by `tokens` of the text."""
+
+    prefix: tuple[int, ...]
+    tokens: tuple[int, ...]
+
+    @property
+    def scoring_prompt(self) -> tuple[int, ...]:
+        """What the scored tokens are conditioned on: the BOS, or the window's first token when there is none."""
+        return self.prefix or self.tokens[:1]
+
+    @property
+    def scored(self) -> tuple[int, ...]:
+        """The tokens whose NLL is the text's perplexity: every token after the scoring prompt."""
+        return self.tokens if self.prefix else self.tokens[1:]
+
+    @property
+    def opening(self) -> tuple[int, ...]:
+        """The prompt a continuation is generated from: the prefix and the window's first half."""
+        return self.prefix + self.tokens[: max(1, len(self.tokens) // 2)]
+
+
+@dataclass(frozen=True)
+class TextSet:
+    """The run's texts by category."""
+
+    texts: dict[str, str]
+    sources: dict[str, str]  # category → file path, or "built-in"
+
+    @property
+    def categories(self) -> list[str]:
+        return list(self.texts)
+
+    def text(self, category: str) -> str:
+        if category not in self.texts:
+            raise UnknownNameError("text", category, self.categories)
+        return self.texts[category]
+
+    def content_hash(self, category: str) -> str:
+        return hashlib.sha256(self.text(category).encode()).hexdigest()
+
+
+def load_text_set(paths: tuple[Path, ...] | None = None) -> TextSet:
+    """The texts of `paths` (one category per file stem), or the built-in paragraph when none are given."""
+    if not paths:
+        return TextSet({BUILTIN_CATEGORY: BUILTIN_PARAGRAPH}, {BUILTIN_CATEGORY: "built-in"})
+    texts, sources, problems = {}, {}, []
+    for path in (Path(p).expanduser() for p in paths):
+        if path.stem in texts:
+            problems.append(f"{path}: a second text named {path.stem!r} (after {sources[path.stem]}); rename one")
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            problems.append(f"{path}: no such file")
+            continue
+        except IsADirectoryError:
+            problems.append(f"{path}: a folder, not a text file")
+            continue
+        except UnicodeDecodeError as error:
+            problems.append(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})")
+            continue
+        if not text.strip():
+            problems.append(f"{path}: empty (it needs at least two tokens of text)")
+            continue
+        texts[path.stem], sources[path.stem] = text, str(path)
+    if problems:
+        raise TextFileError(f"{len(problems)} problem(s) with the texts:\n  " + "\n  ".join(problems))
+    return TextSet(texts, sources)
+
+
+def text_windows(tokenizer, text: str, *, window: int, max_windows: int | None = None) -> list[TextWindow]:
+    """`text` tokenised once and cut into consecutive windows of `window` tokens (the last may be shorter; one
+    of a single token is dropped when the tokenizer has no BOS, as nothing in it could be scored)."""
+    if window < 2:
+        raise ValueError(f"a text window must hold at least 2 tokens, got {window!r}")
+    tokens = tokenizer(text, add_special_tokens=False)["input_ids"]
+    prefix = () if tokenizer.bos_token_id is None else (int(tokenizer.bos_token_id),)
+    windows = [
+        TextWindow(prefix, tuple(tokens[start : start + window]))
+        for start in range(0, len(tokens), window)
+        if prefix or len(tokens[start : start + window]) > 1
+    ]
+    if not windows:
+        raise TextFileError(f"the text tokenises to {len(tokens)} token(s); at least 2 are needed to score it")
+    return windows[:max_windows] if max_windows else windows
