@@ -88,7 +88,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     add("--can-noise-sigma", type=float, default=5.0, help="pcicn: std of the noise on the input embeddings (5)")
     add("--can-noise-samples", type=int, default=100, help="pcicn: noisy passes per batch of images (100)")
     add("--can-ranking-seed", type=int, default=0, help="pcicn noise and random ranking seed (default 0)")
-    add("--can-batch-size", type=int, default=8, help="images per forward pass (default 8)")
+    add("--can-batch-size", type=int, default=8, help="images (or text windows) per forward pass (default 8)")
     add("--can-max-new-tokens", type=int, default=64, help="caption length limit (default 64)")
     add("--can-clip-model", help="open_clip model name or local-dir:PATH (default: the model's registered CLIP)")
     add("--can-clip-pretrained", help="open_clip pretrained tag for a named --can-clip-model (default openai)")
