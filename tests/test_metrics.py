@@ -211,6 +211,21 @@ BASE = {"k": 4, "log10_ppl_ratio": 0.0, "clip": 30.0, "clip_baseline": 30.0, "cl
         ({"log10_ppl_ratio": 3.0, "clip": 0.0, "clip_chance": None}, 1),
         ({"log10_ppl_ratio": 3.0, "clip": 0.0, "clip_chance": None, "degenerate_rate": 0.5}, 2),
         ({"log10_ppl_ratio": 3.0, "clip": 29.0, "clip_chance": None, "degenerate_rate": 0.75}, 2),
+        # text-only models: no CLIP at all, so PPL and degenerate continuations decide
+        ({"clip": None, "clip_baseline": None, "clip_chance": None}, 0),
+        ({"clip": None, "clip_baseline": None, "clip_chance": None, "log10_ppl_ratio": math.log10(2.0)}, 1),
+        ({"clip": None, "clip_baseline": None, "clip_chance": None, "log10_ppl_ratio": 3.0}, 1),
+        ({"clip": None, "clip_baseline": None, "clip_chance": None, "degenerate_rate": 1.0}, 0),
+        (
+            {
+                "clip": None,
+                "clip_baseline": None,
+                "clip_chance": None,
+                "log10_ppl_ratio": 1.0,
+                "degenerate_rate": 0.5,
+            },
+            2,
+        ),
     ],
 )
 def test_classify_stage(changes, stage):

@@ -328,3 +328,20 @@ def test_text_files_become_categories_and_a_bad_one_stops_the_run(pytester, cach
     result = run_text_cases(pytester, cache_dir, "--can-texts", str(tmp_path / "absent.txt"))
     assert result.ret != 0
     assert "absent.txt: no such file" in "\n".join(result.outlines + result.errlines)
+
+
+def test_a_searched_text_curve_is_tabulated_and_drawn_without_clip(text_session, tmp_path):
+    """The threshold table and the plot of a text-only curve: CLIP cells read n/a, the plot's lower panel shows the
+    degenerate rate instead."""
+    from harness.analysis import analyse_curve
+    from harness.plots import plot_analysis
+    from harness.report import render_thresholds
+
+    experiment = text_session.experiment("tiny-llama")
+    row = analyse_curve(experiment, "lm.down_proj", TEXT, k_max=8, random_seeds=1).to_row()
+    assert row["clip_baseline"] is None and row["clip_chance"] is None
+    table = render_thresholds([row])
+    cells = [cell.strip() for cell in table.splitlines()[2].strip("|").split("|")]
+    assert cells[:3] == ["tiny-llama", "lm.down_proj", TEXT] and cells[4:6] == ["n/a", "n/a"]
+    path = plot_analysis(row, tmp_path / "curve.png")
+    assert path.stat().st_size > 0
