@@ -57,8 +57,8 @@ def plot_analysis(row: dict, path: Path) -> Path:
     ppl_axis.set_ylabel("log10(PPL_k / PPL_0), reference PPL")
     clip_axis.set_ylabel(second_label)
     clip_axis.set_xlabel("k (neurons masked, log scale)")
-    k2 = "none" if row["k2"] is None else row["k2"]
-    ppl_axis.set_title(f"{row['model']} / {row['site']} / {row['category']}: k₁ = {row['k1']}, k₂ = {k2}")
+    k1, k2 = ("none" if row[key] is None else row[key] for key in ("k1", "k2"))
+    ppl_axis.set_title(f"{row['model']} / {row['site']} / {row['category']}: k₁ = {k1}, k₂ = {k2}")
     ppl_axis.legend(fontsize=8, loc="best")
     clip_axis.legend(fontsize=8, loc="best")
     path.parent.mkdir(parents=True, exist_ok=True)
