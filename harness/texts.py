@@ -55,7 +55,6 @@ class TextSet:
     """The run's texts by category."""
 
     texts: dict[str, str]
-    sources: dict[str, str]  # category → file path, or "built-in"
 
     @property
     def categories(self) -> list[str]:
@@ -73,8 +72,8 @@ class TextSet:
 def load_text_set(paths: tuple[Path, ...] | None = None) -> TextSet:
     """The texts of `paths` (one category per file stem), or the built-in paragraph when none are given."""
     if not paths:
-        return TextSet({BUILTIN_CATEGORY: BUILTIN_PARAGRAPH}, {BUILTIN_CATEGORY: "built-in"})
-    texts, sources, problems = {}, {}, []
+        return TextSet({BUILTIN_CATEGORY: BUILTIN_PARAGRAPH})
+    texts, sources, problems = {}, {}, []  # sources: each category's file, for the duplicate-name message
     for path in (Path(p).expanduser() for p in paths):
         if path.stem in texts:
             problems.append(f"{path}: a second text named {path.stem!r} (after {sources[path.stem]}); rename one")
@@ -96,7 +95,7 @@ def load_text_set(paths: tuple[Path, ...] | None = None) -> TextSet:
         texts[path.stem], sources[path.stem] = text, str(path)
     if problems:
         raise TextFileError(f"{len(problems)} problem(s) with the texts:\n  " + "\n  ".join(problems))
-    return TextSet(texts, sources)
+    return TextSet(texts)
 
 
 def text_windows(tokenizer, text: str, *, window: int, max_windows: int | None = None) -> list[TextWindow]:

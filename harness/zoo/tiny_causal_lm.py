@@ -14,7 +14,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 from harness.texts import BUILTIN_PARAGRAPH
-from harness.zoo.tiny_llava import SPECIAL_TOKENS, build_word_tokenizer
+from harness.zoo.tiny_llava import SPECIAL_TOKENS, build_word_tokenizer, generating_with, tiny_decoder_config
 
 ARCHITECTURES = ("llama", "qwen2")
 
@@ -64,25 +64,19 @@ def tiny_causal_lm(
     else:
         tokenizer = paragraph_bpe_tokenizer()
     config_class = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config}[architecture]
-    config = config_class(
-        hidden_size=hidden,
-        intermediate_size=intermediate,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=len(tokenizer),
-        max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+    config = tiny_decoder_config(
+        tokenizer,
+        hidden=hidden,
+        intermediate=intermediate,
+        layers=layers,
+        heads=4,
+        kv_heads=2,
         initializer_range=0.2,
+        config_class=config_class,
         tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
-    model = transformers.AutoModelForCausalLM.from_config(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    return model, tokenizer
+    return generating_with(transformers.AutoModelForCausalLM.from_config(config), tokenizer), tokenizer
 
 
 def build_tiny_causal_lm(folder: Path, architecture: str, *, seed: int = 0) -> None:

@@ -15,7 +15,14 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
-from harness.zoo.tiny_llava import IMAGE_TOKEN, SPECIAL_TOKENS, build_word_tokenizer, tiny_vocabulary
+from harness.zoo.tiny_llava import (
+    IMAGE_TOKEN,
+    SPECIAL_TOKENS,
+    build_word_tokenizer,
+    generating_with,
+    tiny_decoder_config,
+    tiny_vocabulary,
+)
 
 BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
@@ -69,7 +76,6 @@ def tiny_instructblip(
         InstructBlipProcessor,
         InstructBlipQFormerConfig,
         InstructBlipVisionConfig,
-        LlamaConfig,
     )
     from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
 
@@ -103,17 +109,13 @@ def tiny_instructblip(
             max_position_embeddings=64,
             initializer_range=initializer_range,
         ).to_dict(),
-        text_config=LlamaConfig(
-            hidden_size=text_hidden,
-            intermediate_size=text_intermediate,
-            num_hidden_layers=text_layers,
-            num_attention_heads=4,
-            num_key_value_heads=4,
-            vocab_size=len(tokenizer),
-            max_position_embeddings=512,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
+        text_config=tiny_decoder_config(
+            tokenizer,
+            hidden=text_hidden,
+            intermediate=text_intermediate,
+            layers=text_layers,
+            heads=4,
+            kv_heads=4,
             initializer_range=initializer_range,
         ).to_dict(),
         num_query_tokens=num_query_tokens,
@@ -123,9 +125,7 @@ def tiny_instructblip(
     model = InstructBlipForConditionalGeneration(config)
     with torch.no_grad():
         model.query_tokens.normal_(0.0, initializer_range)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    return model, processor
+    return generating_with(model, tokenizer), processor
 
 
 def build_tiny_instructblip(folder: Path, *, seed: int = 0, **sizes) -> None:

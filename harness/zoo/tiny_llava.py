@@ -57,6 +57,45 @@ def build_word_tokenizer(words: list[str], *, bos: bool = True, image_token: boo
     )
 
 
+def tiny_decoder_config(
+    tokenizer,
+    *,
+    hidden: int,
+    intermediate: int,
+    layers: int,
+    heads: int,
+    kv_heads: int,
+    initializer_range: float,
+    config_class=None,
+    **extra,
+):
+    """A small decoder config (LlamaConfig unless another class is given) whose vocabulary and special tokens are
+    the tokenizer's: the language model of every tiny model."""
+    from transformers import LlamaConfig
+
+    return (config_class or LlamaConfig)(
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        initializer_range=initializer_range,
+        **extra,
+    )
+
+
+def generating_with(model, tokenizer):
+    """`model` with the tokenizer's pad and EOS ids in its generation config (saved with it)."""
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model
+
+
 def tiny_llava(
     *,
     seed: int = 0,
@@ -76,7 +115,7 @@ def tiny_llava(
     `any_resolution` a LlavaNextForConditionalGeneration (LLaVA-1.6) whose processor cuts each image into tiles
     on a grid of 1×1, 1×2 and 2×1 tiles plus a downscaled overview."""
     import transformers
-    from transformers import CLIPVisionConfig, LlamaConfig
+    from transformers import CLIPVisionConfig
 
     tokenizer = build_word_tokenizer(tiny_vocabulary())
     crop = {"height": image_size, "width": image_size}
@@ -108,17 +147,13 @@ def tiny_llava(
         patch_size=patch_size,
         projection_dim=vision_hidden,
     )
-    text = LlamaConfig(
-        hidden_size=text_hidden,
-        intermediate_size=text_intermediate,
-        num_hidden_layers=text_layers,
-        num_attention_heads=text_heads,
-        num_key_value_heads=text_heads,
-        vocab_size=len(tokenizer),
-        max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+    text = tiny_decoder_config(
+        tokenizer,
+        hidden=text_hidden,
+        intermediate=text_intermediate,
+        layers=text_layers,
+        heads=text_heads,
+        kv_heads=text_heads,
         initializer_range=initializer_range,
     )
     shared = {
@@ -134,9 +169,7 @@ def tiny_llava(
         config = transformers.LlavaConfig(**shared, image_seq_length=(image_size // patch_size) ** 2)
     torch.manual_seed(seed)
     model = getattr(transformers, f"{prefix}ForConditionalGeneration")(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    return model, processor
+    return generating_with(model, tokenizer), processor
 
 
 def build_tiny_llava(folder: Path, *, seed: int = 0, **sizes) -> None:
