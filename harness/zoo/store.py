@@ -1,9 +1,11 @@
-"""Build an embedded asset once per cache folder, safely when several xdist workers ask at once."""
+"""Build a cached folder once per cache, safely when several xdist workers ask at once: embedded assets, and
+checkpoints converted from GGUF files."""
 
 from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from filelock import FileLock
@@ -15,20 +17,28 @@ _COMPLETE = ".complete"
 
 def ensure_built(asset: EmbeddedAsset, cache_dir: Path) -> Path:
     """Folder holding `asset`, building it under a file lock if absent; partial builds never show."""
-    zoo = Path(cache_dir) / "zoo"
-    target = zoo / f"{asset.name}-v{asset.version}"
-    if (target / _COMPLETE).exists():
+    return build_once(Path(cache_dir) / "zoo" / f"{asset.name}-v{asset.version}", asset.build)
+
+
+def is_built(target: Path) -> bool:
+    return (target / _COMPLETE).exists()
+
+
+def build_once(target: Path, build: Callable[[Path], object]) -> Path:
+    """`target`, written by `build(staging folder)` and renamed into place unless it is already complete; a
+    folder left by a build that died is rebuilt."""
+    if is_built(target):
         return target
-    zoo.mkdir(parents=True, exist_ok=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
-        if (target / _COMPLETE).exists():
+        if is_built(target):
             return target  # another worker built it while we waited
         if target.exists():
             shutil.rmtree(target)  # left by a build that died before it completed
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=zoo))
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
         try:
-            asset.build(staging)
-            (staging / _COMPLETE).write_text(f"{asset.name} v{asset.version}\n")
+            build(staging)
+            (staging / _COMPLETE).write_text(f"{target.name}\n")
             staging.rename(target)
         finally:
             if staging.exists():
