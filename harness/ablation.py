@@ -64,7 +64,7 @@ def mean_activations(
     weights: torch.Tensor | None = None
 
     def add(layer: int, activation: torch.Tensor) -> None:
-        totals[layer] += site.summed_means(activation.float(), weights)
+        totals[layer] += site.summed(activation.float(), weights)
 
     with site.watched(add):
         for batch in teacher_forced_batches(loaded, images, captions, batch_size):

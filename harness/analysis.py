@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from harness import progress
 from harness.ablation import Intervention
 from harness.curve import format_curve
 from harness.experiment import CollapsePoint, ModelExperiment
@@ -121,9 +122,15 @@ def analyse_curve(
         k2 = search.k2
         interventions = [Intervention(selection="random", seed=seed) for seed in range(random_seeds)]
         interventions.append(Intervention(ablation="mean"))
-        for intervention in interventions:
-            point = experiment.measure(site, category, k2, intervention)
-            controls.append(ControlOutcome(intervention.label, k2, point.stage, point.log10_ppl_ratio, point.clip))
+        with progress.task(
+            f"controls at k₂ = {k2} of {experiment.name} / {site} / {category}", len(interventions)
+        ) as task:
+            for intervention in interventions:
+                point = experiment.measure(site, category, k2, intervention)
+                controls.append(
+                    ControlOutcome(intervention.label, k2, point.stage, point.log10_ppl_ratio, point.clip)
+                )
+                task.step(f"last: {intervention.label}, stage {point.stage}")
         layers = neurons_by_site_and_layer(experiment, site, category, k2)
     ranking = experiment.settings.ranking.label
     return CurveAnalysis(experiment.name, site, category, search, points, controls, layers, ranking)

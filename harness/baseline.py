@@ -25,8 +25,9 @@ from harness.errors import HarnessError
 from harness.labels import curve_label
 
 COMPARED_SETTINGS = (
-    "method", "alpha", "positions", "noise_sigma", "noise_samples", "seed", "prompt", "max_new_tokens", "dtype",
-    "device", "stage1_ppl_ratio", "stage1_clip_fraction", "stage2_log10_ppl_ratio", "stage2_degenerate_rate",
+    "method", "alpha", "positions", "aggregation", "noise_sigma", "noise_samples", "seed", "prompt",
+    "max_new_tokens", "dtype", "device", "stage1_ppl_ratio", "stage1_clip_fraction", "stage2_log10_ppl_ratio",
+    "stage2_degenerate_rate", "text_stage2",
 )  # fmt: skip
 PROVENANCE = ("checkpoint", "weights", "clip_model")
 THRESHOLDS = ("k1", "k2")

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 import harness
+from harness import progress
 from harness.ablation import Intervention, mean_activations, random_selection
 from harness.captioning import Caption, Prompt, generate_captions, score_captions
 from harness.clip_score import ClipScorer, clip_score_matrix, clip_scores
@@ -26,7 +27,7 @@ from harness.images import ImageSet, scan_image_root
 from harness.loading import LoadedModel, load_model
 from harness.masking import JointMask, NeuronMask, mask_neurons
 from harness.metrics import log10_ppl, require_finite
-from harness.ranking import Ranking, RankingOptions, importance
+from harness.ranking import Ranking, RankingOptions, importances
 from harness.ranking_cache import RankingCache, code_fingerprint
 from harness.registry import ClipSpec, get_model_spec
 from harness.settings import HarnessSettings
@@ -49,6 +50,7 @@ class Observation:
     reference_nll: list[float]  # teacher-forced, per caption (VLM) or per text window (text model)
     clip: list[float] | None  # per image; None for a text model
     clip_chance: float | None  # these captions scored against images of the other categories
+    degenerate: list[bool]  # per caption (or continuation): no language (harness.metrics)
 
 
 @dataclass(frozen=True)
@@ -160,7 +162,7 @@ class ModelExperiment:
             self.loaded, self.samples(category), captions, batch_size=self.settings.batch_size
         )
         clip, chance = self._clip_and_chance(category, captions)
-        return Observation(captions, reference, clip, chance)
+        return Observation(captions, reference, clip, chance, [caption.degenerate for caption in captions])
 
     def _captions(self, category: str) -> list[Caption]:
         return generate_captions(
@@ -202,25 +204,37 @@ class ModelExperiment:
         if key not in self._rankings:
             site = self.site(site_name)
             if isinstance(site, JointSite):  # each neuron's score depends on its own site only: merge the parts'
-                parts = [self.ranking(part.name, category) for part in site.parts]
+                self._rank_together([part.name for part in site.parts], category)
+                parts = [self._rankings[part.name, category] for part in site.parts]
                 scores = torch.cat([part.scores.reshape(-1) for part in parts])
                 self._rankings[key] = Ranking(site_name, scores, key="+".join(part.key for part in parts))
-                return self._rankings[key]
-            inputs, targets = self.ranking_data(category)
-            scores, cache_key = self.rankings.load_or_compute(
-                self.ranking_inputs(site_name, category),
-                (site.n_layers, site.width),
-                lambda: importance(
-                    self.loaded,
-                    site,
-                    inputs,
-                    targets,
-                    options=self.settings.ranking,
-                    batch_size=self.settings.batch_size,
-                ),
-            )
-            self._rankings[key] = Ranking(site=site_name, scores=scores, key=cache_key)
+            else:
+                self._rank_together([site_name], category)
         return self._rankings[key]
+
+    def _rank_together(self, site_names: list[str], category: str) -> None:
+        """Rank the sites not ranked yet, from the cache or computed in the same passes (a joint site's parts)."""
+        todo = [name for name in site_names if (name, category) not in self._rankings]
+        if not todo:
+            return
+        sites = [self.site(name) for name in todo]
+        inputs, targets = self.ranking_data(category)
+        results = self.rankings.load_or_compute_many(
+            [
+                (self.ranking_inputs(name, category), (site.n_layers, site.width))
+                for name, site in zip(todo, sites, strict=True)
+            ],
+            lambda missing: importances(
+                self.loaded,
+                [sites[index] for index in missing],
+                inputs,
+                targets,
+                options=self.settings.ranking,
+                batch_size=self.settings.batch_size,
+            ),
+        )
+        for name, (scores, cache_key) in zip(todo, results, strict=True):
+            self._rankings[name, category] = Ranking(site=name, scores=scores, key=cache_key)
 
     def mean_activations(self, site_name: str, category: str) -> torch.Tensor:
         """Mean activation of each neuron over the ranking's inputs, targets and positions (mean ablation), in
@@ -301,7 +315,7 @@ class ModelExperiment:
             None if observed.clip is None else require_finite(_mean(observed.clip), f"CLIP score of {where}")
         )
         base_log10 = log10_ppl(_mean(baseline.reference_nll))
-        degenerate_rate = _mean([float(c.degenerate) for c in captions])
+        degenerate_rate = _mean([float(flag) for flag in observed.degenerate])
         ratio = log10_ppl(mean_ref) - base_log10
         clip_baseline = None if baseline.clip is None else _mean(baseline.clip)
         chance = observed.clip_chance
@@ -331,6 +345,7 @@ class ModelExperiment:
                 clip_chance=chance,
                 degenerate_rate=degenerate_rate,
                 thresholds=self.settings.thresholds,
+                text_only=self.loaded.family.text_only,
             ),
             captions=[c.text for c in captions],
             masked_neurons=neurons,
@@ -359,12 +374,15 @@ class ModelExperiment:
         measure = measure or (lambda k: self.measure(site_name, category, k))
         points: dict[int, CollapsePoint] = {}
 
-        def stage_at(k: int) -> int:
-            points[k] = measure(k)
-            return points[k].stage
-
         search = adaptive_search if mode == "adaptive" else linear_search
-        return search(stage_at, limit), points
+        with progress.task(f"{mode} search of {self.name} / {site_name} / {category} (k ≤ {limit})") as task:
+
+            def stage_at(k: int) -> int:
+                points[k] = point = measure(k)
+                task.step(f"last: k={k}, stage {point.stage}, Δlog10 PPL {point.log10_ppl_ratio:+.2f}")
+                return point.stage
+
+            return search(stage_at, limit), points
 
     def options_record(self) -> dict:
         spec = self.loaded.spec

@@ -3,7 +3,7 @@ that is not the default, so runs with the default ranking keep short names and s
 
 from __future__ import annotations
 
-DEFAULT_RANKING = "CAN, α=1, positions=all"  # RankingOptions().label (checked by the tests)
+DEFAULT_RANKING = "CAN, α=1, mean over all positions"  # RankingOptions().label (checked by the tests)
 
 
 def curve_label(model: str, site: str, category: str, ranking: str | None = None, separator: str = " / ") -> str:

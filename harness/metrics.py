@@ -1,4 +1,4 @@
-"""Perplexity kept in log space, and the degenerate-text flag.
+"""Perplexity kept in log space, and the degenerate-text flags.
 
 A "1e20" perplexity is only ~46 nats, but `math.exp` overflows above ~709.8 nats and float32 above ~88.7, so
 every PPL is carried as a mean NLL (nats) or log10 PPL and only formatted for display.
@@ -40,6 +40,24 @@ def format_ppl(log10_value: float) -> str:
 def is_degenerate(token_ids: Sequence[int], text: str) -> bool:
     """Empty text, or one token repeated: the signature of complete collapse in the papers' examples."""
     return not text.strip() or (len(token_ids) > 1 and len(set(token_ids)) == 1)
+
+
+LOOP_DISTINCT_SHARE = 0.25  # a continuation of ≥ 8 tokens with at most this share of distinct tokens loops
+
+
+def is_degenerate_continuation(
+    token_ids: Sequence[int], text: str, reference_nll: float | None, text_nll: float, salad_log10: float
+) -> bool:
+    """A text model's continuation that is no language: empty or one token repeated (`is_degenerate`); a loop
+    (≥ 8 tokens, at most a quarter of them distinct); or word salad: the unmasked model finds it at least
+    10^salad_log10 times less likely per token than the text it continues (`reference_nll`, its mean NLL under the
+    unmasked model given the opening, against `text_nll`, the text's own mean NLL), as for "yourselfoliciesillion
+    youslavery", whose pieces are real tokens but whose sequence is not."""
+    if is_degenerate(token_ids, text):
+        return True
+    if len(token_ids) >= 8 and len(set(token_ids)) <= LOOP_DISTINCT_SHARE * len(token_ids):
+        return True
+    return reference_nll is not None and (reference_nll - text_nll) / LN10 >= salad_log10
 
 
 def require_finite(value: float, what: str) -> float:

@@ -12,10 +12,12 @@ see harness.ranking) to expand over them too; without it every case ranks by `--
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -57,8 +59,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="comma-separated text files for text-only models, one category per file stem (default: the "
         "built-in paragraph, category 'paragraph')",
     )
-    add("--can-text-window", type=int, default=128, help="tokens per window of a text (default 128)")
-    add("--can-max-windows", type=int, help="use at most N windows per text (default: all)")
+    add(
+        "--can-text-max-tokens",
+        type=int,
+        default=512,
+        help="one sequence of at most N tokens per text, special tokens included (default 512, as PCICN)",
+    )
+    add(
+        "--can-text-window",
+        type=int,
+        help="cut each text into windows of N tokens (default: one sequence)",
+    )
     add(
         "--can-k-max", type=int, default=8192, help="largest k on the grid (default 8192; capped at the site size)"
     )
@@ -82,8 +93,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="how neurons are ranked: can (default), activation, gradient, pcicn (noise on embeddings), random",
     )
     add("--can-alpha", type=float, default=1.0, help="CAN exponent α on |∂L/∂a| in [0, 1] (default 1)")
+    add("--can-positions", default="all", choices=("all", "scored"), help="positions a ranking aggregates (all)")
     add(
-        "--can-positions", default="all", choices=("all", "scored"), help="positions a ranking averages over (all)"
+        "--can-aggregate",
+        choices=("mean", "max"),  # harness.ranking.AGGREGATIONS
+        help="how a ranking aggregates positions (default: the method's own: max for pcicn, as its authors; "
+        "mean for the others)",
     )
     add("--can-noise-sigma", type=float, default=5.0, help="pcicn: std of the noise on the input embeddings (5)")
     add("--can-noise-samples", type=int, default=100, help="pcicn: noisy passes per batch of images (100)")
@@ -117,6 +132,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=0.5,
         help="… and CLIP ≤ chance or at least this share of degenerate captions",
     )
+    add(
+        "--can-text-stage2",
+        default="ppl",
+        choices=("ppl", "ppl+degenerate"),  # harness.stages.TEXT_STAGE2
+        help="text-only models: stage 2 by the PPL alone (default, PCICN's criterion) or also degenerate text",
+    )
+    add(
+        "--can-progress-interval",
+        type=float,
+        default=10.0,
+        help="seconds between progress lines of long work (rankings, searches, conversions; default 10; 0: all)",
+    )
     add("--can-show-curves", action="store_true", help="print every curve under the summary table")
     add(
         "--can-dist-group",
@@ -144,6 +171,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[BASELINES] = _baselines_from_options(config)
     except (ValueError, HarnessError) as error:
         raise pytest.UsageError(f"harness option: {error}") from error
+    _route_progress(config)
     worker = getattr(config, "workerinput", None)
     if worker is None:
         config.pluginmanager.register(CollapseRecorder(config), "can-collapse-recorder")
@@ -151,6 +179,38 @@ def pytest_configure(config: pytest.Config) -> None:
         import torch
 
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(worker.get("workercount", 1))))
+
+
+def _route_progress(config: pytest.Config) -> None:
+    """Progress lines of long work reach the terminal past pytest's output capture: on the controller through
+    the terminal reporter, on an xdist worker through its standard error (which xdist leaves on the terminal)."""
+    from harness import progress
+
+    interval = config.getoption("can_progress_interval")
+    if interval < 0:
+        raise pytest.UsageError(f"harness option: --can-progress-interval must be ≥ 0 seconds, got {interval}")
+    worker = getattr(config, "workerinput", {}).get("workerid")
+
+    def uncaptured():
+        capture = config.pluginmanager.getplugin("capturemanager")
+        return capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext()
+
+    def write(line: str) -> None:
+        with uncaptured():
+            reporter = config.pluginmanager.getplugin("terminalreporter")
+            if worker is None and reporter is not None:
+                reporter.write_line(line)
+            else:
+                sys.stderr.write(f"[{worker}] {line}\n" if worker else line + "\n")
+                sys.stderr.flush()
+
+    progress.configure(write=write, passthrough=uncaptured, interval=interval)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    from harness import progress
+
+    progress.reset()
 
 
 @pytest.hookimpl(tryfirst=True, optionalhook=True)
@@ -198,14 +258,15 @@ def _settings_from_options(config: pytest.Config):
         categories=tuple(option("can_categories")) if option("can_categories") else None,
         max_images=option("can_max_images"),
         texts=tuple(Path(p) for p in option("can_texts")) if option("can_texts") else None,
+        text_max_tokens=option("can_text_max_tokens"),
         text_window=option("can_text_window"),
-        max_windows=option("can_max_windows"),
         batch_size=option("can_batch_size"),
         max_new_tokens=option("can_max_new_tokens"),
         ranking=RankingOptions(
             method=option("can_method"),
             alpha=option("can_alpha"),
             positions=option("can_positions"),
+            aggregate=option("can_aggregate"),
             noise_sigma=option("can_noise_sigma"),
             noise_samples=option("can_noise_samples"),
             seed=option("can_ranking_seed"),
@@ -215,6 +276,7 @@ def _settings_from_options(config: pytest.Config):
             stage1_clip_fraction=option("can_stage1_clip_fraction"),
             stage2_log10_ppl_ratio=option("can_stage2_log10_ppl"),
             stage2_degenerate_rate=option("can_stage2_degenerate_rate"),
+            text_stage2=option("can_text_stage2"),
         ),
         clip=clip,
         device=option("can_device"),

@@ -1,22 +1,29 @@
 """Neuron importance by every ranking method the field uses, one [layers, channels] float32 score per neuron.
 
-- `can` (the CAN paper): I[l, j] = mean over images of (mean over positions of |∂L/∂a[l, j]|^α · |a[l, j]|);
-- `activation`: mean |a| (CAN with α = 0), `gradient`: mean |∂L/∂a| — the baselines PCICN reports as weak;
+- `can` (the CAN paper): I[l, j] = mean over images of (aggregate over positions of |∂L/∂a[l, j]|^α · |a[l, j]|);
+- `activation`: |a| (CAN with α = 0), `gradient`: |∂L/∂a| — the baselines PCICN reports as weak;
 - `pcicn` (PCICN, "The Achilles' Heel of LLMs"): Gaussian noise of std σ added to the input embeddings, K samples;
-  importance = mean |a_clean − a_noisy| over samples, positions and images;
+  each element (position, channel) scores the mean over samples of |a_clean − a_noisy|, then positions are
+  aggregated;
 - `random`: seeded uniform scores, a ranking that knows nothing (the null model for any other).
+
+Positions are aggregated by their `mean` or their `max`. PCICN's authors sort (module, position, channel) elements
+and mask a listed element's channel at every position, so a channel ranks by its best position: `max`, the
+default of `pcicn`. The CAN paper does not say; `can` keeps `mean`.
 
 L is each caption's teacher-forced mean NLL. Gradient methods run one batched forward + backward per batch of
 images with parameters frozen: the graph starts at the first hooked activation (made a leaf that requires grad),
 so the backward computes only activation gradients, never weight gradients. `pcicn` runs one clean and K noisy
-forward passes per batch under no_grad. Accumulators are float32 [layers, channels]: memory O(channels), never
-O(tokens × channels) beyond one batch; every per-element operation is a tensor operation.
+forward passes per batch under no_grad. Several sites (a joint site's parts) are scored in the same passes.
+Accumulators are float32 [layers, channels]: memory O(channels), never O(tokens × channels) beyond one batch;
+every per-element operation is a tensor operation.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Literal
@@ -24,12 +31,14 @@ from typing import Literal
 import torch
 from PIL import Image
 
+from harness import progress
 from harness.captioning import Caption, caption_nll_per_row, teacher_forced_batches
 from harness.errors import UnknownNameError
 from harness.sites import ResolvedSite
 
 Positions = Literal["all", "scored"]
 POSITIONS = ("all", "scored")
+AGGREGATIONS = ("mean", "max")
 RANKING_METHODS = ("can", "activation", "gradient", "pcicn", "random")
 GRADIENT_METHODS = ("can", "activation", "gradient")
 
@@ -40,7 +49,8 @@ class RankingOptions:
 
     method: str = "can"
     alpha: float = 1.0  # can: exponent on |∂L/∂a|
-    positions: Positions = "all"  # 'all' keeps token 0, where massive activations live (DESIGN §3)
+    positions: Positions = "all"  # 'all' keeps token 0, where massive activations live
+    aggregate: str | None = None  # over positions: 'mean' or 'max'; None: the method's own (max for pcicn)
     noise_sigma: float = 5.0  # pcicn: std of the noise on the input embeddings (the paper's σ)
     noise_samples: int = 100  # pcicn: K noisy passes per batch (the paper's K)
     seed: int = 0  # pcicn noise, random scores
@@ -51,35 +61,42 @@ class RankingOptions:
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"CAN alpha must be in [0, 1], got {self.alpha!r}")
         if self.positions not in POSITIONS:
-            raise UnknownNameError("position aggregation", self.positions, POSITIONS)
+            raise UnknownNameError("position set", self.positions, POSITIONS)
+        if self.aggregate is not None and self.aggregate not in AGGREGATIONS:
+            raise UnknownNameError("position aggregation", self.aggregate, AGGREGATIONS)
         if not (self.noise_sigma > 0 and self.noise_sigma < float("inf")):
             raise ValueError(f"PCICN noise sigma must be a finite number > 0, got {self.noise_sigma!r}")
         if self.noise_samples < 1:
             raise ValueError(f"PCICN noise samples must be ≥ 1, got {self.noise_samples!r}")
 
+    @property
+    def aggregation(self) -> str:
+        """How positions are aggregated: the option, else the method's default."""
+        return self.aggregate or ("max" if self.method == "pcicn" else "mean")
+
     def used(self) -> dict[str, object]:
         """The options this method reads: what a result records and a cache key hashes."""
         fields = {
-            "can": ("alpha", "positions"),
-            "activation": ("positions",),
-            "gradient": ("positions",),
-            "pcicn": ("positions", "noise_sigma", "noise_samples", "seed"),
+            "can": ("alpha", "positions", "aggregation"),
+            "activation": ("positions", "aggregation"),
+            "gradient": ("positions", "aggregation"),
+            "pcicn": ("positions", "aggregation", "noise_sigma", "noise_samples", "seed"),
             "random": ("seed",),
         }[self.method]
         return {"method": self.method, **{name: getattr(self, name) for name in fields}}
 
     @property
     def label(self) -> str:
-        """'CAN, α=1, positions=all': how tables and plots name the ranking."""
+        """'CAN, α=1, mean over all positions': how tables and plots name the ranking."""
         names = {"can": "CAN", "pcicn": "PCICN", "alpha": "α", "noise_sigma": "σ", "noise_samples": "K"}
         used = self.used()
         parts = [names.get(self.method, self.method)]
         for name, value in list(used.items())[1:]:
-            parts.append(
-                f"{names.get(name, name)}={value:g}"
-                if isinstance(value, float)
-                else f"{names.get(name, name)}={value}"
-            )
+            if name == "positions":
+                parts.append(f"{used['aggregation']} over {value} positions")
+            elif name != "aggregation":
+                shown = f"{value:g}" if isinstance(value, float) else value
+                parts.append(f"{names.get(name, name)}={shown}")
         return ", ".join(parts)
 
 
@@ -111,15 +128,58 @@ def importance(
     batch_size: int,
 ) -> torch.Tensor:
     """[layers, channels] float32 scores of `site` by `options.method` (see the module docstring)."""
+    return importances(loaded, [site], images, captions, options=options, batch_size=batch_size)[0]
+
+
+def importances(
+    loaded,
+    sites: Sequence[ResolvedSite],
+    images: Sequence[Image.Image],
+    captions: Sequence[Caption],
+    *,
+    options: RankingOptions,
+    batch_size: int,
+) -> list[torch.Tensor]:
+    """The scores of several sites, computed in the same passes; each equals that site's `importance` alone."""
     if options.method == "random":
-        generator = torch.Generator().manual_seed(options.seed)
-        return torch.rand(site.n_layers, site.width, generator=generator)
-    if options.method == "pcicn":
-        return _noise_sensitivity(loaded, site, images, captions, options=options, batch_size=batch_size)
-    return _gradient_importance(loaded, site, images, captions, options=options, batch_size=batch_size)
+        return [
+            torch.rand(site.n_layers, site.width, generator=torch.Generator().manual_seed(options.seed))
+            for site in sites
+        ]
+    score = _noise_sensitivity if options.method == "pcicn" else _gradient_importance
+    with progress.task(f"ranking {loaded.spec.name} {'+'.join(s.name for s in sites)} ({options.label})") as task:
+        return score(loaded, sites, images, captions, options=options, batch_size=batch_size, task=task)
 
 
-def _gradient_importance(loaded, site, images, captions, *, options: RankingOptions, batch_size: int):
+class _Captured:
+    """The activations of every (site, layer) in the latest forward pass."""
+
+    def __init__(self, sites: Sequence[ResolvedSite]):
+        self.sites = sites
+        self.values: list[list[torch.Tensor | None]] = [[None] * site.n_layers for site in sites]
+
+    @contextmanager
+    def watching(self, transform: Callable[[torch.Tensor], torch.Tensor] = lambda a: a) -> Iterator[None]:
+        with ExitStack() as stack:
+            for index, site in enumerate(self.sites):
+
+                def keep(layer: int, activation: torch.Tensor, index: int = index) -> None:
+                    self.values[index][layer] = transform(activation)
+
+                stack.enter_context(site.watched(keep))
+            yield
+
+    def flat(self) -> list[torch.Tensor | None]:
+        return [value for per_site in self.values for value in per_site]
+
+    def snapshot(self) -> list[list[torch.Tensor]]:
+        return [list(per_site) for per_site in self.values]
+
+    def clear(self) -> None:
+        self.values = [[None] * site.n_layers for site in self.sites]
+
+
+def _gradient_importance(loaded, sites, images, captions, *, options: RankingOptions, batch_size: int, task):
     need_grad = options.method == "gradient" or (options.method == "can" and options.alpha > 0)
 
     def contribution(activation: torch.Tensor, grad: torch.Tensor | None) -> torch.Tensor:
@@ -129,56 +189,70 @@ def _gradient_importance(loaded, site, images, captions, *, options: RankingOpti
             return activation.abs()
         return activation.abs() * grad.abs().pow(options.alpha)
 
-    totals = torch.zeros(site.n_layers, site.width, dtype=torch.float32, device=loaded.device)
-    captured: list[torch.Tensor | None] = [None] * site.n_layers
+    totals = [torch.zeros(s.n_layers, s.width, dtype=torch.float32, device=loaded.device) for s in sites]
+    captured = _Captured(sites)
 
-    def keep(layer: int, activation: torch.Tensor) -> None:
+    def leaf(activation: torch.Tensor) -> torch.Tensor:
         if need_grad and not activation.requires_grad:
-            activation.requires_grad_()  # first hooked layer: a leaf, so the graph starts here
-        captured[layer] = activation
+            activation.requires_grad_()  # first hooked activation of its path: a leaf, so the graph starts here
+        return activation
 
-    with site.watched(keep):
+    task.total = math.ceil(len(images) / batch_size)
+    with captured.watching(leaf):
         for batch in teacher_forced_batches(loaded, images, captions, batch_size):
             with torch.set_grad_enabled(need_grad):
                 loss = caption_nll_per_row(loaded, batch).sum()  # sum over images: each row gets its own gradient
+                activations = captured.flat()
                 grads = (
-                    torch.autograd.grad(loss, captured, allow_unused=True, materialize_grads=True)
+                    torch.autograd.grad(loss, activations, allow_unused=True, materialize_grads=True)
                     if need_grad
-                    else [None] * site.n_layers
+                    else [None] * len(activations)
                 )
             weights = batch.position_weights(options.positions)
-            for layer, (activation, grad) in enumerate(zip(captured, grads, strict=True)):
-                grad = None if grad is None else grad.float()
-                totals[layer] += site.summed_means(contribution(activation.detach().float(), grad), weights)
-            captured[:] = [None] * site.n_layers
-    return (totals / len(images)).cpu()
+            pairs = iter(zip(activations, grads, strict=True))
+            for site, total in zip(sites, totals, strict=True):
+                for layer in range(site.n_layers):
+                    activation, grad = next(pairs)
+                    grad = None if grad is None else grad.float()
+                    values = contribution(activation.detach().float(), grad)
+                    total[layer] += site.summed(values, weights, options.aggregation)
+            captured.clear()
+            task.step()
+    return [(total / len(images)).cpu() for total in totals]
 
 
 @torch.no_grad()
-def _noise_sensitivity(loaded, site, images, captions, *, options: RankingOptions, batch_size: int):
+def _noise_sensitivity(loaded, sites, images, captions, *, options: RankingOptions, batch_size: int, task):
     """PCICN: per batch one clean pass, then K passes with N(0, σ²) added to the input-embedding output (drawn on
-    the CPU from one seeded generator, sample by sample, in the embedding output's shape)."""
+    the CPU from one seeded generator, pass by pass, in the embedding output's shape, as the authors'
+    `randn_like`). Each element's mean |clean − noisy| over the K passes is aggregated over positions."""
     generator = torch.Generator().manual_seed(options.seed)
-    totals = torch.zeros(site.n_layers, site.width, dtype=torch.float32, device=loaded.device)
-    captured: list[torch.Tensor | None] = [None] * site.n_layers
-
-    def keep(layer: int, activation: torch.Tensor) -> None:
-        captured[layer] = activation.float()
-
-    with site.watched(keep):
+    totals = [torch.zeros(s.n_layers, s.width, dtype=torch.float32, device=loaded.device) for s in sites]
+    captured = _Captured(sites)
+    task.total = math.ceil(len(images) / batch_size) * (options.noise_samples + 1)
+    with captured.watching(lambda activation: activation.float()):
         for batch in teacher_forced_batches(loaded, images, captions, batch_size):
             weights = batch.position_weights(options.positions)
             loaded.model(**batch.inputs, use_cache=False)
-            clean = list(captured)
+            clean = captured.snapshot()
+            task.step()
+            differences: list[list[torch.Tensor]] = [[torch.zeros_like(a) for a in per_site] for per_site in clean]
             for _ in range(options.noise_samples):
                 with _noisy_embeddings(
                     loaded, lambda shape: options.noise_sigma * torch.randn(shape, generator=generator)
                 ):
                     loaded.model(**batch.inputs, use_cache=False)
-                for layer, (noisy, reference) in enumerate(zip(captured, clean, strict=True)):
-                    totals[layer] += site.summed_means((reference - noisy).abs(), weights)
-            captured[:] = [None] * site.n_layers
-    return (totals / (len(images) * options.noise_samples)).cpu()
+                for summed, references, noisy in zip(differences, clean, captured.values, strict=True):
+                    for layer, (reference, value) in enumerate(zip(references, noisy, strict=True)):
+                        summed[layer] += (reference - value).abs()
+                task.step()
+            for site, total, summed in zip(sites, totals, differences, strict=True):
+                for layer in range(site.n_layers):
+                    total[layer] += site.summed(
+                        summed[layer] / options.noise_samples, weights, options.aggregation
+                    )
+            captured.clear()
+    return [(total / len(images)).cpu() for total in totals]
 
 
 @contextmanager

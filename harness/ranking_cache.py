@@ -14,7 +14,8 @@ import json
 import os
 import tempfile
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
@@ -53,23 +54,43 @@ class RankingCache:
         self, fields: Mapping[str, object], shape: tuple[int, int], compute: Callable[[], torch.Tensor]
     ) -> tuple[torch.Tensor, str]:
         """(scores, key): from the cache when a valid entry exists, else computed once and stored."""
-        key = cache_key(fields)
-        path = self.path_for(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(path) + ".lock"):
-            if path.exists():
-                scores, problem = self._read(path, key, shape)
-                if problem is None:
-                    return scores, key
-                warnings.warn(f"ranking cache file {path} is unusable ({problem}); recomputing it", stacklevel=2)
-            scores = compute().to(torch.float32).cpu().contiguous()
-            if tuple(scores.shape) != shape or not torch.isfinite(scores).all():
-                raise CacheError(
-                    f"refusing to cache a ranking of shape {tuple(scores.shape)} with non-finite "
-                    f"values or a shape other than {shape}"
-                )
-            self._write(path, scores, key, fields)
-        return scores, key
+        return self.load_or_compute_many([(fields, shape)], lambda missing: [compute()])[0]
+
+    def load_or_compute_many(
+        self,
+        entries: Sequence[tuple[Mapping[str, object], tuple[int, int]]],
+        compute: Callable[[list[int]], list[torch.Tensor]],
+    ) -> list[tuple[torch.Tensor, str]]:
+        """Several rankings at once: those without a valid entry are computed together by `compute(indices)`
+        (e.g. the parts of a joint site in the same passes) and stored one by one. All entries are locked while
+        this runs (in key order, so two workers cannot deadlock)."""
+        keys = [cache_key(fields) for fields, _ in entries]
+        paths = [self.path_for(key) for key in keys]
+        found: list[torch.Tensor | None] = [None] * len(entries)
+        with ExitStack() as locks:
+            for path in sorted(set(paths)):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                locks.enter_context(FileLock(str(path) + ".lock"))
+            for index, (path, key, (_, shape)) in enumerate(zip(paths, keys, entries, strict=True)):
+                if path.exists():
+                    found[index], problem = self._read(path, key, shape)
+                    if problem is not None:
+                        warnings.warn(
+                            f"ranking cache file {path} is unusable ({problem}); recomputing it", stacklevel=3
+                        )
+            missing = [index for index, scores in enumerate(found) if scores is None]
+            if missing:
+                for index, scores in zip(missing, compute(missing), strict=True):
+                    scores = scores.to(torch.float32).cpu().contiguous()
+                    shape = entries[index][1]
+                    if tuple(scores.shape) != shape or not torch.isfinite(scores).all():
+                        raise CacheError(
+                            f"refusing to cache a ranking of shape {tuple(scores.shape)} with non-finite "
+                            f"values or a shape other than {shape}"
+                        )
+                    self._write(paths[index], scores, keys[index], entries[index][0])
+                    found[index] = scores
+        return list(zip(found, keys, strict=True))
 
     @staticmethod
     def _read(path: Path, key: str, shape: tuple[int, int]) -> tuple[torch.Tensor | None, str | None]:

@@ -31,8 +31,8 @@ class HarnessSettings:
     texts: tuple[Path, ...] | None = (
         None  # text-only models' texts, one category per file; None: built-in paragraph
     )
-    text_window: int = 128  # tokens per window of a text
-    max_windows: int | None = None  # per text
+    text_max_tokens: int = 512  # a text is scored as one sequence of at most this many tokens (as PCICN)
+    text_window: int | None = None  # cut the text into windows of this many tokens instead
     batch_size: int = 8
     max_new_tokens: int = 64
     ranking: RankingOptions = field(default_factory=RankingOptions)
@@ -51,12 +51,12 @@ class HarnessSettings:
         for name in ("batch_size", "max_new_tokens", "k_max"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)!r}")
-        for name in ("max_images", "max_windows"):
+        for name in ("max_images", "text_window"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1 (or unset), got {getattr(self, name)!r}")
-        if self.text_window < 2:
+        if self.text_max_tokens < 2:
             raise ValueError(
-                f"text_window must be ≥ 2 tokens (one to condition on, one to score), got {self.text_window!r}"
+                f"text_max_tokens must be ≥ 2 (a token to condition on, one to score), got {self.text_max_tokens}"
             )
         if not (math.isfinite(self.k_factor) and self.k_factor > 1):
             raise ValueError(f"k_factor must be a finite number > 1 for the k grid to grow, got {self.k_factor!r}")

@@ -33,8 +33,18 @@ class SiteSpec:
     component: str  # harness.families.COMPONENTS
     module: str  # attribute path below each layer ('' = the component's module itself)
     unit: Unit
-    width_field: str  # field of the component's config that gives the number of channels per layer
+    width_field: str  # field(s) of the component's config whose product is the channels per layer ('a*b')
     description: str
+
+    def width(self, config) -> int:
+        """Channels per layer, from the component's config; a missing `head_dim` is hidden_size / heads."""
+        width = 1
+        for name in self.width_field.split("*"):
+            value = getattr(config, name, None)
+            if value is None and name == "head_dim":
+                value = config.hidden_size // config.num_attention_heads
+            width *= value
+        return width
 
 
 SITES: dict[str, SiteSpec] = {
@@ -45,6 +55,12 @@ SITES: dict[str, SiteSpec] = {
         SiteSpec("lm.down_proj", "lm", "mlp.down_proj", "output", "hidden_size", "FFN down projection outputs"),
         SiteSpec("lm.mlp_hidden", "lm", "mlp.down_proj", "input", "intermediate_size", "FFN hidden act(gate)·up"),
         SiteSpec("lm.o_proj", "lm", "self_attn.o_proj", "output", "hidden_size", "attention output projection"),
+        SiteSpec("lm.q_proj", "lm", "self_attn.q_proj", "output", "num_attention_heads*head_dim",
+                 "attention query projection outputs"),
+        SiteSpec("lm.k_proj", "lm", "self_attn.k_proj", "output", "num_key_value_heads*head_dim",
+                 "attention key projection outputs"),
+        SiteSpec("lm.v_proj", "lm", "self_attn.v_proj", "output", "num_key_value_heads*head_dim",
+                 "attention value projection outputs"),
         SiteSpec("vision.fc1", "vision", "mlp.fc1", "output", "intermediate_size", "vision MLP hidden units"),
         SiteSpec("vision.fc2", "vision", "mlp.fc2", "output", "hidden_size", "vision MLP outputs"),
         SiteSpec("qformer.fc1", "qformer", "intermediate_query.dense", "output", "intermediate_size",
@@ -54,6 +70,16 @@ SITES: dict[str, SiteSpec] = {
         SiteSpec("projector", "projector", "", "output", "hidden_size",
                  "multimodal projector outputs (LLaVA linear_1, InstructBLIP language_projection)"),
     )
+}  # fmt: skip
+
+
+# Named pools of sites, ranked as one: `lm.all_linear` is the PCICN authors' module pool, every Linear under the
+# language model's attention and MLP (their hooks also catch the MLP's activation function and the post-attention
+# norm, which are not Linears: zeroing an act_fn channel is zeroing an lm.mlp_hidden unit).
+POOLS = {
+    "lm.all_linear": (
+        "lm.q_proj", "lm.k_proj", "lm.v_proj", "lm.o_proj", "lm.gate_proj", "lm.up_proj", "lm.down_proj",
+    ),
 }  # fmt: skip
 
 
@@ -84,14 +110,20 @@ class ResolvedSite:
         """Number of neurons in the site across all layers: the largest valid k."""
         return self.n_layers * self.width
 
-    def summed_means(self, values: torch.Tensor, text_weights: torch.Tensor) -> torch.Tensor:
-        """[B, T, W] → [W]: the sum over images of each image's mean over positions. Language-model sites weigh
-        the text positions by `text_weights` ([B, T], rows summing to 1: the chosen positions); the vision tower,
-        Q-Former and projector average all their own positions (patches, query tokens), across every crop when a
+    def summed(self, values: torch.Tensor, text_weights: torch.Tensor, aggregation: str = "mean") -> torch.Tensor:
+        """[B, T, W] → [W]: the sum over images of each image's mean (or max) over positions. Language-model sites
+        take the text positions `text_weights` chooses ([B, T], rows summing to 1, weighing the mean); the vision
+        tower, Q-Former and projector all their own positions (patches, query tokens), across every crop when a
         model cuts an image into several (LLaVA-NeXT's any-resolution tiles: more rows than images)."""
+        images = text_weights.shape[0]
+        if aggregation == "max":
+            if self.spec.component == "lm":
+                chosen = (text_weights > 0)[..., None]
+                return values.masked_fill(~chosen, float("-inf")).amax(1).sum(0)
+            return values.amax(1).mean(0) * images
         if self.spec.component == "lm":
             return torch.einsum("btw,bt->w", values, text_weights)
-        return values.mean(dim=(0, 1)) * text_weights.shape[0]
+        return values.mean(dim=(0, 1)) * images
 
     def hook_point(self, layer: int) -> str:
         tensor = "out" if self.spec.unit == "output" else "in"
@@ -133,10 +165,11 @@ class JointSite:
     scores of different sites are on one scale."""
 
     parts: tuple[ResolvedSite, ...]
+    alias: str | None = None  # a named pool (POOLS) is shown by its name
 
     @property
     def name(self) -> str:
-        return JOINT.join(part.name for part in self.parts)
+        return self.alias or JOINT.join(part.name for part in self.parts)
 
     @property
     def size(self) -> int:
@@ -193,8 +226,9 @@ def _checked_k(k: int, name: str, size: int, shape: str) -> int:
 
 
 def site_names(name: str) -> list[str]:
-    """The sites in `name` (one, or several joined by '+'), each checked against the registry of sites."""
-    names = name.split(JOINT)
+    """The sites in `name` (one, several joined by '+', or a named pool), each checked against the registry of
+    sites."""
+    names = [site for part in name.split(JOINT) for site in POOLS.get(part, (part,))]
     for part in names:
         get_site_spec(part)
     repeated = sorted({part for part in names if names.count(part) > 1})
@@ -214,12 +248,12 @@ def site_shape(name: str, config, family) -> tuple[int, int]:
     component = family.component(spec.component)
     component_config = family.component_config(config, spec.component)
     layers = component_config.num_hidden_layers if component.layered else 1
-    return layers, getattr(component_config, spec.width_field)
+    return layers, spec.width(component_config)
 
 
 def get_site_spec(name: str) -> SiteSpec:
     if name not in SITES:
-        raise UnknownNameError("site", name, sorted(SITES))
+        raise UnknownNameError("site", name, sorted(SITES) + sorted(POOLS))
     return SITES[name]
 
 
@@ -227,8 +261,8 @@ def resolve_any_site(loaded, name: str) -> AnySite:
     """A single site, or a JointSite for names like `lm.down_proj+lm.gate_proj`."""
     names = site_names(name)
     if len(names) == 1:
-        return resolve_site(loaded, name)
-    return JointSite(tuple(resolve_site(loaded, part) for part in names))
+        return resolve_site(loaded, names[0])
+    return JointSite(tuple(resolve_site(loaded, part) for part in names), alias=name if name in POOLS else None)
 
 
 def resolve_site(loaded, name: str) -> ResolvedSite:

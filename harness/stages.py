@@ -3,7 +3,9 @@
 stage 1, expressive degradation: reference PPL ≥ ppl_ratio × baseline, or CLIP ≤ clip_fraction × baseline.
 stage 2, complete collapse: log10(PPL/PPL₀) ≥ log10_ppl_ratio, and (CLIP ≤ chance level, or at least
 degenerate_rate of the captions are empty / one token repeated).
-Text-only models have no CLIP score: their stages rest on the PPL of the text and on degenerate continuations.
+Text-only models have no CLIP score. Their stage 2 is PCICN's criterion, the PPL of the text alone (the authors
+stop at the first k with log10(PPL/PPL₀) ≥ 1); with text_stage2 = "ppl+degenerate" it also needs at least
+degenerate_rate of degenerate continuations (harness.metrics.is_degenerate_continuation).
 """
 
 from __future__ import annotations
@@ -13,6 +15,10 @@ import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
+from harness.errors import UnknownNameError
+
+TEXT_STAGE2 = ("ppl", "ppl+degenerate")
+
 
 @dataclass(frozen=True)
 class StageThresholds:
@@ -20,10 +26,13 @@ class StageThresholds:
     stage1_clip_fraction: float = 0.9
     stage2_log10_ppl_ratio: float = 1.0
     stage2_degenerate_rate: float = 0.5
+    text_stage2: str = "ppl"  # text-only models: "ppl" (PCICN's criterion) or "ppl+degenerate"
 
     def __post_init__(self) -> None:
+        if self.text_stage2 not in TEXT_STAGE2:
+            raise UnknownNameError("text-model stage-2 criterion", self.text_stage2, TEXT_STAGE2)
         for name, value in self.as_dict().items():
-            if not math.isfinite(value):
+            if isinstance(value, float) and not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value!r}")
         if self.stage1_ppl_ratio <= 1:
             raise ValueError(f"stage-1 PPL ratio must be > 1, got {self.stage1_ppl_ratio}")
@@ -34,7 +43,7 @@ class StageThresholds:
         if not 0 < self.stage2_degenerate_rate <= 1:
             raise ValueError(f"stage-2 degenerate rate must be in (0, 1], got {self.stage2_degenerate_rate}")
 
-    def as_dict(self) -> dict[str, float]:
+    def as_dict(self) -> dict[str, float | str]:
         return asdict(self)
 
 
@@ -47,14 +56,17 @@ def classify_stage(
     clip_chance: float | None,
     degenerate_rate: float,
     thresholds: StageThresholds,
+    text_only: bool = False,
 ) -> int:
     """0 (intact), 1 (expressive degradation) or 2 (complete collapse) for one evaluated k."""
     if k == 0:
         return 0  # the reference point itself
     ppl_collapsed = log10_ppl_ratio >= thresholds.stage2_log10_ppl_ratio
-    text_lost = (clip is not None and clip_chance is not None and clip <= clip_chance) or (
-        degenerate_rate >= thresholds.stage2_degenerate_rate
-    )
+    degenerate = degenerate_rate >= thresholds.stage2_degenerate_rate
+    if text_only:
+        text_lost = thresholds.text_stage2 == "ppl" or degenerate
+    else:
+        text_lost = (clip is not None and clip_chance is not None and clip <= clip_chance) or degenerate
     if ppl_collapsed and text_lost:
         return 2
     ppl_degraded = log10_ppl_ratio >= math.log10(thresholds.stage1_ppl_ratio)

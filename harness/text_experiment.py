@@ -1,10 +1,10 @@
 """Collapse experiments on text-only causal LMs: the PCICN setting, on the same sites, cases and summary as VLMs.
 
-A category is a text (harness.texts), cut into windows of tokens. The reference PPL of a point is the PPL of the
-windows themselves under the masked model (PCICN's "PPL on the same text"), and the ranking loss is their
-teacher-forced NLL under the unmasked model. Each window's first half is also a prompt: the greedy continuation
-the (masked) model writes from it gives the self PPL, the degenerate rate (stage 2 needs degenerate text, as a
-VLM's needs captions at CLIP chance or degenerate) and the examples a report shows. There is no CLIP score.
+A category is a text (harness.texts): one sequence of at most 512 tokens, or windows of it. The reference PPL of
+a point is the PPL of the text itself under the masked model (PCICN's "PPL on the same text"), and the ranking
+loss is its teacher-forced NLL under the unmasked model. The text's first half is also a prompt: the greedy
+continuation the (masked) model writes from it gives the self PPL, the degenerate rate (a column; stage 2 needs it
+only with `text_stage2 = "ppl+degenerate"`) and the examples a report shows. There is no CLIP score.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from harness.captioning import Caption, score_captions
 from harness.experiment import ModelExperiment, Observation
 from harness.loading import LoadedModel
 from harness.masking import JointMask, NeuronMask
+from harness.metrics import is_degenerate_continuation
 from harness.ranking_cache import RankingCache
 from harness.settings import HarnessSettings
 from harness.texts import TextSet, TextWindow, text_windows
@@ -34,8 +35,8 @@ class TextExperiment(ModelExperiment):
             self._windows[category] = text_windows(
                 self.loaded.tokenizer,
                 self.texts.text(category),
+                max_tokens=self.settings.text_max_tokens,
                 window=self.settings.text_window,
-                max_windows=self.settings.max_windows,
             )
         return self._windows[category]
 
@@ -54,18 +55,40 @@ class TextExperiment(ModelExperiment):
         return {
             "loss": "teacher-forced NLL of the given text",
             "text": self.texts.content_hash(category),
+            "text_max_tokens": self.settings.text_max_tokens,
             "text_window": self.settings.text_window,
-            "max_windows": self.settings.max_windows,
         }
 
     def observe(self, category: str, mask: NeuronMask | JointMask | None = None) -> Observation:
-        """Under `mask` (None: unmasked): the NLL of each window, and a continuation of each window's opening."""
+        """Under `mask` (None: unmasked): the NLL of each window, and a continuation of each window's opening,
+        which the unmasked model then scores to tell word salad from language."""
         with mask or nullcontext():
             continuations = self._captions(category)
             reference = score_captions(
                 self.loaded, *self.ranking_data(category), batch_size=self.settings.batch_size
             )
-        return Observation(continuations, reference, clip=None, clip_chance=None)
+        text_nll = reference if mask is None else self.baseline(category).reference_nll
+        salad_log10 = self.settings.thresholds.stage2_log10_ppl_ratio
+        degenerate = [
+            is_degenerate_continuation(c.token_ids, c.text, nll, text, salad_log10)
+            for c, nll, text in zip(
+                continuations, self._unmasked_nll(category, continuations), text_nll, strict=True
+            )
+        ]
+        return Observation(continuations, reference, clip=None, clip_chance=None, degenerate=degenerate)
+
+    def _unmasked_nll(self, category: str, continuations: list[Caption]) -> list[float | None]:
+        """Each continuation's mean NLL under the unmasked model given its opening (None for an empty one)."""
+        scored = [index for index, c in enumerate(continuations) if c.token_ids]
+        openings = self.samples(category)
+        nll = score_captions(
+            self.loaded,
+            [openings[index] for index in scored],
+            [continuations[index] for index in scored],
+            batch_size=self.settings.batch_size,
+        )
+        by_index = dict(zip(scored, nll, strict=True))
+        return [by_index.get(index) for index in range(len(continuations))]
 
     def chance_images(self, category: str) -> int:
         return 0

@@ -1,8 +1,10 @@
-"""Texts for text-only language models (the PCICN setting): perplexity is measured on a given text, cut into
-windows of tokens, instead of on captions of images.
+"""Texts for text-only language models (the PCICN setting): perplexity is measured on a given text instead of on
+captions of images.
 
 A run's texts are files (`--can-texts a.txt,b.txt`), each one a category named by its file stem, or the built-in
-paragraph (category `paragraph`). Files are validated up front, every bad one named.
+paragraph (category `paragraph`). Files are validated up front, every bad one named. A text is scored as one
+sequence of at most 512 tokens with the tokenizer's own special tokens, as PCICN's authors do; windows only when
+asked.
 """
 
 from __future__ import annotations
@@ -29,25 +31,25 @@ BUILTIN_PARAGRAPH = (
 
 @dataclass(frozen=True)
 class TextWindow:
-    """One window of a text: `prefix` (the tokenizer's BOS, if it has one) followed by `tokens` of the text."""
+    """One scored sequence of a text, exactly as the model reads it (the tokenizer's own special tokens
+    included): the whole text, or one window of it."""
 
-    prefix: tuple[int, ...]
     tokens: tuple[int, ...]
 
     @property
     def scoring_prompt(self) -> tuple[int, ...]:
-        """What the scored tokens are conditioned on: the BOS, or the window's first token when there is none."""
-        return self.prefix or self.tokens[:1]
+        """What the scored tokens are conditioned on: the first token (a BOS, where the tokenizer adds one)."""
+        return self.tokens[:1]
 
     @property
     def scored(self) -> tuple[int, ...]:
-        """The tokens whose NLL is the text's perplexity: every token after the scoring prompt."""
-        return self.tokens if self.prefix else self.tokens[1:]
+        """The tokens whose NLL is the text's perplexity: every token after the first (`labels=input_ids`)."""
+        return self.tokens[1:]
 
     @property
     def opening(self) -> tuple[int, ...]:
-        """The prompt a continuation is generated from: the prefix and the window's first half."""
-        return self.prefix + self.tokens[: max(1, len(self.tokens) // 2)]
+        """The prompt a continuation is generated from: the sequence's first half."""
+        return self.tokens[: max(1, len(self.tokens) // 2)]
 
 
 @dataclass(frozen=True)
@@ -98,18 +100,33 @@ def load_text_set(paths: tuple[Path, ...] | None = None) -> TextSet:
     return TextSet(texts)
 
 
-def text_windows(tokenizer, text: str, *, window: int, max_windows: int | None = None) -> list[TextWindow]:
-    """`text` tokenised once and cut into consecutive windows of `window` tokens (the last may be shorter; one
-    of a single token is dropped when the tokenizer has no BOS, as nothing in it could be scored)."""
-    if window < 2:
-        raise ValueError(f"a text window must hold at least 2 tokens, got {window!r}")
-    tokens = tokenizer(text, add_special_tokens=False)["input_ids"]
-    prefix = () if tokenizer.bos_token_id is None else (int(tokenizer.bos_token_id),)
-    windows = [
-        TextWindow(prefix, tuple(tokens[start : start + window]))
-        for start in range(0, len(tokens), window)
-        if prefix or len(tokens[start : start + window]) > 1
-    ]
+def text_windows(tokenizer, text: str, *, max_tokens: int = 512, window: int | None = None) -> list[TextWindow]:
+    """`text` as the model reads it: one sequence of at most `max_tokens` tokens, with the special tokens the
+    tokenizer itself adds (never a BOS it would not add), as PCICN's authors score it; or, with `window`, its first
+    `max_tokens` tokens cut into consecutive windows of `window` tokens, each wrapped in those special tokens."""
+    if max_tokens < 2:
+        raise ValueError(f"a text needs at least 2 tokens (one to condition on, one to score), got {max_tokens!r}")
+    if window is not None and window < 1:
+        raise ValueError(f"a text window must hold at least 1 token, got {window!r}")
+    if window is None:
+        sequences = [tokenizer(text, truncation=True, max_length=max_tokens)["input_ids"]]
+    else:
+        plain = tokenizer(text, add_special_tokens=False)["input_ids"]
+        prefix, suffix = _special_tokens_around(tokenizer(text)["input_ids"], plain)
+        plain = plain[:max_tokens]
+        sequences = [prefix + plain[start : start + window] + suffix for start in range(0, len(plain), window)]
+    windows = [TextWindow(tuple(int(t) for t in sequence)) for sequence in sequences if len(sequence) > 1]
     if not windows:
-        raise TextFileError(f"the text tokenises to {len(tokens)} token(s); at least 2 are needed to score it")
-    return windows[:max_windows] if max_windows else windows
+        raise TextFileError(
+            f"the text tokenises to {sum(map(len, sequences))} token(s) per sequence; at least 2 are needed to "
+            "score it"
+        )
+    return windows
+
+
+def _special_tokens_around(full: list[int], plain: list[int]) -> tuple[list[int], list[int]]:
+    """The tokens the tokenizer adds before and after a text (`full`) that it encodes as `plain` without them."""
+    for start in range(len(full) - len(plain) + 1):
+        if full[start : start + len(plain)] == plain:
+            return full[:start], full[start + len(plain) :]
+    raise TextFileError("the tokenizer encodes the text differently with and without its special tokens")

@@ -99,7 +99,14 @@ def spread_indices(n_layers: int, width: int) -> list[int]:
 def site_geometry(loaded, name: str) -> tuple[int, int]:
     """(layers, channels) from the config, independently of harness.sites."""
     config = loaded.model.config.text_config
-    width = config.hidden_size if name in ("lm.down_proj", "lm.o_proj") else config.intermediate_size
+    head_dim = config.hidden_size // config.num_attention_heads
+    width = {
+        "lm.down_proj": config.hidden_size,
+        "lm.o_proj": config.hidden_size,
+        "lm.q_proj": config.num_attention_heads * head_dim,
+        "lm.k_proj": config.num_key_value_heads * head_dim,
+        "lm.v_proj": config.num_key_value_heads * head_dim,
+    }.get(name, config.intermediate_size)
     return config.num_hidden_layers, width
 
 

@@ -137,7 +137,8 @@ def test_serial_run_passes_and_prints_one_row_per_curve(serial):
     """The real cases pass on the tiny model and the summary has one row per (model, site, category)."""
     assert serial.ret == 0, "\n".join(serial.lines)
     assert serial.outcomes == {"passed": 8, "skipped": 8}
-    assert any(re.search(r"=+ critical-neuron collapse \(CAN, α=1, positions=all\) =+", s) for s in serial.lines)
+    title = r"=+ critical-neuron collapse \(CAN, α=1, mean over all positions\) =+"
+    assert any(re.search(title, s) for s in serial.lines)
     header, separator, *rows = summary_table(serial.lines)
     assert cells(header)[:4] == ["model", "site", "category", "n"]
     assert cells(header)[-2:] == ["k grid", "notes"]
@@ -622,7 +623,7 @@ def test_search_cases_are_one_per_curve_and_fill_the_threshold_table(search_run)
     with the searched thresholds and the controls at k₂."""
     assert search_run.outcomes == {"passed": 2, "failed": 2}, "\n".join(search_run.lines)
     text = "\n".join(search_run.lines)
-    assert "two-stage thresholds (CAN, α=1, positions=all; adaptive search, controls at k₂)" in text
+    assert "two-stage thresholds (CAN, α=1, mean over all positions; adaptive search, controls at k₂)" in text
     rows = [line for line in search_run.lines if line.startswith("| tiny-llava")]
     assert [cells(row)[:3] for row in rows] == [["tiny-llava", "lm.down_proj", c] for c in CATEGORIES]
     assert "critical-neuron collapse (CAN" not in text  # no grid case ran: no grid table
@@ -737,7 +738,7 @@ def test_a_case_parametrised_over_ranking_methods(run_cases, pytester):
     )
     assert run.outcomes == {"passed": 6}, "\n".join(run.lines)
     rankings = {p["ranking"] for p in run.report["points"]}
-    assert rankings == {"CAN, α=1, positions=all", "random, seed=0"}
+    assert rankings == {"CAN, α=1, mean over all positions", "random, seed=0"}
     assert "critical-neuron collapse (several rankings)" in "\n".join(run.lines)
     table = summary_table(run.lines)
     assert cells(table[0])[:4] == ["model", "site", "ranking", "category"]

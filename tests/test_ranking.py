@@ -304,10 +304,13 @@ def test_gradient_and_activation_rank_differently_from_can(loaded, images, ragge
     assert not torch.allclose(scores["can"], scores["gradient"])
 
 
-def reference_pcicn(loaded, images, captions, site_name, sigma, samples, seed, positions) -> torch.Tensor:
+def reference_pcicn(
+    loaded, images, captions, site_name, sigma, samples, seed, positions, aggregate
+) -> torch.Tensor:
     """PCICN from its definition, one image at a time: K times, noise ~ N(0, σ²) of the embedding output's shape
-    is drawn from a CPU generator seeded with `seed` and added to the input embeddings; each neuron's score is the
-    mean over samples, images and the chosen positions of |output(clean) − output(noisy)|."""
+    is drawn from a CPU generator seeded with `seed` and added to the input embeddings; each element (position,
+    neuron) scores the mean over samples of |output(clean) − output(noisy)|, each neuron the max (or mean) of its
+    elements over the chosen positions, then the mean over images."""
     path, unit = SITE_TENSORS[site_name]
     modules = [layer.get_submodule(path) for layer in loaded.model.get_submodule(LAYERS_PATH)]
     embed = loaded.model.get_input_embeddings()
@@ -337,28 +340,33 @@ def reference_pcicn(loaded, images, captions, site_name, sigma, samples, seed, p
             return seen
 
         clean = outputs(batch, None)
-        total = torch.zeros(len(modules), clean[0].shape[-1], dtype=torch.float64)
+        total = 0
         for _ in range(samples):
             shape = (1, batch.inputs["input_ids"].shape[1], embed.embedding_dim)
             noisy = outputs(batch, sigma * torch.randn(shape, generator=generator))
-            total += torch.stack([(c - n)[rows].abs().mean(0) for c, n in zip(clean, noisy, strict=True)])
-        per_image.append(total / samples)
+            total = total + torch.stack([(c - n)[rows].abs() for c, n in zip(clean, noisy, strict=True)])
+        elements = total / samples  # [layer, position, neuron]
+        per_image.append(elements.amax(1) if aggregate == "max" else elements.mean(1))
     return mean_over_images(per_image)
 
 
-@pytest.mark.parametrize(("site_name", "positions"), [("lm.down_proj", "all"), ("lm.mlp_hidden", "scored")])
+@pytest.mark.parametrize(
+    ("site_name", "positions", "aggregate"),
+    [("lm.down_proj", "all", "max"), ("lm.down_proj", "all", "mean"), ("lm.mlp_hidden", "scored", "max")],
+)
 def test_pcicn_reproduces_its_definition_exactly(
-    loaded, images, ragged_captions, site_name, positions, unmodified
+    loaded, images, ragged_captions, site_name, positions, aggregate, unmodified
 ):
     """Same noise draws, same sum: the batched harness (one image per batch, so the draws line up) equals the
-    definition to float32 rounding."""
+    definition to float32 rounding, for either aggregation over positions."""
     options = {"sigma": 5.0, "samples": 3, "seed": 7}
     expected = reference_pcicn(
-        loaded, images.images(CATEGORY), ragged_captions, site_name, positions=positions, **options
-    )
+        loaded, images.images(CATEGORY), ragged_captions, site_name, positions=positions, aggregate=aggregate,
+        **options,
+    )  # fmt: skip
     actual = harness_scores(
         loaded, images, ragged_captions, site_name, batch_size=1, method="pcicn", positions=positions,
-        noise_sigma=options["sigma"], noise_samples=options["samples"], seed=options["seed"],
+        aggregate=aggregate, noise_sigma=options["sigma"], noise_samples=options["samples"], seed=options["seed"],
     )  # fmt: skip
     assert expected.abs().max() > 0
     assert torch.allclose(actual, expected, rtol=1e-5, atol=1e-6), (actual - expected).abs().max()
@@ -386,13 +394,19 @@ def test_random_method_is_seeded_uniform_and_runs_no_model(loaded, images, ragge
 
 
 def test_options_record_only_what_the_method_reads():
-    assert RankingOptions().used() == {"method": "can", "alpha": 1.0, "positions": "all"}
+    assert RankingOptions().used() == {"method": "can", "alpha": 1.0, "positions": "all", "aggregation": "mean"}
     assert RankingOptions(method="random", alpha=0.3).used() == {"method": "random", "seed": 0}
     assert RankingOptions(method="pcicn").used() == {
-        "method": "pcicn", "positions": "all", "noise_sigma": 5.0, "noise_samples": 100, "seed": 0,
+        "method": "pcicn", "positions": "all", "aggregation": "max", "noise_sigma": 5.0, "noise_samples": 100,
+        "seed": 0,
     }  # fmt: skip
-    assert RankingOptions().label == "CAN, α=1, positions=all" == DEFAULT_RANKING  # curves named without it
-    assert RankingOptions(method="pcicn", noise_samples=8).label == "PCICN, positions=all, σ=5, K=8, seed=0"
+    assert RankingOptions(aggregate="max").used()["aggregation"] == "max"
+    assert RankingOptions(method="pcicn", aggregate="mean").label.startswith("PCICN, mean over all positions")
+    assert (
+        RankingOptions().label == "CAN, α=1, mean over all positions" == DEFAULT_RANKING
+    )  # curves named without it
+    pcicn = RankingOptions(method="pcicn", noise_samples=8)
+    assert pcicn.label == "PCICN, max over all positions, σ=5, K=8, seed=0"
 
 
 @pytest.mark.parametrize(
@@ -405,6 +419,7 @@ def test_options_record_only_what_the_method_reads():
         ({"noise_sigma": 0.0}, "noise sigma must be a finite number > 0, got 0.0"),
         ({"noise_sigma": float("nan")}, "got nan"),
         ({"noise_samples": 0}, "noise samples must be ≥ 1, got 0"),
+        ({"aggregate": "median"}, "unknown position aggregation 'median'; valid choices: mean, max"),
     ],
 )
 def test_bad_ranking_options_name_the_value(options, message):

@@ -96,7 +96,7 @@ def test_inputs_differ_between_sites_and_categories(experiment, inputs):
 def test_every_can_option_is_in_the_inputs(experiment, inputs):
     """Every option the ranking method reads is recorded with the value in use."""
     used = experiment.settings.ranking.used()
-    assert set(used) == {"method", "alpha", "positions"}  # the default method, CAN
+    assert set(used) == {"method", "alpha", "positions", "aggregation"}  # the default method, CAN
     for name, value in used.items():
         assert inputs[name] == value
 

@@ -40,7 +40,7 @@ def point(category: str = "circle", k: int = 0, stage: int = 0, **changes) -> di
         "masked_neurons": [["lm.down_proj", 0, channel, 1.0 / (channel + 1)] for channel in range(k)],
         "mask_modes": ["weight"] if k else [],
         "intervention": "top-k, zero ablation",
-        "ranking": "CAN, α=1, positions=all",
+        "ranking": "CAN, α=1, mean over all positions",
         "ranking_key": "ab" * 32 if k else None,
         "options": {"alpha": 1.0, "clip_model": "tiny-clip@1", "checkpoint": "embedded:tiny-llava@v2"},
     }
@@ -65,7 +65,7 @@ def summary_row(category: str, *, monotone: bool, clip_baseline: float, clip_cha
     return {
         "model": "tiny-llava",
         "site": "lm.down_proj",
-        "ranking": "CAN, α=1, positions=all",
+        "ranking": "CAN, α=1, mean over all positions",
         "category": category,
         "n_images": 4,
         "log10_ppl_baseline": 0.5,
@@ -157,7 +157,7 @@ def test_csv_clip_column_is_the_score(tmp_path):
 
 def analysis_row(k2, controls=(), layers=None, violations=()) -> dict:
     return {
-        "model": "m", "site": "lm.down_proj", "ranking": "CAN, α=1, positions=all", "category": "circle",
+        "model": "m", "site": "lm.down_proj", "ranking": "CAN, α=1, mean over all positions", "category": "circle",
         "k_max": 64, "k1": 3, "k2": k2,
         "evaluations": 9, "monotone": not violations, "violations": [list(v) for v in violations],
         "log10_ppl_baseline": 0.5, "clip_baseline": 80.0, "clip_chance": 20.0,
@@ -195,8 +195,14 @@ def test_threshold_table_breaks_a_joint_ranking_down_by_site():
 
 def test_a_ranking_column_appears_only_when_rankings_differ():
     """One ranking: the title names it and the tables have no ranking column; several: a column says which."""
-    rows = [analysis_row(8), {**analysis_row(None), "ranking": "PCICN, positions=all, σ=5, K=100, seed=0"}]
+    rows = [
+        analysis_row(8),
+        {**analysis_row(None), "ranking": "PCICN, max over all positions, σ=5, K=100, seed=0"},
+    ]
     assert "ranking" not in table_rows(render_thresholds(rows[:1]))[0]
     header, *cells = table_rows(render_thresholds(rows))
     assert header[:4] == ["model", "site", "ranking", "category"]
-    assert [row[2] for row in cells] == ["CAN, α=1, positions=all", "PCICN, positions=all, σ=5, K=100, seed=0"]
+    assert [row[2] for row in cells] == [
+        "CAN, α=1, mean over all positions",
+        "PCICN, max over all positions, σ=5, K=100, seed=0",
+    ]

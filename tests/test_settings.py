@@ -50,7 +50,7 @@ def test_valid_settings_are_kept_as_given(tmp_path, field, value):
     assert getattr(HarnessSettings(cache_dir=tmp_path, **{field: value}), field) == value
 
 
-@pytest.mark.parametrize("field", list(StageThresholds().as_dict()))
+@pytest.mark.parametrize("field", [f for f, v in StageThresholds().as_dict().items() if isinstance(v, float)])
 @pytest.mark.parametrize("value", [NAN, INF, -INF], ids=["nan", "inf", "-inf"])
 def test_stage_thresholds_must_be_finite(field, value):
     """NaN would make every comparison false and inf every threshold unreachable: both are rejected, naming the

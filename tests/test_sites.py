@@ -14,13 +14,17 @@ from harness.errors import InvalidKError, SiteResolutionError, UnknownNameError
 from harness.families import get_family
 from harness.sites import SITES, Neuron, resolve_site, site_size, sites_of
 
-# (attribute below each decoder layer, counts output channels?, config field giving the width)
+# (attribute below each decoder layer, counts output channels?, the width from the language model's config)
+HEAD_DIM = lambda c: c.hidden_size // c.num_attention_heads  # noqa: E731  (the tiny models set no head_dim)
 SITE_LAYOUT = {
-    "lm.gate_proj": ("mlp.gate_proj", True, "intermediate_size"),
-    "lm.up_proj": ("mlp.up_proj", True, "intermediate_size"),
-    "lm.down_proj": ("mlp.down_proj", True, "hidden_size"),
-    "lm.mlp_hidden": ("mlp.down_proj", False, "intermediate_size"),
-    "lm.o_proj": ("self_attn.o_proj", True, "hidden_size"),
+    "lm.gate_proj": ("mlp.gate_proj", True, lambda c: c.intermediate_size),
+    "lm.up_proj": ("mlp.up_proj", True, lambda c: c.intermediate_size),
+    "lm.down_proj": ("mlp.down_proj", True, lambda c: c.hidden_size),
+    "lm.mlp_hidden": ("mlp.down_proj", False, lambda c: c.intermediate_size),
+    "lm.o_proj": ("self_attn.o_proj", True, lambda c: c.hidden_size),
+    "lm.q_proj": ("self_attn.q_proj", True, lambda c: c.num_attention_heads * HEAD_DIM(c)),
+    "lm.k_proj": ("self_attn.k_proj", True, lambda c: c.num_key_value_heads * HEAD_DIM(c)),
+    "lm.v_proj": ("self_attn.v_proj", True, lambda c: c.num_key_value_heads * HEAD_DIM(c)),
 }
 # outside the language model: (the layers on tiny LLaVA, attribute below each, config giving the width, its field)
 OTHER_LAYOUT = {
@@ -70,15 +74,15 @@ def test_a_site_the_family_lacks_names_the_components_it_has(loaded):
 def test_resolve_site_matches_config_and_modules(name, loaded):
     """Layer count and width come out as the config says, and each layer's module is the model's own Linear."""
     config = loaded.model.config.text_config
-    path, output, field = SITE_LAYOUT[name]
+    path, output, width_of = SITE_LAYOUT[name]
     site = resolve_site(loaded, name)
     assert site.name == name
     assert site.n_layers == config.num_hidden_layers == len(decoder_layers(loaded.model))
-    assert site.width == getattr(config, field)
-    assert site.size == config.num_hidden_layers * getattr(config, field)
+    assert site.width == width_of(config)
+    assert site.size == config.num_hidden_layers * width_of(config)
     for layer, module in zip(decoder_layers(loaded.model), site.modules, strict=True):
         assert module is layer.get_submodule(path)
-        assert (module.out_features if output else module.in_features) == getattr(config, field)
+        assert (module.out_features if output else module.in_features) == width_of(config)
 
 
 def test_unknown_site_names_every_valid_site(loaded):
@@ -115,7 +119,7 @@ def test_check_k_accepts_the_bounds(loaded):
 @pytest.mark.parametrize("name", ["lm.gate_proj", "lm.down_proj"])
 def test_neurons_maps_flat_index_to_layer_and_channel(name, loaded):
     """Flat index layer·width + channel maps back to (site, layer, channel)."""
-    width = getattr(loaded.model.config.text_config, SITE_LAYOUT[name][2])
+    width = SITE_LAYOUT[name][2](loaded.model.config.text_config)
     cases = [(0, 0), (0, 1), (0, width - 1), (1, 0), (1, 7), (1, width - 1)]
     flat = torch.tensor([layer * width + channel for layer, channel in cases])
     neurons = resolve_site(loaded, name).neurons(flat)
@@ -154,7 +158,8 @@ def test_model_without_language_layers_lists_probed_paths(loaded):
 def test_width_mismatch_names_layer_and_config_field(name, in_delta, out_delta, loaded):
     """A Linear whose width disagrees with the config raises SiteResolutionError naming the layer and field."""
     model = copy.deepcopy(loaded.model)
-    path, _, field = SITE_LAYOUT[name]
+    path = SITE_LAYOUT[name][0]
+    field = {"lm.down_proj": "hidden_size"}.get(name, "intermediate_size")
     parent, attribute = path.rsplit(".", 1)
     mlp = decoder_layers(model)[1].get_submodule(parent)
     old = getattr(mlp, attribute)

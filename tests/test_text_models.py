@@ -71,36 +71,51 @@ def test_every_bad_text_file_is_named_in_one_error(tmp_path):
     assert "a second text named 'a'" in message
 
 
-def test_windows_cut_the_tokenised_text_in_order(text_experiment):
+def test_by_default_a_text_is_one_sequence_with_the_tokenizers_own_special_tokens(text_experiment):
+    """As PCICN's authors score it: `tokenizer(text)`, truncated at 512 tokens — a BOS where the tokenizer adds one
+    (tiny-llama), none where it does not (tiny-qwen2)."""
+    tokenizer = text_experiment.loaded.tokenizer
+    expected = tokenizer(BUILTIN_PARAGRAPH)["input_ids"]
+    assert text_windows(tokenizer, BUILTIN_PARAGRAPH) == [TextWindow(tuple(expected))]
+    assert (expected[0] == tokenizer.bos_token_id) == (text_experiment.name == "tiny-llama")
+    assert text_windows(tokenizer, BUILTIN_PARAGRAPH, max_tokens=20) == [TextWindow(tuple(expected[:20]))]
+
+
+def test_windows_cut_the_tokenised_text_in_order_each_with_the_special_tokens(text_experiment):
     tokenizer = text_experiment.loaded.tokenizer
     whole = tokenizer(BUILTIN_PARAGRAPH, add_special_tokens=False)["input_ids"]
+    prefix = [tokenizer.bos_token_id] if text_experiment.name == "tiny-llama" else []
     windows = text_windows(tokenizer, BUILTIN_PARAGRAPH, window=40)
-    assert [t for w in windows for t in w.tokens] == whole
-    assert all(len(w.tokens) == 40 for w in windows[:-1]) and 0 < len(windows[-1].tokens) <= 40
-    assert text_windows(tokenizer, BUILTIN_PARAGRAPH, window=40, max_windows=2) == windows[:2]
+    assert all(list(w.tokens[: len(prefix)]) == prefix for w in windows)
+    assert [t for w in windows for t in w.tokens[len(prefix) :]] == whole
+    assert all(len(w.tokens) == 40 + len(prefix) for w in windows[:-1])
+    first_80 = text_windows(tokenizer, BUILTIN_PARAGRAPH, window=40, max_tokens=80)
+    assert first_80 == windows[:2]
 
 
-def test_a_window_scores_every_token_after_the_bos_or_after_its_first_token():
-    with_bos, without = TextWindow((1,), (7, 8, 9, 10)), TextWindow((), (7, 8, 9, 10))
-    assert (with_bos.scoring_prompt, with_bos.scored) == ((1,), (7, 8, 9, 10))
-    assert (without.scoring_prompt, without.scored) == ((7,), (8, 9, 10))
-    assert with_bos.opening == (1, 7, 8) and without.opening == (7, 8)
+def test_a_window_scores_every_token_after_its_first():
+    window = TextWindow((1, 7, 8, 9, 10))
+    assert (window.scoring_prompt, window.scored, window.opening) == ((1,), (7, 8, 9, 10), (1, 7))
 
 
 def test_too_short_a_text_or_window_is_an_error(text_session):
     tokenizer = text_session.experiment("tiny-qwen2").loaded.tokenizer  # no BOS: one token scores nothing
     with pytest.raises(TextFileError, match="at least 2 are needed"):
-        text_windows(tokenizer, "a", window=8)
-    with pytest.raises(ValueError, match="at least 2 tokens, got 1"):
-        text_windows(tokenizer, BUILTIN_PARAGRAPH, window=1)
-    with pytest.raises(ValueError, match="text_window must be ≥ 2"):
-        HarnessSettings(text_window=1)
+        text_windows(tokenizer, "a")
+    with pytest.raises(ValueError, match="at least 2 tokens"):
+        text_windows(tokenizer, BUILTIN_PARAGRAPH, max_tokens=1)
+    with pytest.raises(ValueError, match="at least 1 token, got 0"):
+        text_windows(tokenizer, BUILTIN_PARAGRAPH, window=0)
+    with pytest.raises(ValueError, match="text_max_tokens must be ≥ 2"):
+        HarnessSettings(text_max_tokens=1)
+    with pytest.raises(ValueError, match="text_window must be ≥ 1"):
+        HarnessSettings(text_window=0)
 
 
 # -- the text experiment --------------------------------------------------------------------------------------
 def window_nll_by_hand(model, window: TextWindow, hook=None) -> float:
     """Mean NLL of the window's scored tokens: one unpadded forward pass, optionally with a forward hook."""
-    ids = torch.tensor([window.prefix + window.tokens])
+    ids = torch.tensor([window.tokens])
     handle = hook() if hook else None
     try:
         with torch.no_grad():
@@ -167,7 +182,7 @@ def test_can_on_a_text_is_the_hand_computed_attribution(text_experiment):
         embed = model.get_input_embeddings()
         handles.append(embed.register_forward_hook(lambda m, a, out: out.requires_grad_()))
         try:
-            ids = torch.tensor([window.prefix + window.tokens])
+            ids = torch.tensor([window.tokens])
             start = len(window.scoring_prompt)
             logits = model(input_ids=ids).logits[0]
             loss = -logits[start - 1 : -1].log_softmax(-1).gather(-1, ids[0, start:, None]).mean()
@@ -184,8 +199,9 @@ def test_can_on_a_text_is_the_hand_computed_attribution(text_experiment):
 
 
 def test_pcicn_on_a_text_reproduces_its_definition(text_experiment):
-    """Noise ~ N(0, σ²) on the input-embedding output, K draws per window from one seeded CPU generator; score =
-    mean over draws, positions and windows of |a_clean − a_noisy| (one window per batch, so the draws line up)."""
+    """Noise ~ N(0, σ²) on the input-embedding output, K draws per window from one seeded CPU generator; each
+    element scores the mean over draws of |a_clean − a_noisy|; a channel, the max (default) or the mean of its
+    elements over positions, then the mean over windows (one window per batch, so the draws line up)."""
     model, site = text_experiment.loaded.model, text_experiment.site("lm.down_proj")
     embed = model.get_input_embeddings()
     sigma, samples, seed = 5.0, 3, 11
@@ -204,22 +220,25 @@ def test_pcicn_on_a_text_reproduces_its_definition(text_experiment):
                 handle.remove()
         return seen
 
-    per_window = []
+    per_window = []  # [window] → [layer, position, channel] mean over the draws of |clean − noisy|
     for window in text_experiment.windows(TEXT):
-        ids = torch.tensor([window.prefix + window.tokens])
+        ids = torch.tensor([window.tokens])
         clean, total = outputs(ids), 0
         for _ in range(samples):
             noise = sigma * torch.randn((1, ids.shape[1], embed.embedding_dim), generator=generator)
             noisy = outputs(ids, noise)
-            total = total + torch.stack([(c - n).abs().mean(0) for c, n in zip(clean, noisy, strict=True)])
+            total = total + torch.stack([(c - n).abs() for c, n in zip(clean, noisy, strict=True)])
         per_window.append(total / samples)
-    expected = torch.stack(per_window).mean(0).float()
-    options = RankingOptions(method="pcicn", noise_sigma=sigma, noise_samples=samples, seed=seed)
-    actual = importance(
-        text_experiment.loaded, site, *text_experiment.ranking_data(TEXT), options=options, batch_size=1
-    )
-    assert expected.abs().max() > 0
-    assert torch.allclose(actual, expected, rtol=1e-5, atol=1e-6), (actual - expected).abs().max()
+    for aggregate, over_positions in (("max", lambda e: e.amax(1)), ("mean", lambda e: e.mean(1))):
+        expected = torch.stack([over_positions(e) for e in per_window]).mean(0).float()
+        options = RankingOptions(
+            method="pcicn", noise_sigma=sigma, noise_samples=samples, seed=seed, aggregate=aggregate
+        )
+        actual = importance(
+            text_experiment.loaded, site, *text_experiment.ranking_data(TEXT), options=options, batch_size=1
+        )
+        assert expected.abs().max() > 0
+        assert torch.allclose(actual, expected, rtol=1e-5, atol=1e-6), (aggregate, (actual - expected).abs().max())
 
 
 def test_a_ranking_is_cached_under_its_text(text_experiment):
@@ -312,7 +331,7 @@ def test_text_cases_run_offline_and_appear_in_the_summary(pytester, cache_dir):
         cells = [cell.strip() for cell in row.strip("|").split("|")]
         assert cells[1] == "lm.down_proj" and cells[3] == "paragraph"
         assert cells[4] == "3" and cells[6:8] == ["n/a", "n/a"]  # 178 tokens in windows of 64; no CLIP
-    assert {"PCICN, positions=all, σ=5, K=2, seed=0", "CAN, α=1, positions=all"} <= {
+    assert {"PCICN, max over all positions, σ=5, K=2, seed=0", "CAN, α=1, mean over all positions"} <= {
         [c.strip() for c in row.strip("|").split("|")][2] for row in rows
     }
 
