@@ -216,6 +216,22 @@ def test_smollm2_pcicn_top_channels_are_massive_and_the_top_one_collapses_it(rea
     assert point.stage == 2
 
 
+def test_smollm2_can_finds_the_massive_channel_first_only_with_the_max_over_positions(real_session):
+    """CAN's paper does not say how positions are aggregated. With the max, its top-1 is PCICN's (layer 11,
+    channel 507); with the mean (the default) channel 507 is fourth, in layer 0, behind three last-layer
+    channels (measured: L29·31, L29·322, L29·371, L0·507; k₂ = 4 instead of 1)."""
+    experiment = real(real_session, SMOLLM2)
+    site = experiment.site("lm.down_proj")
+    ranked = {}
+    for aggregate in ("max", "mean"):
+        can = experiment.with_ranking(RankingOptions(method="can", aggregate=aggregate))
+        ranked[aggregate] = [
+            (n.layer, n.channel) for n in site.neurons(can.ranking("lm.down_proj", TEXT).top_k(4))
+        ]
+    assert ranked["max"][0] == (11, 507)
+    assert ranked["mean"] == [(29, 31), (29, 322), (29, 371), (0, 507)]
+
+
 def test_gemma3_massive_channels_are_not_critical_in_down_proj(real_session):
     """Gemma-3 writes its massive activations through the post-feedforward RMSNorm (down_proj's own output at
     channel 400 of layer 0 is 28.6; the norm scales it to 2 863): zeroing those down_proj channels, where the
