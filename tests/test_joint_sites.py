@@ -17,6 +17,7 @@ from harness.analysis import neurons_by_site_and_layer
 from harness.captioning import encode_prompts
 from harness.errors import InvalidKError, MaskError, UnknownNameError
 from harness.masking import JointMask, NeuronMask
+from harness.ranking import RankingOptions, importance, importances
 from harness.sites import SITES, JointSite, ResolvedSite, resolve_any_site, resolve_site, site_names, site_size
 
 DOWN_AND_HIDDEN = "lm.down_proj+lm.mlp_hidden"  # rows and columns of the same down_proj weight
@@ -142,6 +143,22 @@ def test_joint_ranking_merges_the_parts_scores(experiment):
     best = sorted(joint.scores.tolist(), reverse=True)[:k]
     assert sorted(joint.scores[joint.top_k(k)].tolist(), reverse=True) == best
     assert joint.key == f"{down.key}+{gate.key}"
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"method": "can"}, {"method": "gradient", "aggregate": "max"}, {"method": "pcicn", "noise_samples": 3}],
+)
+def test_sites_scored_in_the_same_passes_equal_each_site_scored_alone(experiment, options, unmodified):
+    """A joint site's parts are ranked together (one backward, or one set of noisy passes): the same draws and
+    the same gradients reach every part, so each part's scores equal its ranking alone."""
+    parts = [resolve_site(experiment.loaded, name) for name in ("lm.down_proj", "lm.gate_proj", "lm.q_proj")]
+    data = experiment.ranking_data("circle")
+    ranking = RankingOptions(**options)
+    together = importances(experiment.loaded, parts, *data, options=ranking, batch_size=4)
+    for part, scores in zip(parts, together, strict=True):
+        alone = importance(experiment.loaded, part, *data, options=ranking, batch_size=4)
+        assert torch.allclose(scores, alone, rtol=1e-6, atol=1e-9), part.name
 
 
 def test_joint_points_name_the_site_of_every_masked_neuron(experiment, unmodified):
