@@ -186,9 +186,6 @@ def _route_progress(config: pytest.Config) -> None:
     the terminal reporter, on an xdist worker through its standard error (which xdist leaves on the terminal)."""
     from harness import progress
 
-    interval = config.getoption("can_progress_interval")
-    if interval < 0:
-        raise pytest.UsageError(f"harness option: --can-progress-interval must be ≥ 0 seconds, got {interval}")
     worker = getattr(config, "workerinput", {}).get("workerid")
 
     def uncaptured():
@@ -206,7 +203,10 @@ def _route_progress(config: pytest.Config) -> None:
                 sys.stderr.write(f"[{worker}] {line}\n" if worker else line + "\n")
                 sys.stderr.flush()
 
-    progress.configure(write=write, passthrough=uncaptured, interval=interval)
+    try:
+        progress.configure(write=write, passthrough=uncaptured, interval=config.getoption("can_progress_interval"))
+    except ValueError as error:
+        raise pytest.UsageError(f"harness option --can-progress-interval: {error}") from error
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

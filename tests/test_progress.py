@@ -56,4 +56,8 @@ def test_lines_reach_the_terminal_past_pytests_capture(pytester):
     result.assert_outcomes(passed=1)
     assert "[can] long work: 1/2" in "\n".join(result.outlines)
     bad = pytester.runpytest("-p", "no:cacheprovider", "--can-progress-interval", "-2")
-    assert bad.ret != 0 and "must be ≥ 0 seconds, got -2.0" in "\n".join(bad.errlines + bad.outlines)
+    assert (
+        bad.ret != 0
+        and "--can-progress-interval: progress interval must be a number of seconds ≥ 0, got -2.0"
+        in "\n".join(bad.errlines + bad.outlines)
+    )
