@@ -25,7 +25,7 @@ from pathlib import Path
 from harness import progress
 from harness.errors import HarnessError, ModelUnavailableError
 from harness.registry import ModelSpec, PackagedGguf
-from harness.zoo.store import build_once, is_built
+from harness.zoo.store import build_once
 
 RECORD = "gguf-source.json"  # in a converted folder: which file it came from
 
@@ -59,8 +59,6 @@ def packaged_checkpoint(spec: ModelSpec, cache_dir: Path) -> Path:
     """The converted checkpoint of the GGUF file `spec.gguf` names, converting it on first use."""
     package = spec.gguf
     target = converted_folder(cache_dir, Path(package.file).stem, package.sha256)
-    if is_built(target):
-        return target
 
     def build(staging: Path) -> None:
         with tempfile.TemporaryDirectory(prefix=".gguf-", dir=staging.parent) as work:  # an assembled file

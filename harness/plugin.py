@@ -28,6 +28,7 @@ SETTINGS = pytest.StashKey[object]()
 IMAGES = pytest.StashKey[object]()
 TEXTS = pytest.StashKey[object]()
 BASELINES = pytest.StashKey[object]()
+PROGRESS = pytest.StashKey[object]()
 POINT_PROPERTY = "can_point"
 ANALYSIS_PROPERTY = "can_analysis"
 MARKERS = ("collapse_grid", "collapse_search")
@@ -187,6 +188,7 @@ def _route_progress(config: pytest.Config) -> None:
     from harness import progress
 
     worker = getattr(config, "workerinput", {}).get("workerid")
+    config.stash[PROGRESS] = progress.snapshot()  # put back when this run ends
 
     def uncaptured():
         capture = config.pluginmanager.getplugin("capturemanager")
@@ -212,7 +214,8 @@ def _route_progress(config: pytest.Config) -> None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     from harness import progress
 
-    progress.reset()
+    if PROGRESS in config.stash:
+        progress.restore(config.stash[PROGRESS])
 
 
 @pytest.hookimpl(tryfirst=True, optionalhook=True)

@@ -9,6 +9,7 @@ terminal reporter, on an xdist worker to the inherited standard error, prefixed 
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -50,9 +51,14 @@ def configure(
         _output.interval = interval
 
 
-def reset() -> None:
-    """Back to standard error, no passthrough and the default interval."""
-    configure(_stderr_line, nullcontext, DEFAULT_INTERVAL)
+def snapshot() -> _Output:
+    """The current writer, passthrough and interval, for `restore` (a nested pytest run puts back the outer
+    run's routing when it ends)."""
+    return dataclasses.replace(_output)
+
+
+def restore(saved: _Output) -> None:
+    configure(saved.write, saved.passthrough, saved.interval)
 
 
 def announce(message: str) -> None:

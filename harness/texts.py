@@ -117,10 +117,8 @@ def text_windows(tokenizer, text: str, *, max_tokens: int = 512, window: int | N
         sequences = [prefix + plain[start : start + window] + suffix for start in range(0, len(plain), window)]
     windows = [TextWindow(tuple(int(t) for t in sequence)) for sequence in sequences if len(sequence) > 1]
     if not windows:
-        raise TextFileError(
-            f"the text tokenises to {sum(map(len, sequences))} token(s) per sequence; at least 2 are needed to "
-            "score it"
-        )
+        lengths = ", ".join(str(len(sequence)) for sequence in sequences)
+        raise TextFileError(f"the text tokenises to sequences of {lengths} token(s); each needs 2 to be scored")
     return windows
 
 

@@ -12,10 +12,11 @@ pytest_plugins = ["pytester"]
 
 @pytest.fixture
 def lines():
+    saved = progress.snapshot()
     written: list[str] = []
     progress.configure(write=written.append, interval=0)
     yield written
-    progress.reset()
+    progress.restore(saved)
 
 
 def test_every_step_prints_at_interval_zero_with_count_time_and_detail(lines):
@@ -52,7 +53,9 @@ def test_lines_reach_the_terminal_past_pytests_capture(pytester):
                 task.step()
         """
     )
+    outer = progress.snapshot()  # this session's own routing, which the nested run must put back
     result = pytester.runpytest("-p", "no:cacheprovider", "--can-progress-interval", "0")
+    assert progress.snapshot() == outer
     result.assert_outcomes(passed=1)
     assert "[can] long work: 1/2" in "\n".join(result.outlines)
     bad = pytester.runpytest("-p", "no:cacheprovider", "--can-progress-interval", "-2")

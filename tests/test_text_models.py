@@ -100,7 +100,7 @@ def test_a_window_scores_every_token_after_its_first():
 
 def test_too_short_a_text_or_window_is_an_error(text_session):
     tokenizer = text_session.experiment("tiny-qwen2").loaded.tokenizer  # no BOS: one token scores nothing
-    with pytest.raises(TextFileError, match="at least 2 are needed"):
+    with pytest.raises(TextFileError, match=r"sequences of 1 token\(s\); each needs 2 to be scored"):
         text_windows(tokenizer, "a")
     with pytest.raises(ValueError, match="at least 2 tokens"):
         text_windows(tokenizer, BUILTIN_PARAGRAPH, max_tokens=1)

@@ -20,18 +20,18 @@ def ensure_built(asset: EmbeddedAsset, cache_dir: Path) -> Path:
     return build_once(Path(cache_dir) / "zoo" / f"{asset.name}-v{asset.version}", asset.build)
 
 
-def is_built(target: Path) -> bool:
+def _is_built(target: Path) -> bool:
     return (target / _COMPLETE).exists()
 
 
 def build_once(target: Path, build: Callable[[Path], object]) -> Path:
     """`target`, written by `build(staging folder)` and renamed into place unless it is already complete; a
     folder left by a build that died is rebuilt."""
-    if is_built(target):
+    if _is_built(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
-        if is_built(target):
+        if _is_built(target):
             return target  # another worker built it while we waited
         if target.exists():
             shutil.rmtree(target)  # left by a build that died before it completed
