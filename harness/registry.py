@@ -24,7 +24,8 @@ class EmbeddedAsset:
 
     name: str
     version: str
-    build: Callable[[Path], object]  # writes the complete asset into the given (empty) folder
+    build: Callable[..., object]  # writes the complete asset into the given (empty) folder
+    base_model: str | None = None  # a registered model whose checkpoint folder `build` gets as second argument
 
 
 @dataclass(frozen=True)

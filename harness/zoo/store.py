@@ -15,9 +15,12 @@ from harness.registry import EmbeddedAsset
 _COMPLETE = ".complete"
 
 
-def ensure_built(asset: EmbeddedAsset, cache_dir: Path) -> Path:
-    """Folder holding `asset`, building it under a file lock if absent; partial builds never show."""
-    return build_once(Path(cache_dir) / "zoo" / f"{asset.name}-v{asset.version}", asset.build)
+def ensure_built(asset: EmbeddedAsset, cache_dir: Path, *inputs: Path) -> Path:
+    """Folder holding `asset`, building it under a file lock if absent (`asset.build(staging, *inputs)`);
+    partial builds never show."""
+    return build_once(
+        Path(cache_dir) / "zoo" / f"{asset.name}-v{asset.version}", lambda staging: asset.build(staging, *inputs)
+    )
 
 
 def _is_built(target: Path) -> bool:
