@@ -4,6 +4,7 @@ from pathlib import Path
 
 from harness.registry import CAUSAL_LM, ClipSpec, ModelSpec, PackagedGguf, register_model
 from harness.zoo import (
+    SMOL_LLAVA,
     SYNTH_FOLDER,
     TINY_CLIP,
     TINY_INSTRUCTBLIP,
@@ -11,6 +12,7 @@ from harness.zoo import (
     TINY_LLAVA,
     TINY_LLAVA_NEXT,
     TINY_QWEN2,
+    smol_llava,
 )
 
 SYNTH_CLIP = ClipSpec(model_name=f"local-dir:{SYNTH_FOLDER / 'synth-clip'}", pretrained=None)
@@ -20,9 +22,22 @@ register_model(
         name="synth-llava",
         source=str(SYNTH_FOLDER / "synth-llava"),
         clip=SYNTH_CLIP,
-        description="The embedded default: a small LLaVA (CLIP tower + Llama LM) trained on the synthetic world "
+        description="A small from-scratch LLaVA (CLIP tower + Llama LM) trained on the synthetic world "
         "(harness/world.py), scored by an open_clip model trained on the same world; see "
         "harness/zoo/synth/MODEL_CARD.md.",
+    )
+)
+register_model(
+    ModelSpec(
+        name="smol-llava",
+        source=f"assembled from {smol_llava.LANGUAGE_MODEL} and harness/zoo/smol_llava/",
+        embedded=SMOL_LLAVA,
+        clip=SYNTH_CLIP,
+        prompt_template=smol_llava.PROMPT_TEMPLATE,
+        instruction=smol_llava.INSTRUCTION,
+        description="The default: a LLaVA whose language model is the real pretrained SmolLM2-135M-Instruct "
+        "(frozen, the smollm2-135m checkpoint), with a CLIP vision tower and LLaVA-1.5 projector trained on the "
+        "synthetic world; see harness/zoo/smol_llava/MODEL_CARD.md.",
     )
 )
 register_model(

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from harness import world
 from harness.registry import EmbeddedAsset
+from harness.zoo import smol_llava
 from harness.zoo.store import ensure_built
 from harness.zoo.tiny_causal_lm import build_tiny_llama, build_tiny_qwen2
 from harness.zoo.tiny_clip import build_tiny_clip
@@ -18,9 +19,17 @@ TINY_LLAVA_NEXT = EmbeddedAsset(name="tiny-llava-next", version="1", build=build
 TINY_INSTRUCTBLIP = EmbeddedAsset(name="tiny-instructblip", version="1", build=build_tiny_instructblip)
 TINY_LLAMA = EmbeddedAsset(name="tiny-llama", version="1", build=build_tiny_llama)
 TINY_QWEN2 = EmbeddedAsset(name="tiny-qwen2", version="1", build=build_tiny_qwen2)
+# assembled at first use from the registered language model and the committed trained parts (keyed by their hash)
+SMOL_LLAVA = EmbeddedAsset(
+    name="smol-llava",
+    version=f"1-{smol_llava.parts_digest()[:12]}",
+    build=smol_llava.build_smol_llava,
+    base_model=smol_llava.LANGUAGE_MODEL,
+)
 WORLD_IMAGES = EmbeddedAsset(name="world-images", version=world.VERSION, build=world.write_category_folders)
 
 __all__ = [
+    "SMOL_LLAVA",
     "SYNTH_FOLDER",
     "TINY_CLIP",
     "TINY_INSTRUCTBLIP",

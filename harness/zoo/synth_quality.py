@@ -14,8 +14,11 @@ from harness.captioning import generate_captions
 from harness.clip_score import ClipScorer, clip_score_matrix
 
 
-def caption_quality(loaded, pairs: Sequence[tuple[world.Scene, object]], *, batch_size: int = 64) -> dict:
-    """Greedy captions of held-out images against their scenes: exact match and attribute accuracy."""
+def caption_quality(
+    loaded, pairs: Sequence[tuple[world.Scene, object]], *, batch_size: int = 64, keep_captions: bool = False
+) -> dict:
+    """Greedy captions of held-out images against their scenes: exact match and attribute accuracy (and, with
+    `keep_captions`, every caption's text under "captions")."""
     captions = generate_captions(loaded, [image for _, image in pairs], max_new_tokens=24, batch_size=batch_size)
     per_attribute = dict.fromkeys(world.ATTRIBUTES, 0)
     exact = 0
@@ -30,6 +33,7 @@ def caption_quality(loaded, pairs: Sequence[tuple[world.Scene, object]], *, batc
         "attribute_accuracy": sum(per_attribute.values()) / (count * len(world.ATTRIBUTES)),
         "per_attribute": {name: hits / count for name, hits in per_attribute.items()},
         "examples": [caption.text for caption in captions[:4]],
+        **({"captions": [caption.text for caption in captions]} if keep_captions else {}),
     }
 
 

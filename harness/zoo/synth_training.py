@@ -64,6 +64,25 @@ class Recipe:
     planted_lr: float = 5e-4
 
 
+def add_recipe_options(parser: argparse.ArgumentParser, recipe_class: type) -> None:
+    """One command-line option per recipe field (`--train-images`; a bool field as `--x` / `--no-x`)."""
+    for field in dataclasses.fields(recipe_class):
+        flag = f"--{field.name.replace('_', '-')}"
+        if isinstance(field.default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default)
+        else:
+            parser.add_argument(flag, type=type(field.default), default=field.default)
+
+
+def recipe_from_options(args: argparse.Namespace, recipe_class: type):
+    return recipe_class(**{field.name: getattr(args, field.name) for field in dataclasses.fields(recipe_class)})
+
+
+def machine_description() -> str:
+    """Where weights were trained (the model cards say it: thread count and torch build change the bits)."""
+    return f"{platform.machine()} / {torch.get_num_threads()} torch threads / torch {torch.__version__}"
+
+
 def lr_schedule(step: int, total: int, peak: float, warmup: int = 50) -> float:
     """Linear warm-up, then cosine decay to zero."""
     if step < warmup:
@@ -84,22 +103,28 @@ def minibatches(count: int, batch: int, steps: int, generator: torch.Generator) 
 
 def optimise(
     parameters, loss_of: Callable[[torch.Tensor], torch.Tensor], *, count: int, steps: int, batch: int, lr: float,
-    seed: int, log: Callable[[str], None],
+    seed: int, log: Callable[[str], None], warmup: int = 50, log_every: int = 50,
 ) -> list[float]:  # fmt: skip
-    """AdamW over seeded minibatches; returns the loss every 50 steps."""
-    parameters = [p for p in parameters if p.requires_grad]
+    """AdamW over seeded minibatches; returns the loss every `log_every` steps. `parameters` may be parameter
+    groups with their own peak `lr` (each follows the same schedule, scaled to its peak)."""
+    parameters = list(parameters)
+    if not parameters or not isinstance(parameters[0], dict):
+        parameters = [{"params": [p for p in parameters if p.requires_grad], "lr": lr}]
+    for group in parameters:
+        group["peak_lr"] = group["lr"]
     optimiser = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.01)
+    trained = [p for group in optimiser.param_groups for p in group["params"]]
     generator = torch.Generator().manual_seed(seed)
     trace = []
     for step, indices in enumerate(minibatches(count, batch, steps, generator)):
         for group in optimiser.param_groups:
-            group["lr"] = lr_schedule(step, steps, lr)
+            group["lr"] = lr_schedule(step, steps, group["peak_lr"], warmup)
         loss = loss_of(indices)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
         optimiser.step()
-        if step % 50 == 0 or step == steps - 1:
+        if step % log_every == 0 or step == steps - 1:
             trace.append(round(loss.item(), 4))
             log(f"  step {step:4d}/{steps}  loss {trace[-1]:.4f}")
     return trace
@@ -311,7 +336,7 @@ def write_model_card(out: Path, recipe: Recipe, quality: dict, plant: dict, trac
         "planted": plant,
         "loss_trace": traces,
         "training_seconds": seconds,
-        "machine": f"{platform.machine()} / {torch.get_num_threads()} torch threads / torch {torch.__version__}",
+        "machine": machine_description(),
     }
     (out / "quality.json").write_text(json.dumps(record, indent=2) + "\n")
     cap, planted, clip = quality[LLAVA_FOLDER], quality[PLANTED_FOLDER], quality[CLIP_FOLDER]
@@ -360,10 +385,9 @@ def write_model_card(out: Path, recipe: Recipe, quality: dict, plant: dict, trac
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "synth")
-    for field in dataclasses.fields(Recipe):
-        parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default)
+    add_recipe_options(parser, Recipe)
     args = parser.parse_args(argv)
-    recipe = Recipe(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Recipe)})
+    recipe = recipe_from_options(args, Recipe)
     torch.set_num_threads(recipe.threads)
     log = functools.partial(print, flush=True)
     begun = time.perf_counter()
