@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine (Python ≥ 3.10 with venv):
-#   make demo   the main job on the embedded default model: prints the collapse table
+#   make demo   the main job on the default model (smol-llava, one image category): prints the collapse table
 #   make test   lint + the harness's own test suite + the real-model cases (what CI runs)
 PYTHON ?= python3
 VENV := .venv
@@ -18,8 +18,10 @@ $(STAMP): pyproject.toml constraints.txt models.txt
 
 setup: $(STAMP)
 
+DEMO_OPTIONS := --can-categories circle --can-k-max 16 --can-max-new-tokens 24
+
 demo: $(STAMP)
-	$(OFFLINE) $(BIN)/python -m pytest cases/ -k synth-llava -q -p no:cacheprovider
+	$(OFFLINE) $(BIN)/python -m pytest cases/ -k smol-llava $(DEMO_OPTIONS) -q -p no:cacheprovider
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -46,7 +46,8 @@ def parts_digest(folder: Path = PARTS_FOLDER) -> str:
 
 def image_tokenizer(language_folder: Path):
     """SmolLM2's tokenizer with `<image>` on the id of its reserved `<empty_output>`; nothing else differs."""
-    from transformers import AutoTokenizer
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     tokenizer = AutoTokenizer.from_pretrained(language_folder)
     token_id = tokenizer.convert_tokens_to_ids(RESERVED_TOKEN)
@@ -56,9 +57,6 @@ def image_tokenizer(language_folder: Path):
             added["content"] = IMAGE_TOKEN
     vocab = state["model"]["vocab"]
     vocab[IMAGE_TOKEN] = vocab.pop(RESERVED_TOKEN)
-    from tokenizers import Tokenizer
-    from transformers import PreTrainedTokenizerFast
-
     renamed = PreTrainedTokenizerFast(
         tokenizer_object=Tokenizer.from_str(json.dumps(state)),
         bos_token=tokenizer.bos_token,
@@ -172,13 +170,13 @@ def build_smol_llava(staging: Path, language_folder: Path, parts_folder: Path = 
     """Assemble the checkpoint into `staging` (the harness cache's build step)."""
     from harness import progress
 
-    progress.announce("smol-llava: assembling the checkpoint from SmolLM2-135M and the committed parts (once)")
     missing = [name for name in PARTS_FILES if not (parts_folder / name).is_file()]
     if missing:
         raise ModelUnavailableError(
             f"smol-llava: the trained parts {', '.join(missing)} are missing from {parts_folder}; write them with "
             "`python -m harness.zoo.smol_llava_training`"
         )
+    progress.announce("smol-llava: assembling the checkpoint from SmolLM2-135M and the committed parts (once)")
     parts, config, settings = load_parts(parts_folder, language_folder)
     model = assemble(language_folder, parts, config)
     processor = build_processor(image_tokenizer(language_folder), settings)
