@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -38,8 +39,8 @@ def session():
     """CPU, float32, default ranking (CAN), captions of at most 24 tokens (a caption is ~13); both cores."""
     threads = torch.get_num_threads()
     torch.set_num_threads(os.cpu_count() or 1)
-    yield HarnessSession(HarnessSettings(cache_dir=default_cache_dir(), device="cpu", dtype="float32",
-                                         max_new_tokens=24))  # fmt: skip
+    settings = HarnessSettings(cache_dir=default_cache_dir(), device="cpu", dtype="float32", max_new_tokens=24)
+    yield HarnessSession(settings)
     torch.set_num_threads(threads)
 
 
@@ -52,7 +53,8 @@ def experiment(session):
 
 
 @pytest.fixture(scope="module")
-def language_folder(experiment) -> object:
+def language_folder(experiment) -> Path:
+    """SmolLM2's checkpoint folder (present once smol-llava loaded: it was assembled from it)."""
     return resolve_checkpoint_folder(get_model_spec(smol_llava.LANGUAGE_MODEL), default_cache_dir())
 
 
