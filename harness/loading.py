@@ -156,6 +156,8 @@ def checkpoint_id(spec: ModelSpec, folder: Path, cache_dir: Path | None = None) 
         embedded = f"embedded:{spec.embedded.name}@v{spec.embedded.version}"
         if spec.embedded.base_model is None:
             return embedded
+        if cache_dir is None:
+            raise ValueError(f"{spec.name} is assembled on {spec.embedded.base_model}: its id needs the cache_dir")
         base = get_model_spec(spec.embedded.base_model)  # built already: resolving it again is a lookup
         return f"{embedded} on {checkpoint_id(base, resolve_checkpoint_folder(base, cache_dir), cache_dir)}"
     record = gguf.conversion_record(folder)
