@@ -273,7 +273,7 @@ class ModelExperiment:
             "transformers": transformers.__version__,
             "model": spec.name,
             "checkpoint": self.loaded.checkpoint_id,
-            "weights": self.loaded.fingerprint,
+            "weights": self.loaded.weights_digest,
             "dtype": str(self.loaded.dtype),
             "device": self.loaded.device.type,
             "processor_kwargs": dict(spec.processor_kwargs),
@@ -394,7 +394,7 @@ class ModelExperiment:
             "checkpoint": self.loaded.checkpoint_id,
             "dtype": str(self.loaded.dtype).removeprefix("torch."),
             "device": str(self.loaded.device),
-            "weights": self.loaded.fingerprint,
+            "weights": self.loaded.weights_digest,
             **self.settings.thresholds.as_dict(),
         }
 
@@ -473,7 +473,9 @@ def load_image_set(settings: HarnessSettings) -> ImageSet:
     """All categories under the configured root (held-out renderings of the synthetic world by default), the
     selection checked by name."""
     root = settings.image_root or ensure_built(WORLD_IMAGES, settings.cache_dir)
-    images = scan_image_root(Path(root), max_per_category=settings.max_images)
+    images = scan_image_root(
+        Path(root), max_per_category=settings.max_images, max_pixels=settings.max_image_pixels
+    )
     for category in settings.categories or ():
         images.check_category(category)
     return images

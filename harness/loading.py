@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,11 +14,8 @@ from harness.devices import resolve_device, resolve_dtype
 from harness.errors import MaskError, ModelUnavailableError
 from harness.families import Family, get_family
 from harness.registry import ModelSpec, get_model_spec
+from harness.weight_digest import folder_digest
 from harness.zoo import ensure_built
-
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".json")
-_SAMPLE_BYTES = 1 << 16
-_SAMPLES_PER_FILE = 64
 
 
 @dataclass
@@ -33,7 +29,7 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     path: Path
-    fingerprint: str
+    weights_digest: str  # sha256 of every weight byte (harness.weight_digest)
     checkpoint_id: str
     _checksums: dict[str, int] | None = None
 
@@ -74,30 +70,6 @@ def parameter_checksums(model: nn.Module) -> dict[str, int]:
         bits = data.reshape(-1).view(bit_views[data.element_size()])
         sums[name] = int(bits.sum(dtype=torch.int64))
     return sums
-
-
-def weights_fingerprint(folder: Path) -> str:
-    """Content fingerprint of a checkpoint folder's weight and config files, cheap even for 14 GB checkpoints.
-
-    Files in the Hugging Face cache are symlinks to blobs named by their content hash: that name is used as is.
-    Other files contribute their size and sampled bytes (head, tail and evenly spaced 64 KiB blocks), since
-    reading every byte would cost tens of seconds per session.
-    """
-    digest = hashlib.sha256()
-    for file in sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES):
-        size = file.stat().st_size
-        digest.update(f"{file.relative_to(folder)}:{size}\n".encode())
-        target = file.resolve()
-        if file.is_symlink() and target.parent.name == "blobs":  # HF cache: blob name = content sha256/sha1
-            digest.update(target.name.encode())
-            continue
-        with file.open("rb") as handle:
-            offsets = {0, max(size - _SAMPLE_BYTES, 0)}
-            offsets.update(size * i // _SAMPLES_PER_FILE for i in range(1, _SAMPLES_PER_FILE))
-            for offset in sorted(offsets):
-                handle.seek(offset)
-                digest.update(handle.read(_SAMPLE_BYTES))
-    return digest.hexdigest()[:16]
 
 
 def resolve_checkpoint_folder(spec: ModelSpec, cache_dir: Path, allow_download: bool = False) -> Path:
@@ -166,7 +138,7 @@ def checkpoint_id(spec: ModelSpec, folder: Path, cache_dir: Path | None = None) 
     hub_folder = "models--" + spec.source.replace("/", "--")
     if folder.parent.name == "snapshots" and folder.parent.parent.name == hub_folder:  # <hub>/snapshots/<commit>
         return f"hf:{spec.source}@{folder.name}"
-    return "local"  # identified by the weights fingerprint alone: moving the folder changes nothing
+    return "local"  # identified by its weights digest alone: moving the folder changes nothing
 
 
 def load_model(
@@ -203,7 +175,7 @@ def load_model(
         device=torch_device,
         dtype=torch_dtype,
         path=folder,
-        fingerprint=weights_fingerprint(folder),
+        weights_digest=folder_digest(folder, cache_dir),
         checkpoint_id=checkpoint_id(spec, folder, cache_dir),
     )
     loaded.tokenizer.padding_side = "left"

@@ -88,7 +88,7 @@ def test_ranking_inputs_name_everything_a_ranking_depends_on(experiment, loaded,
     assert not {"source", "revision"} & set(inputs)
     assert inputs["code"] == ranking_source_hash()
     assert inputs["checkpoint"] == "embedded:tiny-llava@v2"
-    assert inputs["weights"] == loaded.fingerprint
+    assert inputs["weights"] == loaded.weights_digest
     assert (inputs["dtype"], inputs["device"]) == ("torch.float32", "cpu")
     assert (inputs["model"], inputs["site"], inputs["category"]) == ("tiny-llava", SITE, "circle")
     assert (inputs["alpha"], inputs["positions"]) == (1.0, "all")
@@ -246,3 +246,41 @@ def test_search_measures_every_point_it_reports(experiment, unmodified):
 def test_search_rejects_an_unknown_mode(experiment):
     with pytest.raises(UnknownNameError, match="threshold search mode"):
         experiment.search(SITE, "circle", mode="bisect")
+
+
+def test_one_float_edited_in_a_local_checkpoint_gives_a_new_key_and_a_recomputed_ranking(
+    loaded, settings, tmp_path, monkeypatch
+):
+    """A regression harness must tell an updated checkpoint from the old one: one down_proj weight of a local
+    copy multiplied by 3, in place (same size and folder), changes the weights digest, hence the ranking's key,
+    and the ranking is computed again rather than read from the cache."""
+
+    from harness import registry
+
+    registry.registered_models()
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # a throw-away registry
+    folder = Path(shutil.copytree(loaded.path, tmp_path / "local-tiny-llava"))
+    registry.use_local_path("tiny-llava", folder)
+    cache = dataclasses.replace(settings, cache_dir=tmp_path / "cache")
+
+    def ranking():
+        return HarnessSession(cache).experiment("tiny-llava").ranking(SITE, "circle")
+
+    before = ranking()
+    weights = folder / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    header_end = 8 + int.from_bytes(data[:8], "little")
+    header = json.loads(bytes(data[8:header_end]))
+    stored = next(name for name in header if name.endswith("layers.1.mlp.down_proj.weight"))  # saved key layout
+    start, _ = header[stored]["data_offsets"]
+    parameter = dict(loaded.model.named_parameters())["model.language_model.layers.1.mlp.down_proj.weight"]
+    offset = header_end + start + 4 * (3 * parameter.shape[1] + 5)  # element [3, 5], float32 row-major
+    value = numpy.frombuffer(bytes(data[offset : offset + 4]), dtype="<f4")[0]
+    assert value == parameter[3, 5].item()
+    data[offset : offset + 4] = numpy.float32(value * 3).tobytes()
+    weights.write_bytes(bytes(data))
+
+    after = ranking()
+    assert after.key != before.key
+    assert len(list((tmp_path / "cache" / "rankings").glob("*.safetensors"))) == 2
+    assert not torch.equal(after.scores, before.scores)

@@ -1,5 +1,5 @@
 """Loading: the tiny LLaVA through `from_pretrained`, building embedded assets once, clear errors for missing
-checkpoints, the registry, weight fingerprints, the torchvision workaround and device/dtype choice."""
+checkpoints, the registry, parameter checksums, the torchvision workaround and device/dtype choice."""
 
 from __future__ import annotations
 
@@ -32,9 +32,9 @@ from harness.loading import (
     missing_checkpoint_files,
     parameter_checksums,
     resolve_checkpoint_folder,
-    weights_fingerprint,
 )
 from harness.registry import EmbeddedAsset, ModelSpec
+from harness.weight_digest import folder_digest
 from harness.zoo import ensure_built
 
 LM_WEIGHT = "model.language_model.layers.0.mlp.down_proj.weight"
@@ -321,36 +321,10 @@ def test_builtin_models():
     )
 
 
-# -- fingerprints and checksums -----------------------------------------------------------------------------------
+# -- parameter checksums ---------------------------------------------------------------------------------------
 @pytest.fixture
 def checkpoint_copy(loaded, tmp_path) -> Path:
     return Path(shutil.copytree(loaded.path, tmp_path / "copy"))
-
-
-def test_fingerprint_is_stable_and_location_independent(checkpoint_copy, tmp_path):
-    """The fingerprint repeats, ignores the folder's location and mtimes."""
-    fingerprint = weights_fingerprint(checkpoint_copy)
-    moved = Path(shutil.copytree(checkpoint_copy, tmp_path / "elsewhere"))
-    os.utime(moved / "model.safetensors", (0, 0))
-    assert weights_fingerprint(checkpoint_copy) == fingerprint
-    assert weights_fingerprint(moved) == fingerprint
-
-
-def test_fingerprint_sees_a_changed_weight_byte(checkpoint_copy):
-    """Flipping one byte in the middle of model.safetensors changes the fingerprint."""
-    before = weights_fingerprint(checkpoint_copy)
-    weights = checkpoint_copy / "model.safetensors"
-    data = bytearray(weights.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    weights.write_bytes(bytes(data))
-    assert weights_fingerprint(checkpoint_copy) != before
-
-
-def test_fingerprint_sees_an_added_weight_file(checkpoint_copy):
-    """A new weight file in the folder changes the fingerprint."""
-    before = weights_fingerprint(checkpoint_copy)
-    (checkpoint_copy / "adapter.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
-    assert weights_fingerprint(checkpoint_copy) != before
 
 
 def test_one_changed_element_is_detected(loaded):
@@ -369,23 +343,6 @@ def test_one_changed_element_is_detected(loaded):
     loaded.assert_unmodified()
 
 
-def test_fingerprint_samples_64_blocks_per_file(tmp_path):
-    """A 4 MiB weight file is covered by its 64 sampled 64 KiB blocks: a byte flipped in any block, including
-    blocks between the 16 a coarser sampling would read, changes the fingerprint."""
-    block = 1 << 16
-    weights = tmp_path / "model.safetensors"
-    data = bytearray(random.Random(1).randbytes(64 * block))
-    weights.write_bytes(bytes(data))
-    before = weights_fingerprint(tmp_path)
-    for index in (1, 5, 33, 62):  # none at a multiple of 4 (1/16 of the file)
-        flipped = bytearray(data)
-        flipped[index * block + 777] ^= 0xFF
-        weights.write_bytes(bytes(flipped))
-        assert weights_fingerprint(tmp_path) != before, index
-    weights.write_bytes(bytes(data))
-    assert weights_fingerprint(tmp_path) == before
-
-
 def hub_snapshot(repo: Path, files: dict[str, bytes], blob_names: dict[str, str] | None = None) -> Path:
     """A Hugging Face cache repo folder: blobs named by content hash, snapshots/<commit>/ symlinks to them."""
     blobs, snapshot = repo / "blobs", repo / "snapshots" / COMMIT
@@ -402,39 +359,6 @@ def hub_snapshot(repo: Path, files: dict[str, bytes], blob_names: dict[str, str]
     return snapshot
 
 
-def test_fingerprint_of_hub_cache_files_uses_the_blob_name(tmp_path):
-    """Files symlinked into blobs/ contribute their blob name, not sampled bytes. By design: a Hugging Face blob
-    is named by the hash of its content, so a new name means new content and the same name the same content
-    (rewriting a blob in place behind the cache's back is not detected)."""
-    files = {"config.json": b'{"model_type": "llava"}', "model.safetensors": bytes(range(256)) * 64}
-    repo = tmp_path / "models--someone--tiny"
-    snapshot = hub_snapshot(repo, files, {"model.safetensors": "a" * 64})
-    before = weights_fingerprint(snapshot)
-    assert (snapshot / "model.safetensors").is_symlink()
-
-    blob = repo / "blobs" / ("a" * 64)
-    blob.write_bytes(bytes(reversed(blob.read_bytes())))  # other bytes, same size, same blob name
-    assert weights_fingerprint(snapshot) == before
-
-    hub_snapshot(repo, {"model.safetensors": blob.read_bytes()}, {"model.safetensors": "b" * 64})
-    assert os.readlink(snapshot / "model.safetensors").endswith("b" * 64)
-    assert weights_fingerprint(snapshot) != before
-
-
-def test_plain_files_in_a_folder_named_blobs_are_still_sampled(tmp_path):
-    """Only symlinks into a blobs/ folder are identified by name: regular files in a checkpoint folder that
-    happens to be called `blobs` are sampled like any other, so a changed byte changes the fingerprint."""
-    folder = tmp_path / "blobs"
-    folder.mkdir()
-    weights = folder / "model.safetensors"
-    data = bytearray(random.Random(2).randbytes(1 << 16))
-    weights.write_bytes(bytes(data))
-    before = weights_fingerprint(folder)
-    data[100] ^= 0xFF
-    weights.write_bytes(bytes(data))
-    assert weights_fingerprint(folder) != before
-
-
 @pytest.mark.parametrize(
     ("folder", "expected"),
     [
@@ -445,7 +369,7 @@ def test_plain_files_in_a_folder_named_blobs_are_still_sampled(tmp_path):
 )
 def test_checkpoint_id_of_hub_and_local_folders(tmp_path, folder, expected):
     """A folder under snapshots/ is the hub id at that commit; any other folder is `local` (its weights
-    fingerprint identifies it)."""
+    digest identifies it)."""
     assert checkpoint_id(ModelSpec(name="vlm", source="someone/vlm"), tmp_path / folder) == expected
 
 
@@ -458,7 +382,7 @@ def test_local_folder_under_a_snapshots_folder_is_local(tmp_path):
 
 def test_checkpoint_from_the_hub_cache_records_id_and_commit(loaded, tmp_path, monkeypatch):
     """A checkpoint found in a (fake, offline) Hugging Face cache loads from its snapshot folder and is
-    identified as hf:<id>@<commit>; its fingerprint follows the blob names."""
+    identified as hf:<id>@<commit>; its weights digest follows the blob names."""
     hub = tmp_path / "hub"
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
     files = {p.name: p.read_bytes() for p in loaded.path.iterdir() if not p.name.startswith(".")}
@@ -466,13 +390,13 @@ def test_checkpoint_from_the_hub_cache_records_id_and_commit(loaded, tmp_path, m
     hf = load_on_cpu(ModelSpec(name="hub-tiny", source="someone/tiny-llava"), tmp_path)
     assert hf.path == snapshot
     assert hf.checkpoint_id == f"hf:someone/tiny-llava@{COMMIT}"
-    assert hf.fingerprint == weights_fingerprint(snapshot)
+    assert hf.weights_digest == folder_digest(snapshot, None)
     hub_snapshot(
         hub / "models--someone--tiny-llava",
         {"model.safetensors": files["model.safetensors"]},
         {"model.safetensors": "c" * 64},
     )
-    assert weights_fingerprint(snapshot) != hf.fingerprint
+    assert folder_digest(snapshot, None) != hf.weights_digest
 
 
 # -- torchvision workaround ---------------------------------------------------------------------------------------
