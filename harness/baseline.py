@@ -6,7 +6,7 @@ the comparison is written here (a few lines) and the file stays a readable JSON 
 
 An entry holds the values compared, the settings that must match for a comparison to mean anything (α,
 positions, prompt, caption length, dtype, device, search, stage thresholds, image count), and what it was
-recorded with (checkpoint, weight fingerprint, library versions): when a comparison fails, the diff shows which
+recorded with (checkpoint, weight digest, library versions): when a comparison fails, the diff shows which
 of those moved.
 """
 
@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from filelock import FileLock
 
+from harness import atomic_files
 from harness.errors import HarnessError
 from harness.labels import curve_label
 
@@ -119,10 +118,7 @@ class BaselineFile:
             curves = self.read()
             curves[key] = entry
             text = json.dumps({"curves": dict(sorted(curves.items()))}, indent=2, allow_nan=False) + "\n"
-            handle, staging = tempfile.mkstemp(prefix=f".{self.path.name}-", dir=self.path.parent)
-            with os.fdopen(handle, "w") as file:
-                file.write(text)
-            os.replace(staging, self.path)
+            atomic_files.write_text(self.path, text)
 
 
 def check_against(

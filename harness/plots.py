@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from harness import atomic_files
 from harness.labels import curve_label
 
 STAGE_COLOURS = {1: "#f6d55c", 2: "#ed553b"}
@@ -62,6 +63,9 @@ def plot_analysis(row: dict, path: Path) -> Path:
     ppl_axis.legend(fontsize=8, loc="best")
     clip_axis.legend(fontsize=8, loc="best")
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    try:
+        with atomic_files.replacing(path) as temporary:
+            figure.savefig(temporary, dpi=110, format="png")
+    finally:
+        plt.close(figure)
     return path

@@ -1,8 +1,9 @@
 """On-disk cache of rankings, keyed by a hash of everything a ranking depends on.
 
 Files are safetensors (loading executes no code), written to a temporary name and renamed into place under a file
-lock, so xdist workers asking for the same key compute it once and never see half a file. A file that fails to
-parse, carries another key, has the wrong shape or non-finite values is reported and rebuilt.
+lock, so xdist workers asking for the same key compute it once and never see half a file, and a valid entry is
+read with no lock and no write access (a lab can share a read-only cache). A file that fails to parse, carries
+another key, has the wrong shape or non-finite values is reported and rebuilt.
 """
 
 from __future__ import annotations
@@ -11,8 +12,6 @@ import functools
 import hashlib
 import importlib
 import json
-import os
-import tempfile
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
@@ -23,6 +22,7 @@ from filelock import FileLock
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from harness import atomic_files
 from harness.errors import CacheError
 
 RANKING_CODE = ("harness.ranking", "harness.captioning", "harness.sites")
@@ -62,35 +62,58 @@ class RankingCache:
         compute: Callable[[list[int]], list[torch.Tensor]],
     ) -> list[tuple[torch.Tensor, str]]:
         """Several rankings at once: those without a valid entry are computed together by `compute(indices)`
-        (e.g. the parts of a joint site in the same passes) and stored one by one. All entries are locked while
-        this runs (in key order, so two workers cannot deadlock)."""
+        (e.g. the parts of a joint site in the same passes) and stored one by one.
+
+        Valid entries are read without a lock and without write access (files are only ever renamed into place,
+        so a reader never sees half of one). Missing ones are computed under the entries' locks (taken in key
+        order, so two workers cannot deadlock); in a cache that cannot be written they are computed and not
+        stored, with a warning."""
         keys = [cache_key(fields) for fields, _ in entries]
         paths = [self.path_for(key) for key in keys]
-        found: list[torch.Tensor | None] = [None] * len(entries)
+        shapes = [shape for _, shape in entries]
+        found = [self._read_valid(*entry, quiet=True) for entry in zip(paths, keys, shapes, strict=True)]
+        if all(scores is not None for scores in found):
+            return list(zip(found, keys, strict=True))
         with ExitStack() as locks:
-            for path in sorted(set(paths)):
-                path.parent.mkdir(parents=True, exist_ok=True)
-                locks.enter_context(FileLock(str(path) + ".lock"))
-            for index, (path, key, (_, shape)) in enumerate(zip(paths, keys, entries, strict=True)):
-                if path.exists():
-                    found[index], problem = self._read(path, key, shape)
-                    if problem is not None:
-                        warnings.warn(
-                            f"ranking cache file {path} is unusable ({problem}); recomputing it", stacklevel=3
-                        )
+            writable = self._lock(locks, sorted(set(paths)))
+            for index, entry in enumerate(zip(paths, keys, shapes, strict=True)):
+                if found[index] is None:  # another worker may have stored it while we waited for the lock
+                    found[index] = self._read_valid(*entry, quiet=False)
             missing = [index for index, scores in enumerate(found) if scores is None]
             if missing:
                 for index, scores in zip(missing, compute(missing), strict=True):
-                    scores = scores.to(torch.float32).cpu().contiguous()
-                    shape = entries[index][1]
-                    if tuple(scores.shape) != shape or not torch.isfinite(scores).all():
-                        raise CacheError(
-                            f"refusing to cache a ranking of shape {tuple(scores.shape)} with non-finite "
-                            f"values or a shape other than {shape}"
-                        )
-                    self._write(paths[index], scores, keys[index], entries[index][0])
+                    fields, shape = entries[index]
+                    scores = _checked(scores.to(torch.float32).cpu().contiguous(), shape, fields)
+                    if writable:
+                        self._write(paths[index], scores, keys[index], fields)
                     found[index] = scores
         return list(zip(found, keys, strict=True))
+
+    def _lock(self, locks: ExitStack, paths: list[Path]) -> bool:
+        """Take the entries' locks; False (after a warning) when the cache folder cannot be written."""
+        try:
+            for path in paths:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                locks.enter_context(FileLock(str(path) + ".lock"))
+        except OSError as error:
+            locks.close()
+            warnings.warn(
+                f"ranking cache {self.root / 'rankings'} cannot be written ({error}); the missing rankings are "
+                "computed but not stored. Pass --can-cache-dir (or set CAN_HARNESS_CACHE) to a writable folder "
+                "to keep them.",
+                stacklevel=4,
+            )
+            return False
+        return True
+
+    def _read_valid(self, path: Path, key: str, shape: tuple[int, int], *, quiet: bool) -> torch.Tensor | None:
+        """The stored scores when the entry is valid; an unusable file is reported (unless `quiet`) and ignored."""
+        if not path.exists():
+            return None
+        scores, problem = self._read(path, key, shape)
+        if problem is not None and not quiet:
+            warnings.warn(f"ranking cache file {path} is unusable ({problem}); recomputing it", stacklevel=4)
+        return scores
 
     @staticmethod
     def _read(path: Path, key: str, shape: tuple[int, int]) -> tuple[torch.Tensor | None, str | None]:
@@ -113,11 +136,26 @@ class RankingCache:
     @staticmethod
     def _write(path: Path, scores: torch.Tensor, key: str, fields: Mapping[str, object]) -> None:
         metadata = {"key": key, "fields": json.dumps(fields, sort_keys=True, default=str)}
-        handle, temporary = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-        os.close(handle)
         try:
-            save_file({"scores": scores}, temporary, metadata=metadata)
-            os.replace(temporary, path)
-        finally:
-            if os.path.exists(temporary):
-                os.unlink(temporary)
+            with atomic_files.replacing(path) as temporary:
+                save_file({"scores": scores}, str(temporary), metadata=metadata)
+        except OSError as error:
+            raise CacheError(
+                f"cannot store a ranking in {path} ({error}); nothing was left half-written. Free space there or "
+                "pass --can-cache-dir (or set CAN_HARNESS_CACHE) to another folder."
+            ) from error
+
+
+def _checked(scores: torch.Tensor, shape: tuple[int, int], fields: Mapping[str, object]) -> torch.Tensor:
+    """Refuse to store (or use) a ranking that is not finite or has the wrong shape, naming its curve."""
+    curve = f"the {fields.get('method', '?')} ranking of {fields.get('model', '?')} {fields.get('site', '?')}"
+    if tuple(scores.shape) != shape:
+        raise CacheError(f"{curve} has shape {tuple(scores.shape)}, expected {shape}")
+    bad = int((~torch.isfinite(scores)).sum())
+    if bad:
+        raise CacheError(
+            f"{curve} has {bad} non-finite score(s) of {scores.numel()} (NaN or inf): the model's "
+            "activations or gradients overflowed or its weights are not finite; try --can-dtype float32, or "
+            "check the checkpoint"
+        )
+    return scores

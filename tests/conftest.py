@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach the hub
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -36,6 +37,8 @@ if hf_constants.HF_HUB_CACHE != EMPTY_HF_HUB_CACHE:
 # The tiny models gain nothing from several threads; on a loaded 2-core machine two threads make a tiny matmul
 # thousands of times slower (measured: 23 ms vs 8 µs).
 torch.set_num_threads(1)
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def pytest_unconfigure(config):
@@ -93,3 +96,38 @@ def unmodified(loaded):
     """Fails the test if it leaves any parameter of the shared tiny model changed."""
     yield loaded
     loaded.assert_unmodified()
+
+
+@pytest.fixture
+def run_read_only():
+    """`run_read_only(args, folder, cwd)`: run `python *args` in a fresh interpreter that cannot write under
+    `folder`,
+    for real: the write bits are removed, and when the tests run as root (whom permission bits do not stop) the
+    interpreter runs without capabilities (util-linux `setpriv`)."""
+    import shutil
+    import stat
+    import subprocess
+
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip(
+                "the tests run as root and util-linux's setpriv is missing: nothing can take write access "
+                "away from root here; install util-linux or run the tests as an ordinary user"
+            )
+        prefix = [setpriv, "--bounding-set=-all", "--inh-caps=-all", "--"]
+    changed: list[tuple[Path, int]] = []
+
+    def run(args: list[str], folder: Path, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+        for path in [folder, *folder.rglob("*")]:
+            mode = path.stat().st_mode
+            changed.append((path, mode))
+            os.chmod(path, mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+        return subprocess.run(
+            [*prefix, sys.executable, *args], capture_output=True, text=True, timeout=600, cwd=cwd
+        )
+
+    yield run
+    for path, mode in reversed(changed):
+        os.chmod(path, mode)

@@ -20,7 +20,11 @@ from harness.errors import CacheError
 from harness.ranking_cache import RankingCache, cache_key
 
 SHAPE = (2, 3)
-FIELDS = {"model": "tiny", "site": "lm.down_proj", "alpha": 1.0, "images": ["a", "b"], "options": {"x": 1}}
+FIELDS = {
+    "model": "tiny", "site": "lm.down_proj", "method": "can", "alpha": 1.0, "images": ["a", "b"],
+    "options": {"x": 1},
+}  # fmt: skip
+WRITERS = 4
 GOOD = torch.tensor([[0.5, 0.25, 3.0], [1e-8, 7.0, 0.0]])
 
 
@@ -183,13 +187,14 @@ def _ask_concurrently(root: str, counter: str, barrier, results) -> None:
 
 
 def test_concurrent_processes_compute_once(tmp_path):
-    """Two processes asking for the same key at the same moment compute it once and get identical scores."""
+    """Four processes asking for the same key at the same moment compute it once, get identical scores and leave
+    one valid entry."""
     context = multiprocessing.get_context("spawn")
-    barrier, results = context.Barrier(2), context.Queue()
+    barrier, results = context.Barrier(WRITERS), context.Queue()
     counter = tmp_path / "calls.txt"
     processes = [
         context.Process(target=_ask_concurrently, args=(str(tmp_path / "cache"), str(counter), barrier, results))
-        for _ in range(2)
+        for _ in range(WRITERS)
     ]
     for process in processes:
         process.start()
@@ -200,9 +205,12 @@ def test_concurrent_processes_compute_once(tmp_path):
             process.join(timeout=30)
             if process.is_alive():
                 process.kill()
-    assert [process.exitcode for process in processes] == [0, 0]
+    assert [process.exitcode for process in processes] == [0] * WRITERS
     assert counter.read_text().count("\n") == 1
-    assert answers[0] == answers[1] == (cache_key(FIELDS), GOOD.view(torch.int32).tolist())
+    assert answers == [(cache_key(FIELDS), GOOD.view(torch.int32).tolist())] * WRITERS
+    stored = [p for p in (tmp_path / "cache").rglob("*") if not p.name.endswith(".lock") and p.is_file()]
+    assert [p.name for p in stored] == [RankingCache(tmp_path / "cache").path_for(cache_key(FIELDS)).name]
+    assert torch.equal(load_file(str(stored[0]))["scores"], GOOD)
 
 
 def test_file_is_safetensors_with_key_and_fields(tmp_path, inputs):
@@ -234,9 +242,11 @@ def test_file_is_safetensors_with_key_and_fields(tmp_path, inputs):
     ids=["transposed", "flat", "nan", "inf", "-inf"],
 )
 def test_bad_compute_result_raises_and_stores_nothing(tmp_path, result):
-    """A wrong-shaped or non-finite result raises CacheError and leaves no cache file; a later good one is kept."""
+    """A wrong-shaped or non-finite result raises CacheError naming the curve (and how many values are not
+    finite), and leaves no cache file; a later good one is kept."""
     cache = RankingCache(tmp_path)
-    with pytest.raises(CacheError):
+    expected = "has shape" if result.shape != SHAPE else r"has 2 non-finite score\(s\) of 6 \(NaN or inf\)"
+    with pytest.raises(CacheError, match=rf"the can ranking of tiny lm\.down_proj {expected}"):
         cache.load_or_compute(FIELDS, SHAPE, lambda: result)
     assert not [p for p in tmp_path.rglob("*") if p.is_file() and not p.name.endswith(".lock")]
     scores, _ = cache.load_or_compute(FIELDS, SHAPE, Counted(GOOD))
@@ -253,3 +263,58 @@ def test_failing_compute_stores_nothing(tmp_path):
     with pytest.raises(RuntimeError, match="out of memory"):
         RankingCache(tmp_path).load_or_compute(FIELDS, SHAPE, fail)
     assert not [p for p in tmp_path.rglob("*") if p.is_file() and not p.name.endswith(".lock")]
+
+
+READ_ONLY_CHECK = """
+import json, sys, warnings
+from pathlib import Path
+import torch
+from harness.ranking_cache import RankingCache
+fields, shape, good = json.loads(sys.argv[1] if len(sys.argv) > 1 else {spec!r})
+cache = RankingCache(Path({root!r}))
+def must_not_run():
+    raise AssertionError("a valid entry was recomputed")
+with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    scores, _ = cache.load_or_compute(fields, tuple(shape), must_not_run)
+assert scores.tolist() == good, scores
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    other, _ = cache.load_or_compute({{**fields, "site": "lm.up_proj"}}, tuple(shape), lambda: torch.ones(shape))
+assert other.tolist() == torch.ones(shape).tolist()
+print("WARNED:", " ".join(str(w.message) for w in caught))
+"""
+
+
+def test_a_read_only_cache_serves_its_entries_and_computes_the_rest(tmp_path, run_read_only):
+    """A cache the process cannot write (a lab's shared one): a valid entry loads with no lock and no write, a
+    missing one is computed, returned and not stored, with a warning that says how to keep it."""
+    RankingCache(tmp_path).load_or_compute(FIELDS, SHAPE, Counted(GOOD))
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    spec = json.dumps([FIELDS, list(SHAPE), GOOD.tolist()])
+    result = run_read_only(["-c", READ_ONLY_CHECK.format(spec=spec, root=str(tmp_path))], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "cannot be written" in result.stdout and "--can-cache-dir" in result.stdout
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+def test_a_full_disk_is_a_clear_error_and_leaves_nothing(tmp_path, monkeypatch):
+    """ENOSPC while storing: a CacheError naming the file and what to do; no temporary or partial file stays,
+    and the next run (with space again) computes and stores normally."""
+    import errno
+
+    import harness.ranking_cache as module
+
+    def full_disk(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(module, "save_file", full_disk)
+    cache = RankingCache(tmp_path)
+    with pytest.raises(CacheError, match=r"cannot store a ranking in .*No space left.*--can-cache-dir"):
+        cache.load_or_compute(FIELDS, SHAPE, Counted(GOOD))
+    assert not [p for p in tmp_path.rglob("*") if p.is_file() and not p.name.endswith(".lock")]
+    monkeypatch.undo()
+    compute = Counted(GOOD)
+    assert torch.equal(cache.load_or_compute(FIELDS, SHAPE, compute)[0], GOOD)
+    assert compute.calls == 1 and cache.path_for(cache_key(FIELDS)).is_file()

@@ -4,12 +4,12 @@ checkpoints converted from GGUF files."""
 from __future__ import annotations
 
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from filelock import FileLock
 
+from harness import atomic_files
 from harness.registry import EmbeddedAsset
 
 _COMPLETE = ".complete"
@@ -38,12 +38,8 @@ def build_once(target: Path, build: Callable[[Path], object]) -> Path:
             return target  # another worker built it while we waited
         if target.exists():
             shutil.rmtree(target)  # left by a build that died before it completed
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-        try:
+        with atomic_files.staging_folder(target) as staging:
             build(staging)
             (staging / _COMPLETE).write_text(f"{target.name}\n")
             staging.rename(target)
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging)
     return target
