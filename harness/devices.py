@@ -19,9 +19,33 @@ def xdist_worker_index(worker_id: str | None = None) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def check_available(setting: str) -> None:
+    """Raise ValueError when `setting` names a device this machine does not have (before any model loads)."""
+    if setting == "auto":
+        return
+    device = torch.device(setting)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+            raise ValueError(
+                f"device {setting!r}: this machine has no usable CUDA GPU (torch {torch.__version__}, {build}); "
+                "use cpu, or auto (a GPU when there is one)"
+            )
+        if device.index is not None and device.index >= count:
+            raise ValueError(
+                f"device {setting!r}: this machine has {count} GPU(s), cuda:0 … cuda:{count - 1}; use one of them"
+            )
+    elif device.type != "cpu":
+        backend = getattr(torch.backends, device.type, None) or getattr(torch, device.type, None)
+        if backend is None or not backend.is_available():
+            raise ValueError(f"device {setting!r}: no {device.type} device on this machine; use cpu or auto")
+
+
 def resolve_device(setting: str = "auto", worker_id: str | None = None) -> torch.device:
     """`auto`: worker gwN takes GPU N mod count, a serial run takes GPU 0, and CPU when there is no GPU."""
     if setting != "auto":
+        check_available(setting)
         return torch.device(setting)
     if not torch.cuda.is_available():
         return torch.device("cpu")

@@ -12,12 +12,14 @@ see harness.ranking) to expand over them too; without it every case ranks by `--
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import itertools
 import json
 import os
 import sys
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -35,7 +37,11 @@ MARKERS = ("collapse_grid", "collapse_search")
 
 
 def _csv(value: str) -> list[str]:
-    return [item.strip() for item in value.split(",") if item.strip()]
+    """A comma-separated list; an empty one is an error (it would silently mean "the case's own list")."""
+    items = [item.strip() for item in value.split(",") if item.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError(f"expects a comma-separated list of at least one name, got {value!r}")
+    return items
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -54,6 +60,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="image root with one folder per category (default: held-out renderings of the synthetic world)",
     )
     add("--can-max-images", type=int, help="use at most N images per category (default: all)")
+    add(
+        "--can-max-image-pixels",
+        type=int,
+        help="refuse (and name) images with more pixels than this, before decoding them (default 4096² = "
+        "16777216)",
+    )
     add(
         "--can-texts",
         type=_csv,
@@ -175,11 +187,41 @@ def pytest_configure(config: pytest.Config) -> None:
     _route_progress(config)
     worker = getattr(config, "workerinput", None)
     if worker is None:
+        from harness.report import check_report_dir
+
+        try:
+            check_report_dir(report_dir(config))
+        except ValueError as error:
+            raise pytest.UsageError(f"harness option --can-report-dir: {error}") from None
+        _interrupt_on_sigterm(config)
         config.pluginmanager.register(CollapseRecorder(config), "can-collapse-recorder")
     else:
         import torch
 
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(worker.get("workercount", 1))))
+
+
+def report_dir(config: pytest.Config) -> Path:
+    return Path(config.getoption("can_report_dir") or config.rootpath / "can-results")
+
+
+def _interrupt_on_sigterm(config: pytest.Config) -> None:
+    """SIGTERM (a job scheduler's stop, `kill`) ends the run like Ctrl-C: the cases stop, and the report is
+    written, marked incomplete, instead of the process dying with nothing said. Only where nobody else has
+    claimed SIGTERM."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt("SIGTERM")
+
+    signal.signal(signal.SIGTERM, interrupt)
+    config.add_cleanup(lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
 
 
 def _route_progress(config: pytest.Config) -> None:
@@ -246,6 +288,8 @@ def _settings_from_options(config: pytest.Config):
         name, sep, path = entry.partition("=")
         if not sep or not name or not path:
             raise ValueError(f"--can-model-path expects NAME=PATH, got {entry!r}")
+        if not Path(path).expanduser().exists():
+            raise ValueError(f"--can-model-path {entry}: {path} does not exist (a checkpoint folder or GGUF file)")
         use_local_path(name, path)
     clip = None
     if option("can_clip_model"):
@@ -257,11 +301,12 @@ def _settings_from_options(config: pytest.Config):
         check_clip_name(clip)
     elif option("can_clip_pretrained"):
         raise ValueError("--can-clip-pretrained needs --can-clip-model")
-    return HarnessSettings(
+    settings = HarnessSettings(
         cache_dir=option("can_cache_dir") or default_cache_dir(),
         image_root=option("can_images"),
         categories=tuple(option("can_categories")) if option("can_categories") else None,
         max_images=option("can_max_images"),
+        **({} if option("can_max_image_pixels") is None else {"max_image_pixels": option("can_max_image_pixels")}),
         texts=tuple(Path(p) for p in option("can_texts")) if option("can_texts") else None,
         text_max_tokens=option("can_text_max_tokens"),
         text_window=option("can_text_window"),
@@ -293,6 +338,10 @@ def _settings_from_options(config: pytest.Config):
         search=option("can_search"),
         control_seeds=option("can_control_seeds"),
     )
+    from harness.devices import check_available
+
+    check_available(settings.device)  # a GPU this machine lacks is one error now, not a crash in every case
+    return settings
 
 
 def _baselines_from_options(config: pytest.Config):
@@ -309,7 +358,11 @@ def _baselines_from_options(config: pytest.Config):
         if option("can_baseline_update"):
             raise ValueError("--can-baseline-update needs --can-baseline PATH (the file to rewrite)")
         return Baselines(tolerances=tolerances)
-    return Baselines(BaselineFile(path), update=option("can_baseline_update"), tolerances=tolerances)
+    baseline = BaselineFile(path)
+    if not option("can_baseline_update") and not Path(path).is_file():
+        raise ValueError(f"--can-baseline {path}: no such file; record one first with --can-baseline-update")
+    baseline.read()  # a broken file is found now, not after the search
+    return Baselines(baseline, update=option("can_baseline_update"), tolerances=tolerances)
 
 
 # -- parametrisation ------------------------------------------------------------------------------------------
@@ -531,41 +584,95 @@ def collapse_analysis(
 
 
 # -- results --------------------------------------------------------------------------------------------------
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """Tell a failed domain assertion from an exception (on the process that ran the case, so it reaches the
+    xdist controller with the report): an exception makes the run's report incomplete."""
+    from harness.run_outcome import RAISED_PROPERTY
+
+    report = yield
+    expected = (AssertionError, pytest.fail.Exception, pytest.skip.Exception)
+    if call.when == "call" and call.excinfo is not None and not call.excinfo.errisinstance(expected):
+        report.user_properties.append((RAISED_PROPERTY, call.excinfo.typename))
+    return report
+
+
 class CollapseRecorder:
-    """Collects the points recorded by cases (from workers too, via report.user_properties), then writes the
-    reports and prints the summary on the controller."""
+    """Collects the points recorded by cases (from workers too, via report.user_properties) and how every
+    collected case ended, then writes the reports and prints the tables on the controller. A run that was
+    interrupted, had errors or left cases unfinished writes its report marked incomplete to `incomplete/`, so
+    the last complete report stays as it was."""
 
     def __init__(self, config: pytest.Config):
+        from harness.run_outcome import RunOutcome
+
         self.config = config
         self.rows: list[dict] = []
         self.analyses: dict[tuple[str, str, str], dict] = {}
+        self.outcome = RunOutcome()
+        self.case_curves: dict[tuple, set[str]] = defaultdict(set)  # curve → node-id curve parts of its cases
         self.reports: tuple[Path, Path] | None = None
+        self.write_error: str | None = None
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        self.outcome.collected = [item.nodeid for item in session.items]
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node, ids: list[str]) -> None:
+        self.outcome.collected = list(ids)  # every worker collects the same ids
+
+    def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo) -> None:
+        self.outcome.interrupted = f"interrupted ({str(excinfo.value) or excinfo.typename})"
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        from harness.report import GROUP_KEYS
+        from harness.run_outcome import curve_of
+
+        self.outcome.record(report)
         if report.when != "call":
             return
         for name, value in report.user_properties:
+            if name not in (POINT_PROPERTY, ANALYSIS_PROPERTY):
+                continue
+            row = json.loads(value)
+            group = tuple(row[key] for key in GROUP_KEYS)
+            self.case_curves[group].add(curve_of(report.nodeid)[0])
             if name == POINT_PROPERTY:
-                self.rows.append(json.loads(value))
-            elif name == ANALYSIS_PROPERTY:
-                row = json.loads(value)
-                self.analyses[row["model"], row["site"], row["ranking"], row["category"]] = row
+                self.rows.append(row)
+            else:
+                self.analyses[group] = row
 
-    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+    def curve_cases(self) -> dict:
+        return {group: self.outcome.curve_cases(curves) for group, curves in self.case_curves.items()}
+
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if session.shouldfail and self.outcome.interrupted is None:
+            self.outcome.interrupted = f"stopped early ({session.shouldfail})"
+        if exitstatus == pytest.ExitCode.INTERRUPTED and self.outcome.interrupted is None:
+            self.outcome.interrupted = "interrupted"
         if not self.rows and not self.analyses:
             return
         from harness.report import provenance, write_reports
 
         config = self.config
-        directory = config.getoption("can_report_dir") or config.rootpath / "can-results"
+        directory = report_dir(config) / ("" if self.outcome.complete else "incomplete")
         meta = provenance(config.rootpath)
         meta["command"] = " ".join(config.invocation_params.args)
-        self.reports = write_reports(self.rows, Path(directory), meta, list(self.analyses.values()))
-        if self.analyses:
-            from harness.plots import plot_analysis, plot_file_name
+        meta.update(self.outcome.meta())
+        try:
+            analyses = list(self.analyses.values())
+            self.reports = write_reports(self.rows, directory, meta, analyses, self.curve_cases())
+            if self.analyses:
+                from harness.plots import plot_analysis, plot_file_name
 
-            for row in self.analyses.values():
-                plot_analysis(row, Path(directory) / "plots" / plot_file_name(row))
+                for row in self.analyses.values():
+                    plot_analysis(row, directory / "plots" / plot_file_name(row))
+        except OSError as error:  # a full disk, a folder removed during the run: say so, keep the tables
+            self.write_error = (
+                f"the report could not be written to {directory} ({error}); the previous report there is "
+                "untouched, and the tables above are this run's results"
+            )
+            session.exitstatus = session.exitstatus or pytest.ExitCode.TESTS_FAILED
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
         if not self.rows and not self.analyses:
@@ -578,14 +685,15 @@ class CollapseRecorder:
         settings = self.config.stash[SETTINGS]
         rankings = {row["ranking"] for row in [*self.rows, *self.analyses.values()]}
         method = next(iter(rankings)) if len(rankings) == 1 else "several rankings"
+        cases = self.curve_cases()
         if self.rows:
             terminalreporter.write_sep("=", f"critical-neuron collapse ({method})")
-            terminalreporter.write_line(render_summary(summarize(self.rows)))
+            terminalreporter.write_line(render_summary(summarize(self.rows, cases)))
         if self.analyses:
             terminalreporter.write_sep(
                 "=", f"two-stage thresholds ({method}; {settings.search} search, controls at k₂)"
             )
-            terminalreporter.write_line(render_thresholds(list(self.analyses.values())))
+            terminalreporter.write_line(render_thresholds(list(self.analyses.values()), cases))
         if self.config.getoption("can_show_curves"):
             points = latest_points(self.rows)
             for group in sorted({(p["model"], p["site"], p["category"], p["ranking"]) for p in points}):
@@ -595,5 +703,16 @@ class CollapseRecorder:
                     if (p["model"], p["site"], p["category"], p["ranking"]) == group
                 ]
                 terminalreporter.write_line(f"\n{curve_label(*group)}\n{format_curve(curve)}")
+        if self.write_error is not None:
+            terminalreporter.write_line(f"REPORT NOT WRITTEN: {self.write_error}", red=True)
+        if not self.outcome.complete:
+            unfinished = self.outcome.unfinished
+            listed = ", ".join(unfinished[:8]) + (f", … ({len(unfinished)} in all)" if len(unfinished) > 8 else "")
+            terminalreporter.write_line(
+                f"INCOMPLETE RUN: {self.outcome.reason()}"
+                + (f"; not measured: {listed}" if unfinished else "")
+                + ". The report is marked incomplete and the last complete one is untouched.",
+                red=True,
+            )
         if self.reports is not None:
             terminalreporter.write_line(f"reports: {self.reports[0]}  {self.reports[1]}")

@@ -7,13 +7,17 @@ import datetime as dt
 import json
 import platform
 import subprocess
+import tempfile
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from contextlib import ExitStack
 from pathlib import Path
 
 from tabulate import tabulate
 
+from harness import atomic_files
 from harness.metrics import format_ppl, format_score
+from harness.run_outcome import CurveCases
 from harness.stages import first_k_at_stage, is_monotone
 
 GROUP_KEYS = ("model", "site", "ranking", "category")
@@ -59,8 +63,10 @@ def latest_points(rows: Iterable[dict]) -> list[dict]:
     return [unique[key] for key in sorted(unique)]
 
 
-def summarize(rows: Iterable[dict]) -> list[dict]:
-    """Per (model, site, ranking, category): baselines, chance level and the first k at stage 1 and stage 2."""
+def summarize(rows: Iterable[dict], cases: Mapping[tuple, CurveCases] | None = None) -> list[dict]:
+    """Per (model, site, ranking, category): baselines, chance level and the first k at stage 1 and stage 2;
+    with `cases` (per curve: the ks its cases planned, notes on those that did not pass) also the planned ks
+    that were not measured, so that an incomplete curve is never read as "no collapse"."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for row in latest_points(rows):
         groups[tuple(row[key] for key in GROUP_KEYS)].append(row)
@@ -68,6 +74,7 @@ def summarize(rows: Iterable[dict]) -> list[dict]:
     for key, points in groups.items():
         stages = [(p["k"], p["stage"]) for p in points]
         first = points[0]
+        curve = (cases or {}).get(key, CurveCases())
         summary.append(
             {
                 **dict(zip(GROUP_KEYS, key, strict=True)),
@@ -78,13 +85,19 @@ def summarize(rows: Iterable[dict]) -> list[dict]:
                 "k_stage1": first_k_at_stage(stages, 1),
                 "k_stage2": first_k_at_stage(stages, 2),
                 "k_evaluated": [p["k"] for p in points],
+                "k_unmeasured": sorted(curve.planned_ks - {p["k"] for p in points}),
                 "monotone": is_monotone(stages),
+                "case_notes": list(curve.notes),
             }
         )
     return summary
 
 
-def _threshold(k: int | None, evaluated: list[int]) -> str:
+def _threshold(k: int | None, evaluated: list[int], unmeasured: list[int] = ()) -> str:
+    """The first k at a stage; "none ≤ k" only when every k up to there was measured, "?" when a smaller k
+    (or, with none found, any planned k) was not."""
+    if unmeasured and (k is None or min(unmeasured) < k):
+        return "?"
     return str(k) if k is not None else f"none ≤ {max(evaluated)}"
 
 
@@ -99,8 +112,8 @@ def render_summary(summary: list[dict]) -> str:
             format_ppl(s["log10_ppl_baseline"]),
             format_score(s["clip_baseline"]),
             format_score(s["clip_chance"]),
-            _threshold(s["k_stage1"], s["k_evaluated"]),
-            _threshold(s["k_stage2"], s["k_evaluated"]),
+            _threshold(s["k_stage1"], s["k_evaluated"], s.get("k_unmeasured", [])),
+            _threshold(s["k_stage2"], s["k_evaluated"], s.get("k_unmeasured", [])),
             _grid_label(s["k_evaluated"]),
             "; ".join(_notes(s)),
         )
@@ -124,7 +137,11 @@ def _table(rows: list[tuple], headers: tuple[str, ...], align: tuple[str, ...]) 
 
 def _notes(summary_row: dict) -> list[str]:
     """Warnings a reader must see next to the thresholds (explained in the README)."""
-    notes = [] if summary_row["monotone"] else ["non-monotone"]  # the stage falls again at a larger k
+    notes = list(summary_row.get("case_notes", ()))
+    if summary_row.get("k_unmeasured"):
+        notes.append("not measured: k " + ", ".join(map(str, summary_row["k_unmeasured"])))
+    if not summary_row["monotone"]:
+        notes.append("non-monotone")  # the stage falls again at a larger k
     chance = summary_row["clip_chance"]
     if chance is not None and summary_row["clip_baseline"] is not None and summary_row["clip_baseline"] <= chance:
         notes.append("CLIP₀ ≤ chance")  # the CLIP clauses cannot tell collapse from the baseline
@@ -135,11 +152,14 @@ def _grid_label(ks: list[int]) -> str:
     return f"{min(ks)}…{max(ks)} ({len(ks)} pts)" if len(ks) > 1 else str(ks[0])
 
 
-def render_thresholds(analyses: list[dict]) -> str:
+def render_thresholds(analyses: list[dict], cases: Mapping[tuple, CurveCases] | None = None) -> str:
     """One row per searched curve: thresholds, cost, metrics at k₂, controls and where the k₂ set lives."""
     rows = []
     for a in sorted(analyses, key=lambda a: tuple(a[key] for key in GROUP_KEYS)):
         found = a["k2"] is not None
+        notes = list((cases or {}).get(tuple(a[key] for key in GROUP_KEYS), CurveCases()).notes)
+        if not a["monotone"]:
+            notes.append("non-monotone: " + ", ".join(f"{k}→{k2}" for k, k2 in a["violations"]))
         rows.append(
             (
                 a["model"],
@@ -156,7 +176,7 @@ def render_thresholds(analyses: list[dict]) -> str:
                 format_score(a["clip_at_k2"]) if found else "",
                 _controls_label(a) if found else "",
                 _where(a["layers"]) + _small_set(a),
-                "" if a["monotone"] else "non-monotone: " + ", ".join(f"{k}→{k2}" for k, k2 in a["violations"]),
+                "; ".join(notes),
             )
         )
     headers = ("model", "site", "ranking", "category", "PPL₀", "CLIP₀", "chance", "k₁", "k₂", "evals")
@@ -211,20 +231,49 @@ def _flat_row(point: dict) -> dict:
 
 
 def write_reports(
-    rows: list[dict], directory: Path, meta: dict, analyses: list[dict] | None = None
+    rows: list[dict],
+    directory: Path,
+    meta: dict,
+    analyses: list[dict] | None = None,
+    cases: Mapping[tuple, CurveCases] | None = None,
 ) -> tuple[Path, Path]:
-    """`collapse.json` (meta, summary, the searched curves' analyses, every point with its captions) and
-    `collapse.csv` (one row per point)."""
+    """`collapse.json` (meta, summary, the searched curves' analyses, every point with its captions),
+    `collapse.csv` (one row per point) and, with analyses, `thresholds.csv`. All files are written to
+    temporary names first and renamed into place only when every one of them was written: a failed write
+    (a full disk) leaves the previous report as it was, whole."""
     directory.mkdir(parents=True, exist_ok=True)
     points = latest_points(rows)
     flat = [_flat_row(point) for point in points]  # before writing anything: a clash must not leave half a report
     json_path, csv_path = directory / "collapse.json", directory / "collapse.csv"
-    document = {"meta": meta, "summary": summarize(points), "analyses": analyses or [], "points": points}
-    json_path.write_text(json.dumps(document, indent=2, allow_nan=False))
-    _write_csv(csv_path, flat)
-    if analyses:  # one row per searched curve: thresholds, cost, metrics at k₂, controls (JSON), layers (JSON)
-        _write_csv(directory / "thresholds.csv", [_flat_analysis(a) for a in analyses])
+    document = {"meta": meta, "summary": summarize(points, cases), "analyses": analyses or [], "points": points}
+    with ExitStack() as files:
+        staged = lambda path: files.enter_context(atomic_files.replacing(path))  # noqa: E731
+        staged(json_path).write_text(json.dumps(document, indent=2, allow_nan=False))
+        _write_csv(staged(csv_path), flat)
+        if analyses:  # one row per searched curve: thresholds, cost, metrics at k₂, controls (JSON), layers (JSON)
+            _write_csv(staged(directory / "thresholds.csv"), [_flat_analysis(a) for a in analyses])
     return json_path, csv_path
+
+
+def check_report_dir(directory: Path) -> None:
+    """Raise ValueError, before any case runs, when reports could not be written to `directory` (a file in the
+    way, a folder without write access): a finished run must not be thrown away at its end."""
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(
+            f"the report folder {directory} cannot be made: {existing} is a file, not a folder; pass "
+            "--can-report-dir a folder (it is created if missing)"
+        )
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise ValueError(
+            f"the report folder {directory} cannot be written ({existing}: {error.strerror or error}); pass "
+            "--can-report-dir a folder you can write"
+        ) from None
 
 
 def _flat_analysis(analysis: dict) -> dict:

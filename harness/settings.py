@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from harness.devices import DTYPES
+from harness.images import DEFAULT_MAX_PIXELS
 from harness.masking import MASK_MODES
 from harness.ranking import RankingOptions
 from harness.registry import ClipSpec
@@ -28,6 +29,7 @@ class HarnessSettings:
     image_root: Path | None = None  # None: the built-in image set
     categories: tuple[str, ...] | None = None  # None: every category under image_root
     max_images: int | None = None  # per category
+    max_image_pixels: int = DEFAULT_MAX_PIXELS  # larger images are refused, named, before anything is decoded
     texts: tuple[Path, ...] | None = (
         None  # text-only models' texts, one category per file; None: built-in paragraph
     )
@@ -48,7 +50,7 @@ class HarnessSettings:
     control_seeds: int = 3  # random-k controls per curve at k₂
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "max_new_tokens", "k_max"):
+        for name in ("batch_size", "max_new_tokens", "k_max", "max_image_pixels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)!r}")
         for name in ("max_images", "text_window"):

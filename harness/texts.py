@@ -91,13 +91,25 @@ def load_text_set(paths: tuple[Path, ...] | None = None) -> TextSet:
         except UnicodeDecodeError as error:
             problems.append(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})")
             continue
-        if not text.strip():
-            problems.append(f"{path}: empty (it needs at least two tokens of text)")
+        problem = _not_text(text)
+        if problem is not None:
+            problems.append(f"{path}: {problem}")
             continue
         texts[path.stem], sources[path.stem] = text, str(path)
     if problems:
         raise TextFileError(f"{len(problems)} problem(s) with the texts:\n  " + "\n  ".join(problems))
     return TextSet(texts)
+
+
+def _not_text(text: str) -> str | None:
+    """Why `text` is not prose a language model's perplexity means something on (None when it is)."""
+    if not text.strip():
+        return "empty (it needs at least two tokens of text)"
+    if "\0" in text:
+        return f"holds {text.count(chr(0))} NUL byte(s): a binary file, not text"
+    if not any(character.isalpha() for character in text):
+        return "has no letters (digits, punctuation or symbols only): not prose to measure perplexity on"
+    return None
 
 
 def text_windows(tokenizer, text: str, *, max_tokens: int = 512, window: int | None = None) -> list[TextWindow]:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import io
 import random
+import struct
+import zlib
 from pathlib import Path
 
 import pytest
@@ -121,6 +123,50 @@ def test_every_problem_is_listed_in_one_error(tmp_path):
     assert f"{tmp_path / 'empty'}: no images" in message
     assert "good.png" not in message
     assert ".DS_Store" not in message
+
+
+def png_header_only(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header claims width × height and holds no pixel data: opening it reads the size only."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = lambda kind, data: (  # noqa: E731
+        struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+    return path
+
+
+def test_images_over_the_pixel_limit_are_named_before_decoding_and_the_scan_goes_on(tmp_path):
+    """A 20000×20000 image (PIL would refuse it as a decompression bomb, without naming it, and stop the scan)
+    and an image over a configured limit are each named with their size and the option; the scan reports every
+    other problem too."""
+    write_png(tmp_path / "cats" / "good.png", size=(8, 8))
+    png_header_only(tmp_path / "cats" / "huge.png", 20000, 20000)
+    write_png(tmp_path / "dogs" / "wide.png", size=(64, 8))
+    (tmp_path / "dogs" / "corrupt.png").write_bytes(b"not a png")
+    with pytest.raises(ImageFolderError) as error:
+        scan_image_root(tmp_path, max_pixels=256)
+    message = str(error.value)
+    assert message.startswith("3 problem(s)"), message
+    huge = f"{tmp_path / 'cats' / 'huge.png'}: 20000×20000 = 400,000,000 pixels, over the limit of 256"
+    assert huge in message and "--can-max-image-pixels" in message
+    assert f"{tmp_path / 'dogs' / 'wide.png'}: 64×8 = 512 pixels, over the limit of 256" in message
+    assert f"{tmp_path / 'dogs' / 'corrupt.png'}: corrupt image" in message
+
+
+def test_symlink_loops_and_broken_links_are_named(tmp_path):
+    write_png(tmp_path / "cats" / "good.png")
+    (tmp_path / "cats" / "a.png").symlink_to(tmp_path / "cats" / "b.png")
+    (tmp_path / "cats" / "b.png").symlink_to(tmp_path / "cats" / "a.png")
+    (tmp_path / "cats" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    with pytest.raises(ImageFolderError) as error:
+        scan_image_root(tmp_path)
+    message = str(error.value)
+    assert message.startswith("4 problem(s)"), message
+    for name in ("cats/a.png", "cats/b.png", "loop"):
+        assert f"{tmp_path / name}: symbolic link loop" in message
+    assert f"{tmp_path / 'cats' / 'gone.png'}: broken symbolic link" in message
 
 
 def test_unknown_category_lists_valid_ones(tmp_path):

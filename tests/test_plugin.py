@@ -460,15 +460,38 @@ def test_named_clip_model_defaults_to_openai_and_skips_when_not_cached(run_cases
         (("--can-device", "gpu0"), "invalid device 'gpu0'"),
         (("--can-k-factor", "nan"), "k_factor must be a finite number > 1"),
         (("--can-stage1-ppl-ratio", "inf"), "stage1_ppl_ratio must be a finite number, got inf"),
+        pytest.param(
+            ("--can-device", "cuda"), "device 'cuda': this machine has no usable CUDA GPU",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU"),
+        ),
+        (("--can-device", "cuda:7", "--can-dtype", "float32"), "device 'cuda:7': this machine has"),
+        (("--can-model-path", "tiny-llava=no/such/folder"), "tiny-llava=no/such/folder: no/such/folder does not"),
+        (("--can-baseline", "missing.json"), "--can-baseline missing.json: no such file; record one first"),
+        (("--can-baseline", "broken.json"), "baseline file broken.json is unreadable"),
+        (("--can-max-image-pixels", "0"), "max_image_pixels must be ≥ 1, got 0"),
     ],
-    ids=["clip-model", "clip-tag", "tag-alone", "device", "k-factor", "threshold"],
-)
-def test_invalid_settings_are_usage_errors_at_startup(run_cases, args, named):
+    ids=[
+        "clip-model", "clip-tag", "tag-alone", "device", "k-factor", "threshold", "no-gpu", "gpu-index",
+        "model-path", "baseline-missing", "baseline-broken", "pixel-limit",
+    ],
+)  # fmt: skip
+def test_invalid_settings_are_usage_errors_at_startup(run_cases, pytester, args, named):
     """Settings the harness cannot run with stop pytest before collection (exit code 4), one line saying why."""
+    (pytester.path / "broken.json").write_text('{"curves": {')
     run = run_cases(*args)
     assert run.ret == pytest.ExitCode.USAGE_ERROR
     assert "passed" not in run.outcomes and "skipped" not in run.outcomes
     assert any(line.startswith("ERROR: harness option:") and named in line for line in run.lines), run.lines
+
+
+@pytest.mark.parametrize("option", ["--can-models", "--can-sites", "--can-categories", "--can-texts"])
+@pytest.mark.parametrize("value", ["", " , "])
+def test_an_empty_list_option_is_a_usage_error(run_cases, option, value):
+    """`--can-models=` must not silently mean "every model the case lists"."""
+    run = run_cases(f"{option}={value}")
+    assert run.ret == pytest.ExitCode.USAGE_ERROR
+    expected = f"argument {option}: expects a comma-separated list of at least one name"
+    assert any(expected in line for line in run.lines), run.lines
 
 
 @pytest.mark.parametrize(

@@ -61,12 +61,17 @@ def test_every_bad_text_file_is_named_in_one_error(tmp_path):
     (tmp_path / "a.txt").write_text("one")
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "a.txt").write_text("two")
-    paths = [tmp_path / name for name in ("empty.txt", "latin1.txt", "folder.txt", "missing.txt", "a.txt")]
+    (tmp_path / "nul.txt").write_bytes(b"\0" * 64)  # valid UTF-8, one <unk> to a tokenizer
+    (tmp_path / "digits.txt").write_text("3.14159 2.71828 -- 1/2 = 0.5 ...")
+    names = ("empty.txt", "latin1.txt", "folder.txt", "missing.txt", "nul.txt", "digits.txt", "a.txt")
     with pytest.raises(TextFileError) as error:
-        load_text_set((*paths, tmp_path / "sub" / "a.txt"))
+        load_text_set((*(tmp_path / name for name in names), tmp_path / "sub" / "a.txt"))
     message = str(error.value)
-    assert message.startswith("5 problem(s) with the texts")
-    for expected in ("empty.txt: empty", "latin1.txt: not UTF-8", "folder.txt: a folder", "missing.txt: no such"):
+    assert message.startswith("7 problem(s) with the texts")
+    for expected in (
+        "empty.txt: empty", "latin1.txt: not UTF-8", "folder.txt: a folder", "missing.txt: no such",
+        "nul.txt: holds 64 NUL byte(s): a binary file", "digits.txt: has no letters",
+    ):  # fmt: skip
         assert expected in message
     assert "a second text named 'a'" in message
 
