@@ -318,3 +318,20 @@ def test_a_full_disk_is_a_clear_error_and_leaves_nothing(tmp_path, monkeypatch):
     compute = Counted(GOOD)
     assert torch.equal(cache.load_or_compute(FIELDS, SHAPE, compute)[0], GOOD)
     assert compute.calls == 1 and cache.path_for(cache_key(FIELDS)).is_file()
+
+
+def test_stored_files_and_built_folders_follow_the_umask(tmp_path):
+    """With a group-sharing umask (002) a ranking entry is 0664 and a built cache folder 0775, not tempfile's
+    0600 / 0700: a lab can share one cache through a group."""
+    from harness.zoo.store import build_once
+
+    previous = os.umask(0o002)
+    try:
+        cache = RankingCache(tmp_path)
+        _, key = cache.load_or_compute(FIELDS, SHAPE, Counted(GOOD))
+        built = build_once(tmp_path / "zoo" / "asset", lambda staging: (staging / "weights.bin").write_bytes(b"w"))
+    finally:
+        os.umask(previous)
+    assert cache.path_for(key).stat().st_mode & 0o777 == 0o664
+    assert built.stat().st_mode & 0o777 == 0o775
+    assert (built / "weights.bin").stat().st_mode & 0o777 == 0o664
