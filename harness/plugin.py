@@ -608,7 +608,7 @@ class CollapseRecorder:
 
         self.config = config
         self.rows: list[dict] = []
-        self.analyses: dict[tuple[str, str, str], dict] = {}
+        self.analyses: dict[tuple, dict] = {}  # (model, site, ranking, category) → analysis row
         self.outcome = RunOutcome()
         self.case_curves: dict[tuple, set[str]] = defaultdict(set)  # curve → node-id curve parts of its cases
         self.reports: tuple[Path, Path] | None = None

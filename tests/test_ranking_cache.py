@@ -335,3 +335,18 @@ def test_stored_files_and_built_folders_follow_the_umask(tmp_path):
     assert cache.path_for(key).stat().st_mode & 0o777 == 0o664
     assert built.stat().st_mode & 0o777 == 0o775
     assert (built / "weights.bin").stat().st_mode & 0o777 == 0o664
+
+
+def test_building_into_a_read_only_cache_is_a_clear_error(tmp_path, run_read_only):
+    """An asset missing from a cache this user cannot write: a CacheError saying what to do, no traceback from
+    the lock file."""
+    code = (
+        "from pathlib import Path\nfrom harness.errors import CacheError\n"
+        "from harness.zoo.store import build_once\n"
+        f"try:\n    build_once(Path({str(tmp_path / 'zoo' / 'asset')!r}), lambda staging: None)\n"
+        "except CacheError as error:\n    print('CACHE ERROR:', error)\n"
+    )
+    (tmp_path / "zoo").mkdir()
+    result = run_read_only(["-c", code], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "CACHE ERROR: asset is not built in the cache" in result.stdout and "--can-cache-dir" in result.stdout

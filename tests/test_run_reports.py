@@ -145,6 +145,18 @@ def test_a_report_folder_that_is_a_file_fails_before_any_case(run, pytester):
     assert "passed" not in text and blocker.read_text().startswith("a file")
 
 
+def test_a_report_folder_without_write_access_fails_before_any_case(pytester, cache_dir, run_read_only):
+    """A folder this user cannot write (for real: write bits off, no capabilities) is a usage error at start-up."""
+    pytester.makepyfile(test_collapse=CASES.read_text())
+    locked = pytester.path / "locked"
+    locked.mkdir()
+    args = ["-m", "pytest", *GRID, "--can-cache-dir", str(cache_dir), "--can-report-dir", str(locked / "reports")]
+    result = run_read_only(args, locked, cwd=pytester.path)
+    assert result.returncode == pytest.ExitCode.USAGE_ERROR, result.stdout[-2000:] + result.stderr[-2000:]
+    assert re.search(r"--can-report-dir: the report folder .*locked/reports cannot be written", result.stderr)
+    assert "passed" not in result.stdout
+
+
 def test_sigint_in_a_masked_point_keeps_the_last_complete_report(run, pytester):
     """Ctrl-C inside the third masked evaluation: exit 2; collapse.json is byte for byte the last complete run's;
     incomplete/collapse.json says why and lists the unmeasured cases; the table shows "?" and "not measured"
@@ -193,7 +205,8 @@ def test_sigint_during_a_ranking_stores_no_entry(run, pytester, tmp_path):
 
 def test_sigterm_ends_the_run_like_ctrl_c(run, pytester):
     """`kill` (SIGTERM) mid-run: the cases stop, and an incomplete report says so, instead of a silent death."""
-    pytester.makeconftest(SIGINT_IN_MASKED_POINT.replace("signal.SIGINT", "signal.SIGTERM"))
+    kill = "os.kill(os.getpid(), signal.SIGINT)"
+    pytester.makeconftest(SIGINT_IN_MASKED_POINT.replace(kill, kill.replace("SIGINT", "SIGTERM")))
     result, report_dir = run(env={"CAN_TEST_SIGINT_AT_MASK": "2"})
     assert result.ret == pytest.ExitCode.INTERRUPTED
     assert report_of(report_dir / "incomplete")["meta"]["incomplete_reason"].startswith("interrupted (SIGTERM);")

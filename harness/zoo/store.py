@@ -10,6 +10,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from harness import atomic_files
+from harness.errors import CacheError
 from harness.registry import EmbeddedAsset
 
 _COMPLETE = ".complete"
@@ -32,8 +33,17 @@ def build_once(target: Path, build: Callable[[Path], object]) -> Path:
     folder left by a build that died is rebuilt."""
     if _is_built(target):
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target) + ".lock"):
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(target) + ".lock")
+        lock.acquire()
+    except OSError as error:
+        raise CacheError(
+            f"{target.name} is not built in the cache {target.parent} and cannot be built there ({error}); pass "
+            "--can-cache-dir (or set CAN_HARNESS_CACHE) to a writable folder, or build it once where the cache "
+            "is writable (`python -m harness.prepare`)"
+        ) from error
+    try:
         if _is_built(target):
             return target  # another worker built it while we waited
         if target.exists():
@@ -42,4 +52,6 @@ def build_once(target: Path, build: Callable[[Path], object]) -> Path:
             build(staging)
             (staging / _COMPLETE).write_text(f"{target.name}\n")
             staging.rename(target)
+    finally:
+        lock.release()
     return target
