@@ -9,7 +9,7 @@ import platform
 import subprocess
 import tempfile
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -93,7 +93,7 @@ def summarize(rows: Iterable[dict], cases: Mapping[tuple, CurveCases] | None = N
     return summary
 
 
-def _threshold(k: int | None, evaluated: list[int], unmeasured: list[int] = ()) -> str:
+def _threshold(k: int | None, evaluated: list[int], unmeasured: Sequence[int] = ()) -> str:
     """The first k at a stage; "none ≤ k" only when every k up to there was measured, "?" when a smaller k
     (or, with none found, any planned k) was not."""
     if unmeasured and (k is None or min(unmeasured) < k):

@@ -31,6 +31,8 @@ class CurveCases:
 
 @dataclass
 class RunOutcome:
+    """The run's collected case ids and each finished case's outcome (the pytest plugin feeds it reports)."""
+
     collected: list[str] = field(default_factory=list)
     outcomes: dict[str, str] = field(default_factory=dict)  # node id → passed | failed | error | skipped
     interrupted: str | None = None  # why the run stopped early (KeyboardInterrupt, SIGTERM, -x)
