@@ -75,7 +75,7 @@ class NeuronMask:
             if mode == "weight":
                 raise MaskError("mean ablation (replacement values) needs mask mode 'hook' or 'auto'")
         shape = f"{site.n_layers} layers × {site.width} channels"
-        indices = _flat_indices(flat_indices, site.name, site.size, shape)
+        indices = checked_flat_indices(flat_indices, site.name, site.size, shape)
         self.site, self.mode, self.verify = site, mode, verify
         self._layers: list[_LayerMask] = []
         unique = torch.unique(indices)
@@ -220,7 +220,7 @@ class JointMask:
         verify: bool = True,
         values: torch.Tensor | None = None,
     ):
-        indices = _flat_indices(flat_indices, site.name, site.size, f"{site.size} neurons")
+        indices = checked_flat_indices(flat_indices, site.name, site.size, f"{site.size} neurons")
         if values is not None and tuple(values.shape) != (site.size,):
             raise MaskError(
                 f"replacement values for {site.name} have shape {tuple(values.shape)}; expected ({site.size},)"
@@ -256,7 +256,9 @@ class JointMask:
         stack.__exit__(exc_type, exc, traceback)
 
 
-def _flat_indices(flat_indices: torch.Tensor | Iterable[int], name: str, size: int, shape: str) -> torch.Tensor:
+def checked_flat_indices(
+    flat_indices: torch.Tensor | Iterable[int], name: str, size: int, shape: str
+) -> torch.Tensor:
     """Indices as a flat long CPU tensor, each checked to lie in [0, size)."""
     indices = torch.as_tensor(list(flat_indices) if not torch.is_tensor(flat_indices) else flat_indices)
     indices = indices.to(torch.long).reshape(-1).cpu()
