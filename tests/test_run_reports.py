@@ -97,12 +97,6 @@ atomic_files.replacing = full
 """
 
 
-@pytest.fixture(scope="module", autouse=True)
-def warm_cache(cache_dir):
-    """The shared cache (tiny model built) is what every run here uses; rankings are computed by the first."""
-    return cache_dir
-
-
 @pytest.fixture
 def run(pytester: pytest.Pytester, cache_dir: Path, monkeypatch):
     """run(*args, env=..., cache=...) → (result, report folder); one report folder per test."""
@@ -174,10 +168,9 @@ def test_sigint_in_a_masked_point_keeps_the_last_complete_report(run, pytester):
     assert meta["unfinished_cases"] and all("tiny-llava-lm.down_proj" in case for case in meta["unfinished_cases"])
     text = "\n".join(interrupted.outlines)
     assert "INCOMPLETE RUN: interrupted" in text
-    for cells in table_rows(interrupted.outlines).values():
-        assert not any(cell.startswith("none ≤") for cell in cells[7:9]) or "not measured" not in cells[-1]
     cut_short = [cells for cells in table_rows(interrupted.outlines).values() if "not measured: k" in cells[-1]]
-    assert cut_short and all("?" in cells[7:9] or cells[7:9] == ["1", "1"] for cells in cut_short)
+    assert cut_short  # the complete run found no threshold up to k = 4: a cut-short curve must not claim one
+    assert all(cells[7:9] == ["?", "?"] for cells in cut_short), cut_short
     (pytester.path / "conftest.py").unlink()
     again, _ = run()
     assert again.ret == 0
