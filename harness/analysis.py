@@ -123,14 +123,14 @@ def analyse_curve(
         interventions = [Intervention(selection="random", seed=seed) for seed in range(random_seeds)]
         interventions.append(Intervention(ablation="mean"))
         with progress.task(
-            f"controls at k₂ = {k2} of {experiment.name} / {site} / {category}", len(interventions)
+            f"controls at k₂ = {k2} of {experiment.name} / {site} / {category} (the random-k ones in one pass)"
         ) as task:
-            for intervention in interventions:
-                point = experiment.measure(site, category, k2, intervention)
+            measured = experiment.measure_many(site, category, k2, interventions)
+            for intervention, point in zip(interventions, measured, strict=True):
                 controls.append(
                     ControlOutcome(intervention.label, k2, point.stage, point.log10_ppl_ratio, point.clip)
                 )
-                task.step(f"last: {intervention.label}, stage {point.stage}")
+            task.step("stages " + ", ".join(str(point.stage) for point in measured), steps=len(measured))
         layers = neurons_by_site_and_layer(experiment, site, category, k2)
     ranking = experiment.settings.ranking.label
     return CurveAnalysis(experiment.name, site, category, search, points, controls, layers, ranking)

@@ -8,7 +8,8 @@ and pads on the right, so every token keeps the positions it had when it was gen
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from functools import cache
 
@@ -120,24 +121,22 @@ def _pad_id(loaded) -> int:
     return pad if pad is not None else min(eos_token_ids(loaded))
 
 
+ChunkMask = Callable[[slice], AbstractContextManager]  # the mask over one batch of rows (per-row masks)
+
+
 @torch.no_grad()
-def generate_captions(loaded, prompts: Sequence[Prompt], *, max_new_tokens: int, batch_size: int) -> list[Caption]:
+def generate_captions(
+    loaded, prompts: Sequence[Prompt], *, max_new_tokens: int, batch_size: int, chunk_mask: ChunkMask | None = None
+) -> list[Caption]:
     """Greedy captions (or continuations); each one's self NLL comes from the generation logits (no extra forward
-    pass)."""
+    pass). `chunk_mask(rows)` is entered around each batch (e.g. a per-row mask of those rows)."""
     eos = eos_token_ids(loaded)
     captions: list[Caption] = []
     for start in range(0, len(prompts), batch_size):
-        batch = encode_prompts(loaded, prompts[start : start + batch_size])
-        output = loaded.model.generate(
-            **batch,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            num_beams=1,
-            output_logits=True,
-            return_dict_in_generate=True,
-            pad_token_id=_pad_id(loaded),
-            suppress_tokens=placeholder_token_ids(loaded) or None,
-        )
+        rows = slice(start, min(start + batch_size, len(prompts)))
+        batch = encode_prompts(loaded, prompts[rows])
+        with chunk_mask(rows) if chunk_mask is not None else nullcontext():
+            output = _generate(loaded, batch, max_new_tokens)
         new_tokens = output.sequences[:, batch["input_ids"].shape[1] :]
         logprobs = torch.stack(output.logits, dim=1).float().log_softmax(-1)
         token_logprobs = logprobs.gather(-1, new_tokens[..., None]).squeeze(-1)
@@ -154,6 +153,19 @@ def generate_captions(loaded, prompts: Sequence[Prompt], *, max_new_tokens: int,
                 )
             )
     return captions
+
+
+def _generate(loaded, batch: dict[str, torch.Tensor], max_new_tokens: int):
+    return loaded.model.generate(
+        **batch,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        output_logits=True,
+        return_dict_in_generate=True,
+        pad_token_id=_pad_id(loaded),
+        suppress_tokens=placeholder_token_ids(loaded) or None,
+    )
 
 
 def teacher_forced_batches(
@@ -210,10 +222,18 @@ def caption_nll_per_row(loaded, batch: TeacherForcedBatch) -> torch.Tensor:
 
 @torch.no_grad()
 def score_captions(
-    loaded, prompts: Sequence[Prompt], captions: Sequence[Caption], *, batch_size: int
+    loaded,
+    prompts: Sequence[Prompt],
+    captions: Sequence[Caption],
+    *,
+    batch_size: int,
+    chunk_mask: ChunkMask | None = None,
 ) -> list[float]:
-    """Mean NLL of each caption under `loaded` as it stands (unmasked: the reference PPL; masked: self PPL)."""
+    """Mean NLL of each caption under `loaded` as it stands (unmasked: the reference PPL; masked: self PPL);
+    `chunk_mask(rows)` is entered around each batch, as in generate_captions."""
     scores: list[float] = []
-    for batch in teacher_forced_batches(loaded, prompts, captions, batch_size):
-        scores.extend(caption_nll_per_row(loaded, batch).tolist())
+    for start, batch in enumerate(teacher_forced_batches(loaded, prompts, captions, batch_size)):
+        rows = slice(start * batch_size, min((start + 1) * batch_size, len(prompts)))
+        with chunk_mask(rows) if chunk_mask is not None else nullcontext():
+            scores.extend(caption_nll_per_row(loaded, batch).tolist())
     return scores

@@ -30,6 +30,7 @@ from harness.metrics import log10_ppl, require_finite
 from harness.ranking import Ranking, RankingOptions, importances
 from harness.ranking_cache import RankingCache, code_fingerprint
 from harness.registry import ClipSpec, get_model_spec
+from harness.row_masks import mask_rows
 from harness.settings import HarnessSettings
 from harness.sites import AnySite, JointSite, resolve_any_site
 from harness.stages import classify_stage
@@ -293,19 +294,73 @@ class ModelExperiment:
         neurons, and measure the captions."""
         site = self.site(site_name)
         k = site.check_k(k)
-        baseline = self.baseline(category)
         if k == 0:
-            observed, neurons, modes, ranking_key = baseline, [], [], None
-        else:
-            chosen = self.selection(site_name, category, k, intervention)
-            values = self.mean_activations(site_name, category) if intervention.ablation == "mean" else None
-            mask = mask_neurons(site, chosen, mode=self.settings.mask_mode, values=values)
-            observed = self.observe(category, mask)
+            return self._point(site_name, category, 0, intervention, self.baseline(category), None, [])
+        chosen = self.selection(site_name, category, k, intervention)
+        values = self.mean_activations(site_name, category) if intervention.ablation == "mean" else None
+        mask = mask_neurons(site, chosen, mode=self.settings.mask_mode, values=values)
+        observed = self.observe(category, mask)
+        return self._point(site_name, category, k, intervention, observed, chosen, sorted(mask.modes))
+
+    def measure_many(
+        self, site_name: str, category: str, k: int, interventions: Sequence[Intervention]
+    ) -> list[CollapsePoint]:
+        """`measure` of several interventions at one k (a curve's controls). The zero-ablation ones share one
+        batched pass, each image once per intervention, with per-row masks (harness.row_masks); a row equals
+        its intervention measured alone up to float rounding (the batches are larger). The others are measured
+        one by one."""
+        site = self.site(site_name)
+        k = site.check_k(k)
+        together = [index for index, i in enumerate(interventions) if i.ablation == "zero"] if k > 0 else []
+        points: dict[int, CollapsePoint] = {}
+        if len(together) > 1:
+            chosen = [self.selection(site_name, category, k, interventions[index]) for index in together]
+            observed = self.observe_many(category, site, chosen)
+            for index, neurons, observation in zip(together, chosen, observed, strict=True):
+                points[index] = self._point(
+                    site_name, category, k, interventions[index], observation, neurons, ["hook"]
+                )
+        return [
+            points[index] if index in points else self.measure(site_name, category, k, intervention)
+            for index, intervention in enumerate(interventions)
+        ]
+
+    def observe_many(self, category: str, site: AnySite, neuron_sets: Sequence[torch.Tensor]) -> list[Observation]:
+        """`observe` under each zero-ablation neuron set: the images repeated once per set in batches of
+        batch_size × sets rows, row r masked with its own set."""
+        samples = list(self.samples(category))
+        prompts, rows = samples * len(neuron_sets), [s for s in neuron_sets for _ in samples]
+        width = self.settings.batch_size * len(neuron_sets)
+        captions = generate_captions(
+            self.loaded, prompts, max_new_tokens=self.settings.max_new_tokens, batch_size=width,
+            chunk_mask=lambda part: mask_rows(site, rows[part]),
+        )  # fmt: skip
+        reference = score_captions(self.loaded, prompts, captions, batch_size=width)
+        observations = []
+        for part in set_slices(len(samples), len(neuron_sets)):
+            clip, chance = self._clip_and_chance(category, captions[part])
+            degenerate = [caption.degenerate for caption in captions[part]]
+            observations.append(Observation(captions[part], reference[part], clip, chance, degenerate))
+        return observations
+
+    def _point(
+        self,
+        site_name: str,
+        category: str,
+        k: int,
+        intervention: Intervention,
+        observed: Observation,
+        chosen: torch.Tensor | None,
+        modes: list[str],
+    ) -> CollapsePoint:
+        """The CollapsePoint of an observation: metrics against the baseline, the stage, the masked neurons."""
+        site, baseline = self.site(site_name), self.baseline(category)
+        neurons, ranking_key = [], None
+        if chosen is not None:
             shown = chosen[:MAX_REPORTED_NEURONS]
             ranking = self._rankings.get((site_name, category))
             scores = ranking.scores.reshape(-1)[shown].tolist() if ranking is not None else [None] * len(shown)
             neurons = [(n.site, n.layer, n.channel, s) for n, s in zip(site.neurons(shown), scores, strict=True)]
-            modes = sorted(mask.modes)
             ranking_key = ranking.key if intervention.selection == "ranked" else None
         where = f"{self.name} {site_name} {category} k={k}"
         captions = observed.captions
@@ -349,7 +404,7 @@ class ModelExperiment:
             ),
             captions=[c.text for c in captions],
             masked_neurons=neurons,
-            mask_modes=modes,
+            mask_modes=list(modes),
             intervention=intervention.label,
             ranking=self.settings.ranking.label,
             ranking_key=ranking_key,
@@ -397,6 +452,11 @@ class ModelExperiment:
             "weights": self.loaded.weights_digest,
             **self.settings.thresholds.as_dict(),
         }
+
+
+def set_slices(per_set: int, sets: int) -> list[slice]:
+    """The rows of each neuron set in a set-major batch of `sets` × `per_set` rows."""
+    return [slice(index * per_set, (index + 1) * per_set) for index in range(sets)]
 
 
 def _mean(values: list[float]) -> float:

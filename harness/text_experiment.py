@@ -12,13 +12,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import nullcontext
 
-from harness.captioning import Caption, score_captions
-from harness.experiment import ModelExperiment, Observation
+import torch
+
+from harness.captioning import Caption, generate_captions, score_captions
+from harness.experiment import ModelExperiment, Observation, set_slices
 from harness.loading import LoadedModel
 from harness.masking import JointMask, NeuronMask
 from harness.metrics import is_degenerate_continuation
 from harness.ranking_cache import RankingCache
+from harness.row_masks import mask_rows
 from harness.settings import HarnessSettings
+from harness.sites import AnySite
 from harness.texts import TextSet, TextWindow, text_windows
 
 
@@ -67,7 +71,34 @@ class TextExperiment(ModelExperiment):
             reference = score_captions(
                 self.loaded, *self.ranking_data(category), batch_size=self.settings.batch_size
             )
-        text_nll = reference if mask is None else self.baseline(category).reference_nll
+        return self._observation(category, continuations, reference, masked=mask is not None)
+
+    def observe_many(self, category: str, site: AnySite, neuron_sets: Sequence[torch.Tensor]) -> list[Observation]:
+        """`observe` under each zero-ablation neuron set in one batched pass: the windows repeated once per set,
+        row r masked with its own set, for the continuations and for the text's NLL."""
+        openings, (prompts, targets) = list(self.samples(category)), self.ranking_data(category)
+        sets, count = len(neuron_sets), len(openings)
+        rows = [neurons for neurons in neuron_sets for _ in openings]
+        masks = lambda part: mask_rows(site, rows[part])  # noqa: E731
+        width = self.settings.batch_size * sets
+        continuations = generate_captions(
+            self.loaded, openings * sets, max_new_tokens=self.settings.max_new_tokens, batch_size=width,
+            chunk_mask=masks,
+        )  # fmt: skip
+        reference = score_captions(
+            self.loaded, list(prompts) * sets, targets * sets, batch_size=width, chunk_mask=masks
+        )
+        return [
+            self._observation(category, continuations[part], reference[part], masked=True)
+            for part in set_slices(count, sets)
+        ]
+
+    def _observation(
+        self, category: str, continuations: list[Caption], reference: list[float], *, masked: bool
+    ) -> Observation:
+        """The observation of continuations and text NLLs; a continuation's degenerate flag compares its NLL
+        under the unmasked model with the unmasked model's NLL of the text itself."""
+        text_nll = reference if not masked else self.baseline(category).reference_nll
         salad_log10 = self.settings.thresholds.stage2_log10_ppl_ratio
         degenerate = [
             is_degenerate_continuation(c.token_ids, c.text, nll, text, salad_log10)

@@ -18,6 +18,7 @@ import harness.captioning
 import harness.experiment
 import harness.ranking
 import harness.sites
+from harness.ablation import Intervention
 from harness.errors import ModelUnavailableError, UnknownNameError, UnsupportedModelError
 from harness.experiment import HarnessSession, ModelExperiment, load_image_set
 from harness.families import FAMILIES, check_family_supported
@@ -284,3 +285,40 @@ def test_one_float_edited_in_a_local_checkpoint_gives_a_new_key_and_a_recomputed
     assert after.key != before.key
     assert len(list((tmp_path / "cache" / "rankings").glob("*.safetensors"))) == 2
     assert not torch.equal(after.scores, before.scores)
+
+
+CONTROLS = [Intervention(selection="random", seed=seed) for seed in range(3)] + [
+    Intervention(),
+    Intervention(ablation="mean"),
+]
+
+
+def assert_same_point(together, alone, tolerance: float = 1e-5) -> None:
+    """A point of the batched pass against the same intervention measured alone: identical captions, neurons
+    and stage; NLLs, PPLs and CLIP equal up to float rounding (the batched pass has larger batches, so its
+    matrix products may round differently)."""
+    assert together.intervention == alone.intervention
+    assert together.captions == alone.captions
+    assert together.masked_neurons == alone.masked_neurons
+    assert together.stage == alone.stage
+    for field_name in (
+        "mean_nll_ref",
+        "mean_nll_self",
+        "log10_ppl_ratio",
+        "clip",
+        "clip_chance",
+        "degenerate_rate",
+    ):
+        a, b = getattr(together, field_name), getattr(alone, field_name)
+        assert (a is None and b is None) or a == pytest.approx(b, abs=tolerance), field_name
+
+
+@pytest.mark.parametrize("site", ["lm.down_proj", "vision.fc2", "lm.down_proj+lm.gate_proj"])
+def test_controls_measured_together_equal_each_measured_alone(experiment, site, unmodified):
+    """measure_many puts the zero-ablation controls (and the top-k) into one batched pass with per-row masks;
+    each of its points is what measure gives for that intervention alone; the mean ablation is measured alone."""
+    together = experiment.measure_many(site, "circle", 4, CONTROLS)
+    for point, intervention in zip(together, CONTROLS, strict=True):
+        alone = experiment.measure(site, "circle", 4, intervention)
+        assert_same_point(point, alone)
+        assert point.mask_modes == (["hook"] if intervention.ablation == "zero" else alone.mask_modes)

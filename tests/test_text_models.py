@@ -369,3 +369,17 @@ def test_a_searched_text_curve_is_tabulated_and_drawn_without_clip(text_session,
     assert cells[:3] == ["tiny-llama", "lm.down_proj", TEXT] and cells[4:6] == ["n/a", "n/a"]
     path = plot_analysis(row, tmp_path / "curve.png")
     assert path.stat().st_size > 0
+
+
+def test_controls_measured_together_equal_each_measured_alone(text_experiment):
+    """A text model's controls in one batched pass (continuations and the text's NLL under per-row masks) equal
+    each control measured alone, up to float rounding."""
+    from harness.ablation import Intervention
+
+    interventions = [Intervention(selection="random", seed=seed) for seed in range(3)] + [Intervention()]
+    together = text_experiment.measure_many("lm.down_proj", TEXT, 4, interventions)
+    for point, intervention in zip(together, interventions, strict=True):
+        alone = text_experiment.measure("lm.down_proj", TEXT, 4, intervention)
+        assert point.captions == alone.captions and point.stage == alone.stage
+        assert point.log10_ppl_ratio == pytest.approx(alone.log10_ppl_ratio, abs=1e-5)
+        assert point.degenerate_rate == alone.degenerate_rate
