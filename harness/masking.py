@@ -208,9 +208,48 @@ class NeuronMask:
             )
 
 
-class JointMask:
-    """NeuronMask over a JointSite: one mask per part that holds chosen neurons, entered together and undone in
-    reverse order (two parts may edit the same weight: down_proj rows and its input columns)."""
+class PartMasks:
+    """A mask over a JointSite made of one mask per part: entered together (a part that fails to enter undoes
+    the parts before it) and undone in reverse order (two parts may edit the same weight: down_proj rows and
+    its input columns)."""
+
+    def __init__(self, site: JointSite, masks: list):
+        self.site, self._masks = site, masks
+        self._stack: ExitStack | None = None
+
+    @property
+    def modes(self) -> set[str]:
+        return set().union(*(mask.modes for mask in self._masks))
+
+    def __enter__(self):
+        if self._stack is not None:
+            raise MaskError(f"mask on {self.site.name} is already active; it cannot be entered twice")
+        with ExitStack() as stack:
+            for mask in self._masks:
+                stack.enter_context(mask)
+            self._stack = stack.pop_all()
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        stack, self._stack = self._stack, None
+        stack.__exit__(exc_type, exc, traceback)
+
+
+def check_joint_values(site: JointSite, values: torch.Tensor | None) -> None:
+    """A joint site's replacement values are flat, one per neuron of the pool."""
+    if values is not None and tuple(values.shape) != (site.size,):
+        raise MaskError(
+            f"replacement values for {site.name} have shape {tuple(values.shape)}; expected ({site.size},)"
+        )
+
+
+def part_values(values: torch.Tensor | None, part: ResolvedSite, offset: int) -> torch.Tensor | None:
+    """The [layers, width] slice of a joint site's flat replacement values that belongs to `part`."""
+    return None if values is None else values[offset : offset + part.size].reshape(part.n_layers, -1)
+
+
+class JointMask(PartMasks):
+    """NeuronMask over a JointSite: one per part that holds chosen neurons."""
 
     def __init__(
         self,
@@ -221,39 +260,12 @@ class JointMask:
         values: torch.Tensor | None = None,
     ):
         indices = checked_flat_indices(flat_indices, site.name, site.size, f"{site.size} neurons")
-        if values is not None and tuple(values.shape) != (site.size,):
-            raise MaskError(
-                f"replacement values for {site.name} have shape {tuple(values.shape)}; expected ({site.size},)"
-            )
-        self.site = site
-        self._masks = [
-            NeuronMask(
-                part,
-                local,
-                mode=mode,
-                verify=verify,
-                values=None if values is None else values[offset : offset + part.size].reshape(part.n_layers, -1),
-            )
+        check_joint_values(site, values)
+        masks = [
+            NeuronMask(part, local, mode=mode, verify=verify, values=part_values(values, part, offset))
             for part, offset, local in site.split(indices)
         ]
-        self._stack: ExitStack | None = None
-
-    @property
-    def modes(self) -> set[str]:
-        return set().union(*(mask.modes for mask in self._masks))
-
-    def __enter__(self) -> JointMask:
-        if self._stack is not None:
-            raise MaskError(f"mask on {self.site.name} is already active; it cannot be entered twice")
-        with ExitStack() as stack:  # a part that fails to enter undoes the parts before it
-            for mask in self._masks:
-                stack.enter_context(mask)
-            self._stack = stack.pop_all()
-        return self
-
-    def __exit__(self, exc_type, exc, traceback) -> None:
-        stack, self._stack = self._stack, None
-        stack.__exit__(exc_type, exc, traceback)
+        super().__init__(site, masks)
 
 
 def checked_flat_indices(

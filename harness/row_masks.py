@@ -11,14 +11,13 @@ the model is edited, and the hooks are removed on exit, also when the body raise
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from contextlib import ExitStack
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from harness.errors import MaskError
-from harness.masking import checked_flat_indices
+from harness.masking import PartMasks, check_joint_values, checked_flat_indices, part_values
 from harness.sites import AnySite, JointSite, ResolvedSite
 
 
@@ -111,8 +110,8 @@ class RowMask:
         return lambda module, args: (self._switch_off(layer, args[0]), *args[1:])
 
 
-class JointRowMask:
-    """RowMask over a JointSite: one per part that any row touches, entered together, undone in reverse."""
+class JointRowMask(PartMasks):
+    """RowMask over a JointSite: one per part that any row touches."""
 
     def __init__(
         self,
@@ -121,37 +120,14 @@ class JointRowMask:
         values: torch.Tensor | None = None,
         verify: bool = True,
     ):
-        if values is not None and tuple(values.shape) != (site.size,):
-            raise MaskError(
-                f"replacement values for {site.name} have shape {tuple(values.shape)}; expected ({site.size},)"
-            )
+        check_joint_values(site, values)
         flat = [checked_flat_indices(row, site.name, site.size, f"{site.size} neurons") for row in rows]
-        self.site = site
-        self._masks = []
+        masks = []
         for part, offset in zip(site.parts, site.offsets, strict=True):
             local = [row[(row >= offset) & (row < offset + part.size)] - offset for row in flat]
-            if not any(indices.numel() for indices in local):
-                continue
-            part_values = None if values is None else values[offset : offset + part.size].view(part.n_layers, -1)
-            self._masks.append(RowMask(part, local, values=part_values, verify=verify))
-        self._stack: ExitStack | None = None
-
-    @property
-    def modes(self) -> set[str]:
-        return set().union(*(mask.modes for mask in self._masks))
-
-    def __enter__(self) -> JointRowMask:
-        if self._stack is not None:
-            raise MaskError(f"mask on {self.site.name} is already active; it cannot be entered twice")
-        with ExitStack() as stack:
-            for mask in self._masks:
-                stack.enter_context(mask)
-            self._stack = stack.pop_all()
-        return self
-
-    def __exit__(self, exc_type, exc, traceback) -> None:
-        stack, self._stack = self._stack, None
-        stack.__exit__(exc_type, exc, traceback)
+            if any(indices.numel() for indices in local):
+                masks.append(RowMask(part, local, values=part_values(values, part, offset), verify=verify))
+        super().__init__(site, masks)
 
 
 def mask_rows(
