@@ -115,7 +115,7 @@ def analyse_curve(
     measure: Callable[[int], CollapsePoint] | None = None,
 ) -> CurveAnalysis:
     """Search k₁ and k₂ (with `measure`, if given: see ModelExperiment.search); at k₂, measure `random_seeds`
-    random-k controls and the mean-ablated CAN set."""
+    random-k controls (one batched pass) and the mean-ablated CAN set."""
     search, points = experiment.search(site, category, mode=mode, k_max=k_max, measure=measure)
     controls, layers = [], {}
     if search.k2 is not None:
