@@ -34,7 +34,7 @@ def main() -> None:
         alone = [experiment.measure(args.site, args.category, args.k, c) for c in controls]
         sequential = time.perf_counter() - started
         started = time.perf_counter()
-        together = experiment.measure_many(args.site, args.category, args.k, controls)
+        together = experiment.measure_many(args.site, args.category, [(args.k, c) for c in controls])
         batched = time.perf_counter() - started
         agree = all(a.captions == b.captions and a.stage == b.stage for a, b in zip(alone, together, strict=True))
         drift = max(abs(a.log10_ppl_ratio - b.log10_ppl_ratio) for a, b in zip(alone, together, strict=True))

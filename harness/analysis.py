@@ -9,13 +9,13 @@ sites are ranked together (`lm.down_proj+lm.gate_proj`) it is also broken down b
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from harness import progress
 from harness.ablation import Intervention
-from harness.curve import format_curve
+from harness.curve import CollapseCurve, format_curve
 from harness.experiment import CollapsePoint, ModelExperiment
 from harness.labels import DEFAULT_RANKING, curve_label
 from harness.metrics import format_score
@@ -69,10 +69,12 @@ class CurveAnalysis:
             "category": self.category,
             "ranking": self.ranking,
             "search": self.search.mode,
+            "search_parallel": self.search.parallel,
             "k_max": self.search.k_max,
             "k1": self.search.k1,
             "k2": self.search.k2,
             "evaluations": self.search.evaluations,
+            "passes": [list(ks) for ks in self.search.rounds],  # the ks each batched pass evaluated together
             "rechecked": list(self.search.rechecked),
             "stages": sorted(self.search.stages.items()),
             "monotone": self.search.monotone,
@@ -109,14 +111,28 @@ def analyse_curve(
     site: str,
     category: str,
     *,
-    mode: str = "adaptive",
+    mode: str | None = None,
     k_max: int | None = None,
     random_seeds: int = 3,
-    measure: Callable[[int], CollapsePoint] | None = None,
+    curve: CollapseCurve | None = None,
 ) -> CurveAnalysis:
-    """Search k₁ and k₂ (with `measure`, if given: see ModelExperiment.search); at k₂, measure `random_seeds`
-    random-k controls (one batched pass) and the mean-ablated CAN set."""
-    search, points = experiment.search(site, category, mode=mode, k_max=k_max, measure=measure)
+    """Search k₁ and k₂ (by the settings' search unless `mode` says) on `curve`, reusing the points it holds (a
+    fresh curve if None); at k₂, measure `random_seeds` random-k controls (one batched pass) and the
+    mean-ablated CAN set. The search measures what each stage needs; k₁ and k₂, which the tables show, are
+    then measured in full (a text model's continuations)."""
+    curve = curve or CollapseCurve(experiment, site, category)
+    search, points = experiment.search(
+        site,
+        category,
+        mode=mode,
+        k_max=k_max,
+        measure_many=functools.partial(curve.measured_many, stage_only=True),
+    )
+    shown = [k for k in (search.k1, search.k2) if k is not None and not points[k].generated]
+    if shown:
+        with progress.task(f"k₁, k₂ of {experiment.name} / {site} / {category} with generations") as task:
+            points.update(zip(shown, curve.measured_many(shown), strict=True))
+            task.step(steps=len(shown))
     controls, layers = [], {}
     if search.k2 is not None:
         k2 = search.k2
@@ -125,7 +141,7 @@ def analyse_curve(
         with progress.task(
             f"controls at k₂ = {k2} of {experiment.name} / {site} / {category} (the random-k ones in one pass)"
         ) as task:
-            measured = experiment.measure_many(site, category, k2, interventions)
+            measured = experiment.measure_many(site, category, [(k2, i) for i in interventions])
             for intervention, point in zip(interventions, measured, strict=True):
                 controls.append(
                     ControlOutcome(intervention.label, k2, point.stage, point.log10_ppl_ratio, point.clip)

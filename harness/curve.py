@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from tabulate import tabulate
 
-from harness.experiment import CollapsePoint, ModelExperiment
+from harness.experiment import TOP_K_ZERO, CollapsePoint, ModelExperiment
 from harness.labels import curve_label
 from harness.metrics import format_ppl, format_score
 
@@ -39,9 +39,20 @@ class CollapseCurve:
     def measured(self, k: int) -> CollapsePoint:
         """The point at k, measured once per session, not reported: how the threshold search shares the grid's
         points (and the grid the search's) without turning searched points into grid rows."""
-        if k not in self.points:
-            self.points[k] = self.experiment.measure(self.site, self.category, k)
-        return self.points[k]
+        return self.measured_many([k])[0]
+
+    def measured_many(self, ks: Sequence[int], *, stage_only: bool = False) -> list[CollapsePoint]:
+        """`measured` of several ks, those not measured yet in one batched pass (a threshold search's pass).
+        `stage_only`: a point measured only as far as its stage needs will do (ModelExperiment.search); without
+        it such a point is measured again in full."""
+        missing = [
+            k for k in dict.fromkeys(ks) if k not in self.points or not (stage_only or self.points[k].generated)
+        ]
+        if missing:
+            variants = [(k, TOP_K_ZERO) for k in missing]
+            measured = self.experiment.measure_many(self.site, self.category, variants, stage_only=stage_only)
+            self.points.update(zip(missing, measured, strict=True))
+        return [self.points[k] for k in ks]
 
     def point(self, k: int) -> CollapsePoint:
         if k not in self.points:
@@ -62,7 +73,7 @@ def format_curve(points) -> str:
             f"{p.log10_ppl_ratio:+.2f}",
             format_score(p.clip),
             format_score(p.clip_chance),
-            f"{p.degenerate_rate:.0%}",
+            "not generated" if p.degenerate_rate is None else f"{p.degenerate_rate:.0%}",
             f"{p.stage} {STAGE_NAMES[p.stage]}",
             (p.captions[0][:40] + "…") if p.captions and len(p.captions[0]) > 40 else (p.captions or [""])[0],
         )

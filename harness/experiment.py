@@ -35,7 +35,7 @@ from harness.settings import HarnessSettings
 from harness.sites import AnySite, JointSite, resolve_any_site
 from harness.stages import classify_stage
 from harness.texts import TextSet, load_text_set
-from harness.threshold_search import SEARCH_MODES, ThresholdSearch, adaptive_search, linear_search
+from harness.threshold_search import SEARCH_MODES, ThresholdSearch, search_thresholds
 from harness.zoo import WORLD_IMAGES, ensure_built
 
 MAX_REPORTED_NEURONS = 64
@@ -47,11 +47,13 @@ class Observation:
     """What the model (masked or not) does on one category. Unmasked, it is the k = 0 point, and a VLM's captions
     are its ranking's targets."""
 
-    captions: list[Caption]  # generated: captions, or a text model's continuations
+    # generated: captions, or a text model's continuations; None: not generated, because the stage does not need
+    # them (a text model's point evaluated only for a threshold search, harness.text_experiment)
+    captions: list[Caption] | None
     reference_nll: list[float]  # teacher-forced, per caption (VLM) or per text window (text model)
     clip: list[float] | None  # per image; None for a text model
     clip_chance: float | None  # these captions scored against images of the other categories
-    degenerate: list[bool]  # per caption (or continuation): no language (harness.metrics)
+    degenerate: list[bool] | None  # per caption (or continuation): no language (harness.metrics)
 
 
 @dataclass(frozen=True)
@@ -64,9 +66,9 @@ class CollapsePoint:
     k: int
     n_images: int
     mean_nll_ref: float
-    mean_nll_self: float
+    mean_nll_self: float | None  # None (and degenerate_rate None, captions []): nothing was generated
     log10_ppl_ref: float
-    log10_ppl_self: float
+    log10_ppl_self: float | None
     log10_ppl_baseline: float
     log10_ppl_ratio: float
     clip: float | None  # None for text-only models
@@ -74,7 +76,7 @@ class CollapsePoint:
     clip_chance: float | None
     clip_chance_baseline: float | None
     chance_images: int
-    degenerate_rate: float
+    degenerate_rate: float | None
     stage: int
     captions: list[str]
     masked_neurons: list[tuple[str, int, int, float | None]]  # (site, layer, channel, CAN score) of the first ≤ 64
@@ -86,6 +88,11 @@ class CollapsePoint:
 
     def to_row(self) -> dict:
         return asdict(self)
+
+    @property
+    def generated(self) -> bool:
+        """Whether captions (continuations) were generated at this point, or only what its stage needs."""
+        return self.degenerate_rate is not None
 
 
 class ModelExperiment:
@@ -154,9 +161,11 @@ class ModelExperiment:
             "images": self.images.content_hashes(category),
         }
 
-    def observe(self, category: str, mask: NeuronMask | JointMask | None = None) -> Observation:
+    def observe(
+        self, category: str, mask: NeuronMask | JointMask | None = None, *, stage_only: bool = False
+    ) -> Observation:
         """Captions generated under `mask` (None: unmasked), each scored by the unmasked model (the reference PPL)
-        and by CLIP against its image."""
+        and by CLIP against its image. A VLM's stage needs all of it, so `stage_only` changes nothing here."""
         with mask or nullcontext():
             captions = self._captions(category)
         reference = score_captions(
@@ -288,10 +297,16 @@ class ModelExperiment:
 
     # -- measurement ------------------------------------------------------------------------------------------
     def measure(
-        self, site_name: str, category: str, k: int, intervention: Intervention = TOP_K_ZERO
+        self,
+        site_name: str,
+        category: str,
+        k: int,
+        intervention: Intervention = TOP_K_ZERO,
+        *,
+        stage_only: bool = False,
     ) -> CollapsePoint:
         """Mask the top-k neurons of `site_name` (ranked on `category` by the configured method), or a control's k
-        neurons, and measure the captions."""
+        neurons, and measure the captions. `stage_only`: what the stage needs, no more (see `observe`)."""
         site = self.site(site_name)
         k = site.check_k(k)
         if k == 0:
@@ -299,33 +314,41 @@ class ModelExperiment:
         chosen = self.selection(site_name, category, k, intervention)
         values = self.mean_activations(site_name, category) if intervention.ablation == "mean" else None
         mask = mask_neurons(site, chosen, mode=self.settings.mask_mode, values=values)
-        observed = self.observe(category, mask)
+        observed = self.observe(category, mask, stage_only=stage_only)
         return self._point(site_name, category, k, intervention, observed, chosen, sorted(mask.modes))
 
     def measure_many(
-        self, site_name: str, category: str, k: int, interventions: Sequence[Intervention]
+        self,
+        site_name: str,
+        category: str,
+        variants: Sequence[tuple[int, Intervention]],
+        *,
+        stage_only: bool = False,
     ) -> list[CollapsePoint]:
-        """`measure` of several interventions at one k (a curve's controls). The zero-ablation ones share one
-        batched pass, each image once per intervention, with per-row masks (harness.row_masks); a row equals
-        its intervention measured alone up to float rounding (the batches are larger). The others are measured
-        one by one."""
+        """`measure` of several (k, intervention) variants of one site and category: the ks of one threshold
+        search pass, or a curve's controls at k₂. The zero-ablation ones share one batched pass, each image once
+        per variant, with per-row masks (harness.row_masks); a row equals its variant measured alone up to float
+        rounding (the batches are larger). The others are measured one by one."""
         site = self.site(site_name)
-        k = site.check_k(k)
-        together = [index for index, i in enumerate(interventions) if i.ablation == "zero"] if k > 0 else []
+        variants = [(site.check_k(k), intervention) for k, intervention in variants]
+        together = [index for index, (k, i) in enumerate(variants) if i.ablation == "zero" and k > 0]
         points: dict[int, CollapsePoint] = {}
         if len(together) > 1:
-            chosen = [self.selection(site_name, category, k, interventions[index]) for index in together]
-            observed = self.observe_many(category, site, chosen)
+            chosen = [self.selection(site_name, category, *variants[index]) for index in together]
+            observed = self.observe_many(category, site, chosen, stage_only=stage_only)
             for index, neurons, observation in zip(together, chosen, observed, strict=True):
-                points[index] = self._point(
-                    site_name, category, k, interventions[index], observation, neurons, ["hook"]
-                )
+                k, intervention = variants[index]
+                points[index] = self._point(site_name, category, k, intervention, observation, neurons, ["hook"])
         return [
-            points[index] if index in points else self.measure(site_name, category, k, intervention)
-            for index, intervention in enumerate(interventions)
+            points[index]
+            if index in points
+            else self.measure(site_name, category, k, intervention, stage_only=stage_only)
+            for index, (k, intervention) in enumerate(variants)
         ]
 
-    def observe_many(self, category: str, site: AnySite, neuron_sets: Sequence[torch.Tensor]) -> list[Observation]:
+    def observe_many(
+        self, category: str, site: AnySite, neuron_sets: Sequence[torch.Tensor], *, stage_only: bool = False
+    ) -> list[Observation]:
         """`observe` under each zero-ablation neuron set: the images repeated once per set in batches of
         batch_size × sets rows, row r masked with its own set."""
         samples = list(self.samples(category))
@@ -365,12 +388,16 @@ class ModelExperiment:
         where = f"{self.name} {site_name} {category} k={k}"
         captions = observed.captions
         mean_ref = require_finite(_mean(observed.reference_nll), f"reference NLL of {where}")
-        mean_self = require_finite(_mean([c.self_nll for c in captions]), f"self NLL of {where}")
+        mean_self = (
+            None
+            if captions is None
+            else require_finite(_mean([c.self_nll for c in captions]), f"self NLL of {where}")
+        )
         mean_clip = (
             None if observed.clip is None else require_finite(_mean(observed.clip), f"CLIP score of {where}")
         )
         base_log10 = log10_ppl(_mean(baseline.reference_nll))
-        degenerate_rate = _mean([float(flag) for flag in observed.degenerate])
+        degenerate_rate = None if observed.degenerate is None else _mean([float(f) for f in observed.degenerate])
         ratio = log10_ppl(mean_ref) - base_log10
         clip_baseline = None if baseline.clip is None else _mean(baseline.clip)
         chance = observed.clip_chance
@@ -383,7 +410,7 @@ class ModelExperiment:
             mean_nll_ref=mean_ref,
             mean_nll_self=mean_self,
             log10_ppl_ref=log10_ppl(mean_ref),
-            log10_ppl_self=log10_ppl(mean_self),
+            log10_ppl_self=None if mean_self is None else log10_ppl(mean_self),
             log10_ppl_baseline=base_log10,
             log10_ppl_ratio=ratio,
             clip=mean_clip,
@@ -402,7 +429,7 @@ class ModelExperiment:
                 thresholds=self.settings.thresholds,
                 text_only=self.loaded.family.text_only,
             ),
-            captions=[c.text for c in captions],
+            captions=[] if captions is None else [c.text for c in captions],
             masked_neurons=neurons,
             mask_modes=list(modes),
             intervention=intervention.label,
@@ -416,28 +443,35 @@ class ModelExperiment:
         site_name: str,
         category: str,
         *,
-        mode: str = "adaptive",
+        mode: str | None = None,
         k_max: int | None = None,
-        measure: Callable[[int], CollapsePoint] | None = None,
+        measure_many: Callable[[Sequence[int]], list[CollapsePoint]] | None = None,
     ) -> tuple[ThresholdSearch, dict[int, CollapsePoint]]:
-        """k₁ and k₂ of one curve by the adaptive search (or the papers' linear scan), every point measured.
-        `measure(k)` replaces the CAN measurement, e.g. by one that reuses points already measured."""
+        """k₁ and k₂ of one curve by the configured search (adaptive, or the papers' linear scan), the settings'
+        `search_parallel` ks in each batched pass, every point measured as far as its stage needs (a text
+        model's continuations are not generated). `measure_many(ks)` replaces that measurement, e.g. by one that
+        reuses points already measured."""
+        mode = mode or self.settings.search
         if mode not in SEARCH_MODES:
             raise UnknownNameError("threshold search mode", mode, SEARCH_MODES)
         site = self.site(site_name)
         limit = site.check_k(min(k_max or self.settings.k_max, site.size))
-        measure = measure or (lambda k: self.measure(site_name, category, k))
+        measure_many = measure_many or (
+            lambda ks: self.measure_many(site_name, category, [(k, TOP_K_ZERO) for k in ks], stage_only=True)
+        )
+        parallel = self.settings.search_parallel
         points: dict[int, CollapsePoint] = {}
+        title = f"{mode} search of {self.name} / {site_name} / {category} (k ≤ {limit}, {parallel} k a pass)"
+        with progress.task(title) as task:
 
-        search = adaptive_search if mode == "adaptive" else linear_search
-        with progress.task(f"{mode} search of {self.name} / {site_name} / {category} (k ≤ {limit})") as task:
+            def stages_at(ks: Sequence[int]) -> list[int]:
+                measured = measure_many(ks)
+                points.update((point.k, point) for point in measured)
+                last = ", ".join(f"k={p.k} stage {p.stage} Δlog10 PPL {p.log10_ppl_ratio:+.2f}" for p in measured)
+                task.step(f"last: {last}", steps=len(measured))
+                return [point.stage for point in measured]
 
-            def stage_at(k: int) -> int:
-                points[k] = point = measure(k)
-                task.step(f"last: k={k}, stage {point.stage}, Δlog10 PPL {point.log10_ppl_ratio:+.2f}")
-                return point.stage
-
-            return search(stage_at, limit), points
+            return search_thresholds(mode, stages_at, limit, parallel), points
 
     def options_record(self) -> dict:
         spec = self.loaded.spec

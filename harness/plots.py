@@ -33,7 +33,10 @@ def plot_analysis(row: dict, path: Path) -> Path:
     second, second_label = ("clip", "CLIP score") if has_clip else ("degenerate_rate", "degenerate continuations")
     figure, (ppl_axis, clip_axis) = plt.subplots(2, 1, sharex=True, figsize=(7, 6), constrained_layout=True)
     ppl_axis.plot(ks, [p["log10_ppl_ratio"] for p in points], "o-", color="#20639b", label="ranked top-k")
-    clip_axis.plot(ks, [p[second] for p in points], "o-", color="#20639b", label="ranked top-k")
+    shown = [p for p in points if p[second] is not None]  # a text model's search points generate nothing
+    clip_axis.plot(
+        [p["k"] for p in shown], [p[second] for p in shown], "o-", color="#20639b", label="ranked top-k"
+    )
     ppl_axis.axhline(0, color="grey", linestyle="--", linewidth=1, label="baseline (k = 0)")
     baseline = row["clip_baseline"] if has_clip else row["points"][0]["degenerate_rate"]
     clip_axis.axhline(baseline, color="grey", linestyle="--", linewidth=1, label="baseline (k = 0)")

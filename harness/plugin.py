@@ -93,6 +93,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         choices=("adaptive", "linear"),
         help="collapse_search cases: bisections for k₂'s bracket, k₂, k₁ (default) or the papers' k = 1, 2, 3, …",
     )
+    add(
+        "--can-search-parallel",
+        type=int,
+        default=3,
+        help="ks a threshold search evaluates together in one batched pass, a (P+1)-ary search "
+        "(default 3; 1: one k a pass)",
+    )
     add("--can-control-seeds", type=int, default=3, help="random-k controls per searched curve at k₂ (default 3)")
     add("--can-baseline", type=Path, help="regression baseline file: searched curves are compared against it")
     add("--can-baseline-update", action="store_true", help="rewrite this run's curves in --can-baseline")
@@ -336,6 +343,7 @@ def _settings_from_options(config: pytest.Config):
         k_max=option("can_k_max"),
         k_factor=option("can_k_factor"),
         search=option("can_search"),
+        search_parallel=option("can_search_parallel"),
         control_seeds=option("can_control_seeds"),
     )
     from harness.devices import check_available
@@ -573,9 +581,8 @@ def collapse_analysis(
             experiment,
             site,
             category,
-            mode=can_settings.search,
             random_seeds=can_settings.control_seeds,
-            measure=_session_curve(_can_curves, experiment, site, category).measured,
+            curve=_session_curve(_can_curves, experiment, site, category),
         )
     analysis = _can_analyses[key]
     request.node.user_properties.append((ANALYSIS_PROPERTY, json.dumps(analysis.to_row())))

@@ -172,6 +172,7 @@ def render_thresholds(analyses: list[dict], cases: Mapping[tuple, CurveCases] | 
                 _threshold(a["k1"], [a["k_max"]]),
                 _threshold(a["k2"], [a["k_max"]]),
                 str(a["evaluations"]),
+                str(len(a["passes"])),
                 f"{a['log10_ppl_ratio_at_k2']:+.2f}" if found else "",
                 format_score(a["clip_at_k2"]) if found else "",
                 _controls_label(a) if found else "",
@@ -179,9 +180,9 @@ def render_thresholds(analyses: list[dict], cases: Mapping[tuple, CurveCases] | 
                 "; ".join(notes),
             )
         )
-    headers = ("model", "site", "ranking", "category", "PPL₀", "CLIP₀", "chance", "k₁", "k₂", "evals")
+    headers = ("model", "site", "ranking", "category", "PPL₀", "CLIP₀", "chance", "k₁", "k₂", "evals", "passes")
     headers += ("Δlog10 PPL@k₂", "CLIP@k₂", "controls at k₂", "layers of the k₂ set", "notes")
-    align = ("left",) * 4 + ("right",) * 8 + ("left",) * 3
+    align = ("left",) * 4 + ("right",) * 9 + ("left",) * 3
     return _table(rows, headers, align)
 
 

@@ -47,10 +47,11 @@ class HarnessSettings:
     k_max: int = 8192
     k_factor: float = 2.0
     search: str = "adaptive"  # how collapse_search cases find k₁ and k₂ (harness.threshold_search)
+    search_parallel: int = 3  # ks evaluated together in one batched pass of a threshold search (1: one by one)
     control_seeds: int = 3  # random-k controls per curve at k₂
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "max_new_tokens", "k_max", "max_image_pixels"):
+        for name in ("batch_size", "max_new_tokens", "k_max", "max_image_pixels", "search_parallel"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)!r}")
         for name in ("max_images", "text_window"):

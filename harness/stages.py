@@ -54,15 +54,20 @@ def classify_stage(
     clip: float | None,
     clip_baseline: float | None,
     clip_chance: float | None,
-    degenerate_rate: float,
+    degenerate_rate: float | None,
     thresholds: StageThresholds,
     text_only: bool = False,
 ) -> int:
-    """0 (intact), 1 (expressive degradation) or 2 (complete collapse) for one evaluated k."""
+    """0 (intact), 1 (expressive degradation) or 2 (complete collapse) for one evaluated k. `degenerate_rate`
+    None (nothing generated) is valid only where the stage does not read it: a text model under "ppl"."""
+    if degenerate_rate is None and not (text_only and thresholds.text_stage2 == "ppl"):
+        raise ValueError(
+            "this stage criterion reads the degenerate rate of generated text, but none was generated"
+        )
     if k == 0:
         return 0  # the reference point itself
     ppl_collapsed = log10_ppl_ratio >= thresholds.stage2_log10_ppl_ratio
-    degenerate = degenerate_rate >= thresholds.stage2_degenerate_rate
+    degenerate = degenerate_rate is not None and degenerate_rate >= thresholds.stage2_degenerate_rate
     if text_only:
         text_lost = thresholds.text_stage2 == "ppl" or degenerate
     else:

@@ -63,17 +63,23 @@ class TextExperiment(ModelExperiment):
             "text_window": self.settings.text_window,
         }
 
-    def observe(self, category: str, mask: NeuronMask | JointMask | None = None) -> Observation:
+    def observe(
+        self, category: str, mask: NeuronMask | JointMask | None = None, *, stage_only: bool = False
+    ) -> Observation:
         """Under `mask` (None: unmasked): the NLL of each window, and a continuation of each window's opening,
-        which the unmasked model then scores to tell word salad from language."""
+        which the unmasked model then scores to tell word salad from language. `stage_only`: the NLL alone when
+        the stage reads nothing else (PCICN's criterion), a forward instead of a generate."""
         with mask or nullcontext():
-            continuations = self._captions(category)
+            generate = not (stage_only and self._stage_reads_ppl_only)
+            continuations = self._captions(category) if generate else None
             reference = score_captions(
                 self.loaded, *self.ranking_data(category), batch_size=self.settings.batch_size
             )
         return self._observation(category, continuations, reference, masked=mask is not None)
 
-    def observe_many(self, category: str, site: AnySite, neuron_sets: Sequence[torch.Tensor]) -> list[Observation]:
+    def observe_many(
+        self, category: str, site: AnySite, neuron_sets: Sequence[torch.Tensor], *, stage_only: bool = False
+    ) -> list[Observation]:
         """`observe` under each zero-ablation neuron set in one batched pass: the windows repeated once per set,
         row r masked with its own set, for the continuations and for the text's NLL."""
         openings, (prompts, targets) = list(self.samples(category)), self.ranking_data(category)
@@ -81,23 +87,33 @@ class TextExperiment(ModelExperiment):
         rows = [neurons for neurons in neuron_sets for _ in openings]
         masks = lambda part: mask_rows(site, rows[part])  # noqa: E731
         width = self.settings.batch_size * sets
-        continuations = generate_captions(
-            self.loaded, openings * sets, max_new_tokens=self.settings.max_new_tokens, batch_size=width,
-            chunk_mask=masks,
-        )  # fmt: skip
+        continuations = None
+        if not (stage_only and self._stage_reads_ppl_only):
+            continuations = generate_captions(
+                self.loaded, openings * sets, max_new_tokens=self.settings.max_new_tokens, batch_size=width,
+                chunk_mask=masks,
+            )  # fmt: skip
         reference = score_captions(
             self.loaded, list(prompts) * sets, targets * sets, batch_size=width, chunk_mask=masks
         )
         return [
-            self._observation(category, continuations[part], reference[part], masked=True)
+            self._observation(
+                category, None if continuations is None else continuations[part], reference[part], masked=True
+            )
             for part in set_slices(count, sets)
         ]
 
+    @property
+    def _stage_reads_ppl_only(self) -> bool:
+        return self.settings.thresholds.text_stage2 == "ppl"
+
     def _observation(
-        self, category: str, continuations: list[Caption], reference: list[float], *, masked: bool
+        self, category: str, continuations: list[Caption] | None, reference: list[float], *, masked: bool
     ) -> Observation:
         """The observation of continuations and text NLLs; a continuation's degenerate flag compares its NLL
         under the unmasked model with the unmasked model's NLL of the text itself."""
+        if continuations is None:
+            return Observation(None, reference, clip=None, clip_chance=None, degenerate=None)
         text_nll = reference if not masked else self.baseline(category).reference_nll
         salad_log10 = self.settings.thresholds.stage2_log10_ppl_ratio
         degenerate = [

@@ -22,12 +22,19 @@ this is one above the cheapest exact search of this kind; re-checking k₁ + 1 a
 break the 2⌈log₂ k₂⌉ + 4 budget for sites over 2048 neurons, so a stage-1 flicker is reported only where
 evaluated points show it. A non-monotone dip *between* evaluated points is invisible to any sublinear search:
 the linear mode is there to look for those.
+
+With P ks per batched pass (per-row masks, `parallel_search`) the same brackets are searched (P+1)-ary: P bracket
+edges a pass, then P points spread over the open brackets of k₂ and k₁. On a monotone curve it finds the same k₁
+and k₂ in never more passes than the sequential search's evaluations (property tests), about 2.2× fewer at P = 3.
+On a non-monotone curve the two may settle on different onsets of one flicker, since they look at different ks.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -45,6 +52,9 @@ class ThresholdSearch:
     k1: int | None
     k2: int | None
     rechecked: tuple[int, ...] = ()  # ks evaluated only to look for a recovery right after k₂
+    # the masked passes in order, each the ks it evaluated together (one k each for a sequential search)
+    rounds: tuple[tuple[int, ...], ...] = ()
+    parallel: int = 1  # the most ks a pass evaluated together (P)
 
     @property
     def evaluations(self) -> int:
@@ -68,15 +78,45 @@ class ThresholdSearch:
         return not self.violations
 
 
-def linear_search(stage_at: Callable[[int], int], k_max: int) -> ThresholdSearch:
-    """The papers' scan: k = 1, 2, 3, … up to the first complete collapse (or k_max)."""
+def search_thresholds(
+    mode: str, stages_at: Callable[[Sequence[int]], list[int]], k_max: int, parallel: int = 1
+) -> ThresholdSearch:
+    """The search of `mode` with `parallel` ks per masked pass; `stages_at(ks)` evaluates ks together (k = 0,
+    the baseline, is asked for alone first). parallel = 1 is the sequential search, one k per pass."""
+    if mode not in SEARCH_MODES:
+        raise ValueError(f"unknown search mode {mode!r}; valid: {', '.join(SEARCH_MODES)}")
+    _check_parallel(parallel)
+    if mode == "linear":
+        return linear_search(stages_at, k_max, parallel)
+    if parallel > 1:
+        return parallel_search(stages_at, k_max, parallel)
+    rounds: list[tuple[int, ...]] = []
+
+    def stage_at(k: int) -> int:
+        if k > 0:
+            rounds.append((k,))
+        return stages_at([k])[0]
+
+    return dataclasses.replace(adaptive_search(stage_at, k_max), rounds=tuple(rounds))
+
+
+def linear_search(
+    stages_at: Callable[[Sequence[int]], list[int]], k_max: int, parallel: int = 1
+) -> ThresholdSearch:
+    """The papers' scan: k = 1, 2, 3, … up to the first complete collapse (or k_max), `parallel` ks a pass (the
+    last pass may evaluate a few ks past k₂)."""
     _check_k_max(k_max)
-    stages = {0: stage_at(0)}
-    for k in range(1, k_max + 1):
-        stages[k] = stage_at(k)
-        if stages[k] >= 2:
+    _check_parallel(parallel)
+    stages = {0: stages_at([0])[0]}
+    rounds: list[tuple[int, ...]] = []
+    for start in range(1, k_max + 1, parallel):
+        ks = tuple(range(start, min(start + parallel, k_max + 1)))
+        stages.update(zip(ks, stages_at(list(ks)), strict=True))
+        rounds.append(ks)
+        if max(stages[k] for k in ks) >= 2:
             break
-    return ThresholdSearch("linear", k_max, stages, _first_at(stages, 1), _first_at(stages, 2))
+    k1, k2 = _first_at(stages, 1), _first_at(stages, 2)
+    return ThresholdSearch("linear", k_max, stages, k1, k2, rounds=tuple(rounds), parallel=parallel)
 
 
 def adaptive_search(stage_at: Callable[[int], int], k_max: int) -> ThresholdSearch:
@@ -113,6 +153,61 @@ def adaptive_search(stage_at: Callable[[int], int], k_max: int) -> ThresholdSear
     return ThresholdSearch("adaptive", k_max, stages, thresholds[1], thresholds[2], tuple(rechecked))
 
 
+def parallel_search(stages_at: Callable[[Sequence[int]], list[int]], k_max: int, parallel: int) -> ThresholdSearch:
+    """The adaptive search with `parallel` = P ks per pass: a (P+1)-ary search over the same brackets.
+
+    k₂'s dyadic bracket first: each pass asks P bracket edges that cut the remaining brackets into P + 1 groups
+    of equal weight under the bracket code (weight 2^−depth, so small brackets are still tried first). Then the
+    brackets of k₂ and k₁ together: each pass spends its P points on the open brackets, more to the one that
+    would take more passes, spaced evenly inside each; a point left over re-checks k₂'s candidate + 1, which is
+    also asked as soon as k₂ is found. As for P = 1: on a monotone curve the linear scan's k₁ and k₂, every
+    evaluated point kept, recoveries reported."""
+    _check_k_max(k_max)
+    _check_parallel(parallel)
+    stages: dict[int, int] = {0: stages_at([0])[0]}
+    rounds: list[tuple[int, ...]] = []
+    rechecked: list[int] = []
+
+    def evaluate(ks: Sequence[int]) -> None:
+        new = tuple(sorted(set(ks) - stages.keys()))
+        if new:
+            stages.update(zip(new, stages_at(list(new)), strict=True))
+            rounds.append(new)
+
+    edges = bracket_edges(k_max)
+    weights = [Fraction(1, 2**depth) for depth in _bracket_code(k_max)[1]]  # k₂'s brackets, then "none"
+    low, last = 0, len(weights) - 1
+    while low < last:  # until a collapse bounds k₂ from above (or none up to k_max)
+        cuts = [low + cut for cut in _weighted_cuts(weights[low:], parallel)]
+        evaluate([edges[cut] for cut in cuts])
+        if any(stages[edges[cut]] >= 2 for cut in cuts):
+            break  # the brackets between the evaluated edges: evenly spaced points settle them as fast
+        low = cuts[-1] + 1
+
+    while True:
+        open_brackets = {}
+        for stage in (2, 1):
+            below, above = _bracket(stages, stage)
+            if above is not None and above - below > 1 and (below, above) not in open_brackets.values():
+                open_brackets[stage] = (below, above)  # no stage-1 point seen yet: one bracket serves both
+        recheck = _recheck_candidate(stages, k_max)
+        if not open_brackets and recheck is None:
+            break
+        budget = parallel - (recheck is not None and 2 not in open_brackets)
+        points = _spread(open_brackets, budget)
+        candidate = open_brackets.get(2, (None, None))[1]
+        spare = parallel - len(points)
+        if recheck is not None and 2 not in open_brackets:
+            points.append(recheck)
+            rechecked.append(recheck)
+        elif spare and candidate is not None and candidate < k_max and candidate + 1 not in stages:
+            points.append(candidate + 1)  # k₂'s bracket is fully covered: k₂ + 1 is the candidate's + 1
+            rechecked.append(candidate + 1)
+        evaluate(points)
+    k1, k2 = _first_at(stages, 1), _first_at(stages, 2)
+    return ThresholdSearch("adaptive", k_max, stages, k1, k2, tuple(rechecked), tuple(rounds), parallel)
+
+
 def bracket_edges(k_max: int) -> list[int]:
     """1, 2, 4, …, k_max: the upper edges of the brackets (2^(m−1), 2^m] that may hold k₂."""
     return sorted({min(2**m, k_max) for m in range(_log2_ceil(k_max) + 1)})
@@ -140,6 +235,56 @@ def _find_bracket(evaluate: Callable[[int], int], k_max: int) -> None:
                 continue
             low = left[-1] + 1
         node += width
+
+
+def _weighted_cuts(weights: list[Fraction], parallel: int) -> list[int]:
+    """Up to `parallel` cut positions c (between leaf c and c + 1) whose weight to the left is nearest to
+    1/(P+1), 2/(P+1), … of the total: the questions of one pass of a (P+1)-ary search."""
+    if len(weights) - 1 <= parallel:
+        return list(range(len(weights) - 1))
+    total, cumulative = sum(weights), list(itertools.accumulate(weights))
+    cuts = set()
+    for part in range(1, parallel + 1):
+        target = total * part / (parallel + 1)
+        cuts.add(min(range(len(weights) - 1), key=lambda c: (abs(cumulative[c] - target), c)))
+    while len(cuts) < parallel:  # quantiles that fell on one cut: split the heaviest group of several leaves
+        bounds = [-1, *sorted(cuts), len(weights) - 1]
+        groups = [(first + 1, last) for first, last in itertools.pairwise(bounds) if last - first > 1]
+        first, last = max(groups, key=lambda g: cumulative[g[1]] - (cumulative[g[0] - 1] if g[0] else 0))
+        middle = (cumulative[last] + (cumulative[first - 1] if first else 0)) / 2
+        cuts.add(min(range(first, last), key=lambda c: (abs(cumulative[c] - middle), c)))
+    return sorted(cuts)
+
+
+def _spread(brackets: dict[int, tuple[int, int]], budget: int) -> list[int]:
+    """`budget` points over the open brackets (below, above): one at a time to the bracket that would still take
+    the most passes, then evenly spaced inside each; never more points than a bracket has unknown ks."""
+    unknown = {stage: above - below - 1 for stage, (below, above) in brackets.items()}
+    given = dict.fromkeys(brackets, 0)
+    for _ in range(budget):
+        wanting = [stage for stage in brackets if given[stage] < unknown[stage]]
+        if not wanting:
+            break
+        stage = max(wanting, key=lambda s: (_passes(unknown[s], given[s]), s))
+        given[stage] += 1
+    points = set()
+    for stage, (below, above) in brackets.items():
+        count = given[stage]
+        points.update(below + (above - below) * j // (count + 1) for j in range(1, count + 1))
+    return sorted(points)
+
+
+def _passes(unknown: int, points: int) -> float:
+    """Passes a (points + 1)-ary search needs to settle `unknown` ks (infinite without points)."""
+    return math.inf if points == 0 else math.log(unknown + 1) / math.log(points + 1)
+
+
+def _recheck_candidate(stages: dict[int, int], k_max: int) -> int | None:
+    """k₂ + 1 when k₂ is settled and k₂ + 1 is not evaluated yet: does the model recover right after?"""
+    below, above = _bracket(stages, 2)
+    if above is None or above - below > 1 or above >= k_max or above + 1 in stages:
+        return None
+    return above + 1
 
 
 def _bracket_code(k_max: int) -> tuple[int, list[int]]:
@@ -201,6 +346,11 @@ def _first_at(stages: dict[int, int], stage: int) -> int | None:
 
 def _log2_ceil(n: int) -> int:
     return max(n - 1, 0).bit_length()
+
+
+def _check_parallel(parallel: int) -> None:
+    if not isinstance(parallel, int) or isinstance(parallel, bool) or parallel < 1:
+        raise ValueError(f"the ks per search pass must be an integer ≥ 1, got {parallel!r}")
 
 
 def _check_k_max(k_max: int) -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from harness.analysis import ControlOutcome, CurveAnalysis, analyse_curve
 from harness.assertions import assert_collapses_within, assert_controls_hold, assert_two_stage
 from harness.curve import CollapseCurve
+from harness.report import render_thresholds
 from harness.threshold_search import ThresholdSearch
 
 SITE = "lm.down_proj"
@@ -79,8 +82,9 @@ def test_assert_controls_hold_names_the_control_that_collapses():
 
 
 def test_search_reuses_the_points_a_grid_already_measured(experiment, monkeypatch):
-    """With `measure=curve.measured` the search takes the grid's points as they are and measures only the rest;
-    what it measures is kept on the curve for later grid cases, without being reported as grid points."""
+    """With `measure_many=curve.measured_many` the search takes the grid's points as they are and measures only
+    the rest; what it measures is kept on the curve for later grid cases, without being reported as grid
+    points."""
     curve = CollapseCurve(experiment, SITE, "square")
     reported = []
     curve.on_point = reported.append
@@ -88,15 +92,46 @@ def test_search_reuses_the_points_a_grid_already_measured(experiment, monkeypatc
     for k in grid:
         curve.measure(k)
     measured_now = []
-    original = experiment.measure
+    original = experiment.measure_many
 
-    def counting(site, category, k, *args, **kwargs):
-        measured_now.append(k)
-        return original(site, category, k, *args, **kwargs)
+    def counting(site, category, variants, **options):
+        measured_now.extend(k for k, _ in variants)
+        return original(site, category, variants, **options)
 
-    monkeypatch.setattr(experiment, "measure", counting)
-    search, points = experiment.search(SITE, "square", measure=curve.measured)
+    monkeypatch.setattr(experiment, "measure_many", counting)
+    search, points = experiment.search(SITE, "square", measure_many=curve.measured_many)
     assert sorted(measured_now) == sorted(set(search.stages) - set(grid))
     assert all(points[k] is curve.points[k] for k in set(search.stages) & set(grid))
     assert set(curve.points) == set(grid) | set(search.stages)
     assert [point.k for point in reported] == grid
+
+
+# -- several ks per pass -----------------------------------------------------------------------------------------
+def analysed_with(experiment, monkeypatch, site: str, category: str, parallel: int) -> CurveAnalysis:
+    settings = dataclasses.replace(experiment.settings, search_parallel=parallel)
+    monkeypatch.setattr(experiment, "settings", settings)
+    return analyse_curve(experiment, site, category, random_seeds=2)
+
+
+def without_cost(analysis: CurveAnalysis) -> str:
+    """The threshold table of one curve with its cost columns (evaluations, passes) blanked."""
+    return render_thresholds([{**analysis.to_row(), "evaluations": 0, "passes": []}])
+
+
+@pytest.mark.parametrize(("site", "category"), [("lm.down_proj", "circle"), ("lm.gate_proj", "cross")])
+def test_a_k_parallel_search_gives_the_sequential_table_in_fewer_passes(
+    synth_session, monkeypatch, site, category
+):
+    """An embedded model's curve searched one k a pass and three ks a pass (per-row masks): the same k₁, k₂,
+    metrics at k₂, controls and layers — the table is identical but for its cost columns — in fewer batched
+    passes; every point both searches evaluated is the same point. (The untrained tiny models' curves are not
+    monotone, where two searches that look at different ks may rightly see different onsets.)"""
+    experiment = synth_session.experiment("synth-llava")
+    sequential = analysed_with(experiment, monkeypatch, site, category, parallel=1)
+    parallel = analysed_with(experiment, monkeypatch, site, category, parallel=3)
+    assert without_cost(parallel) == without_cost(sequential)
+    assert len(parallel.search.rounds) < len(sequential.search.rounds) == sequential.search.evaluations
+    for k in set(parallel.points) & set(sequential.points):
+        assert parallel.points[k].stage == sequential.points[k].stage
+        assert parallel.points[k].captions == sequential.points[k].captions
+        assert parallel.points[k].log10_ppl_ratio == pytest.approx(sequential.points[k].log10_ppl_ratio, abs=1e-5)

@@ -314,10 +314,20 @@ def assert_same_point(together, alone, tolerance: float = 1e-5) -> None:
 
 
 @pytest.mark.parametrize("site", ["lm.down_proj", "vision.fc2", "lm.down_proj+lm.gate_proj"])
+def test_each_k_of_a_search_pass_equals_that_k_measured_alone(experiment, site, unmodified):
+    """A k-parallel search pass: several top-k of one site in one batched pass, row r masked with its own k."""
+    ks = [1, 5, 33]
+    together = experiment.measure_many(site, "circle", [(k, Intervention()) for k in ks])
+    for point, k in zip(together, ks, strict=True):
+        assert point.k == k
+        assert_same_point(point, experiment.measure(site, "circle", k))
+
+
+@pytest.mark.parametrize("site", ["lm.down_proj", "vision.fc2", "lm.down_proj+lm.gate_proj"])
 def test_controls_measured_together_equal_each_measured_alone(experiment, site, unmodified):
     """measure_many puts the zero-ablation controls (and the top-k) into one batched pass with per-row masks;
     each of its points is what measure gives for that intervention alone; the mean ablation is measured alone."""
-    together = experiment.measure_many(site, "circle", 4, CONTROLS)
+    together = experiment.measure_many(site, "circle", [(4, control) for control in CONTROLS])
     for point, intervention in zip(together, CONTROLS, strict=True):
         alone = experiment.measure(site, "circle", 4, intervention)
         assert_same_point(point, alone)

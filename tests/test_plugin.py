@@ -694,19 +694,19 @@ def test_search_reuses_the_points_grid_cases_measured(run_cases, pytester):
         import pytest
         from harness.experiment import ModelExperiment
 
+        from harness.experiment import TOP_K_ZERO
+
         @pytest.fixture(scope="session", autouse=True)
         def count_can_measurements():
-            calls, original = [], ModelExperiment.measure
+            calls, original = [], ModelExperiment.measure_many
 
-            def counting(self, site, category, k, intervention=None):
-                if intervention is None:
-                    calls.append(k)
-                    return original(self, site, category, k)
-                return original(self, site, category, k, intervention)
+            def counting(self, site, category, variants, **options):
+                calls.extend(k for k, intervention in variants if intervention == TOP_K_ZERO)
+                return original(self, site, category, variants, **options)
 
-            ModelExperiment.measure = counting
+            ModelExperiment.measure_many = counting
             yield
-            ModelExperiment.measure = original
+            ModelExperiment.measure_many = original
             with open("measured.json", "w") as handle:
                 json.dump(calls, handle)
         """
@@ -792,6 +792,8 @@ def test_search_report_holds_thresholds_points_controls_and_layers(search_run):
         assert [p["k"] for p in analysis["points"]] == sorted(evaluated)
         assert all(p["captions"] for p in analysis["points"])  # captions at every evaluated k
         assert analysis["evaluations"] == len(evaluated) - 1
+        assert sorted(k for ks in analysis["passes"] for k in ks) == evaluated[1:]  # k = 0 is the baseline
+        assert all(len(ks) <= 3 for ks in analysis["passes"])  # --can-search-parallel's default
         assert analysis["search"] == "adaptive"
         if analysis["k2"] is None:
             assert analysis["controls"] == [] and analysis["layers"] == {}

@@ -159,7 +159,8 @@ def analysis_row(k2, controls=(), layers=None, violations=()) -> dict:
     return {
         "model": "m", "site": "lm.down_proj", "ranking": "CAN, α=1, mean over all positions", "category": "circle",
         "k_max": 64, "k1": 3, "k2": k2,
-        "evaluations": 9, "monotone": not violations, "violations": [list(v) for v in violations],
+        "evaluations": 9, "passes": [[1, 2, 8], [3, 5, 6], [4]],
+        "monotone": not violations, "violations": [list(v) for v in violations],
         "log10_ppl_baseline": 0.5, "clip_baseline": 80.0, "clip_chance": 20.0,
         "log10_ppl_ratio_at_k2": 1.5 if k2 else None, "clip_at_k2": 12.0 if k2 else None,
         "controls": [{"intervention": name, "stage": stage} for name, stage in controls],
@@ -186,16 +187,16 @@ def test_threshold_table_shows_controls_layers_and_recoveries():
     table = render_thresholds(rows).splitlines()
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in table[2:]]
     k2_set = " — L0·10 L1·11 L2·12 L0·13 L1·14 L2·15 L0·16 L1·17"  # a k₂ set of ≤ 8 is listed neuron by neuron
-    assert cells[0][6:] == ["3", "8", "9", "+1.50", "12.0", "hold (2)", "L0:5 L2:3" + k2_set, ""]
-    assert cells[1][11:] == ["COLLAPSE: random-k (seed 1)", "L1:8" + k2_set, "non-monotone: 8→9"]
-    assert cells[2][6:8] == ["3", "none ≤ 64"] and cells[2][9:13] == ["", "", "", ""]
+    assert cells[0][6:] == ["3", "8", "9", "3", "+1.50", "12.0", "hold (2)", "L0:5 L2:3" + k2_set, ""]
+    assert cells[1][12:] == ["COLLAPSE: random-k (seed 1)", "L1:8" + k2_set, "non-monotone: 8→9"]
+    assert cells[2][6:8] == ["3", "none ≤ 64"] and cells[2][10:14] == ["", "", "", ""]
 
 
 def test_threshold_table_breaks_a_joint_ranking_down_by_site():
     layers = {"lm.down_proj": {"0": 5, "2": 2}, "lm.gate_proj": {"1": 1}, "lm.up_proj": {}}
     row = {**analysis_row(9, layers=layers), "site": "lm.down_proj+lm.gate_proj+lm.up_proj"}
     cells = [c.strip() for c in render_thresholds([row]).splitlines()[2].strip("|").split("|")]
-    assert cells[12] == "lm.down_proj 7 (L0:5 L2:2) · lm.gate_proj 1 (L1:1) · lm.up_proj 0"  # 9 > 8: not listed
+    assert cells[13] == "lm.down_proj 7 (L0:5 L2:2) · lm.gate_proj 1 (L1:1) · lm.up_proj 0"  # 9 > 8: not listed
 
 
 def test_a_ranking_column_appears_only_when_rankings_differ():

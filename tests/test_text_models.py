@@ -377,9 +377,35 @@ def test_controls_measured_together_equal_each_measured_alone(text_experiment):
     from harness.ablation import Intervention
 
     interventions = [Intervention(selection="random", seed=seed) for seed in range(3)] + [Intervention()]
-    together = text_experiment.measure_many("lm.down_proj", TEXT, 4, interventions)
+    together = text_experiment.measure_many("lm.down_proj", TEXT, [(4, i) for i in interventions])
     for point, intervention in zip(together, interventions, strict=True):
         alone = text_experiment.measure("lm.down_proj", TEXT, 4, intervention)
         assert point.captions == alone.captions and point.stage == alone.stage
         assert point.log10_ppl_ratio == pytest.approx(alone.log10_ppl_ratio, abs=1e-5)
         assert point.degenerate_rate == alone.degenerate_rate
+
+
+def test_a_text_search_generates_only_where_the_tables_look(text_experiment, monkeypatch):
+    """Under PCICN's criterion a text model's stage reads the PPL alone, so the search's points are one forward
+    each; k₁ and k₂ (which the tables and failure messages show) and the controls get their continuations. The
+    stages are those of the same search generating at every k."""
+    import dataclasses
+
+    from harness.analysis import analyse_curve
+    from harness.threshold_search import search_thresholds
+
+    analysis = analyse_curve(text_experiment, "lm.down_proj", TEXT, k_max=64, random_seeds=1)
+    shown = {0, analysis.search.k1, analysis.search.k2} - {None}
+    for k, point in analysis.points.items():
+        assert point.generated == (k in shown), k
+        assert bool(point.captions) == (k in shown)
+    generating = lambda ks: [  # noqa: E731
+        text_experiment.measure("lm.down_proj", TEXT, k).stage for k in ks
+    ]
+    everywhere = search_thresholds("adaptive", generating, 64, text_experiment.settings.search_parallel)
+    assert everywhere.stages == analysis.search.stages
+    strict = dataclasses.replace(text_experiment.settings.thresholds, text_stage2="ppl+degenerate")
+    monkeypatch.setattr(
+        text_experiment, "settings", dataclasses.replace(text_experiment.settings, thresholds=strict)
+    )
+    assert text_experiment.measure("lm.down_proj", TEXT, 4, stage_only=True).generated  # its stage reads them

@@ -40,13 +40,16 @@ class Recipe:
     train_images: int = 3072
     heldout_images: int = 384
     threads: int = 2
-    steps: int = 480
+    steps: int = 960
     batch: int = 16
     lr: float = 2e-3
     warmup: int = 20
     # the projector alone plateaued (caption loss 0.30 by step 200 of 480), so the vision tower learns too
     train_vision_tower: bool = True
-    vision_lr: float = 5e-4
+    # at 5e-4 with layer -2's features, 480 steps reached shape accuracy 46 %; in 100-step pilots the tower's
+    # last layer at 2e-3 learned shape fastest (teacher-forced shape accuracy 37 % vs 23 %)
+    vision_lr: float = 2e-3
+    vision_feature_layer: int = -1
 
 
 def language_folder(cache_dir: Path) -> Path:
@@ -57,8 +60,9 @@ def language_folder(cache_dir: Path) -> Path:
     return resolve_checkpoint_folder(get_model_spec(smol_llava.LANGUAGE_MODEL), cache_dir)
 
 
-def initial_model(lm_folder: Path, seed: int):
-    """smol-llava before training: synth-llava's vision tower and processor settings, a seeded projector."""
+def initial_model(lm_folder: Path, seed: int, vision_feature_layer: int):
+    """smol-llava before training: synth-llava's vision tower and processor settings, a seeded projector that
+    reads the tower's `vision_feature_layer`."""
     from transformers import AutoConfig
 
     synth = AutoConfig.from_pretrained(SYNTH_LLAVA)
@@ -66,7 +70,7 @@ def initial_model(lm_folder: Path, seed: int):
     tokenizer = smol_llava.image_tokenizer(lm_folder)
     patches = (synth.vision_config.image_size // synth.vision_config.patch_size) ** 2
     projector = {
-        "vision_feature_layer": synth.vision_feature_layer,
+        "vision_feature_layer": vision_feature_layer,
         "vision_feature_select_strategy": synth.vision_feature_select_strategy,
         "hidden_act": "gelu",
         "image_seq_length": patches,
@@ -207,8 +211,8 @@ def write_model_card(out: Path, recipe: Recipe, quality: dict, trace: list[float
         "# smol-llava: a LLaVA with a real pretrained language core",
         "",
         "`LlavaForConditionalGeneration` = CLIP vision tower (3 layers × 64 on 48² pixels, 36 patch tokens from "
-        "layer −2) → LLaVA-1.5 projector (Linear 64→576, GELU, Linear 576→576) → **SmolLM2-135M-Instruct** "
-        "(Llama, 30 layers × 576, FFN 1536).",
+        f"layer {recipe.vision_feature_layer}) → LLaVA-1.5 projector (Linear 64→576, GELU, Linear 576→576) → "
+        "**SmolLM2-135M-Instruct** (Llama, 30 layers × 576, FFN 1536).",
         "",
         "## What is real and what was trained here",
         "",
@@ -259,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     log = functools.partial(print, flush=True)
     begun = time.perf_counter()
     lm_folder = language_folder(args.cache_dir or default_cache_dir())
-    model, processor, settings = initial_model(lm_folder, recipe.seed)
+    model, processor, settings = initial_model(lm_folder, recipe.seed, recipe.vision_feature_layer)
     examples = caption_examples(processor, world.sample("train", recipe.train_images, seed=recipe.seed))
     log(f"training on {recipe.train_images} renderings, sequences of {examples['input_ids'].shape[1]} tokens")
     started = time.perf_counter()
