@@ -8,6 +8,7 @@
    evaluations and passes against the sequential bound 2⌈log₂ k₂⌉ + 4, and the linear scan's.
 
 Usage: python benchmarks/bench_search.py [--models synth-llava smol-llava smollm2-135m] [--parallel 3]
+       [--max-new-tokens 64] [--k-max 8192]
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ class Configuration:
 def timed_search(args, model: str, configuration: Configuration):
     """One search on a fresh session; the ranking (cached on disk) and the baseline are computed first."""
     settings = HarnessSettings(
-        cache_dir=args.cache_dir, device="cpu", dtype="float32", search_parallel=configuration.parallel
-    )
+        cache_dir=args.cache_dir, device="cpu", dtype="float32", search_parallel=configuration.parallel,
+        max_new_tokens=args.max_new_tokens, k_max=args.k_max,
+    )  # fmt: skip
     experiment = HarnessSession(settings).experiment(model)
     category = CATEGORY[model]
     experiment.ranking(args.site, category)
@@ -93,7 +95,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["synth-llava", "smol-llava", "smollm2-135m"])
     parser.add_argument("--site", default="lm.down_proj")
-    parser.add_argument("--parallel", type=int, default=HarnessSettings().search_parallel)
+    parser.add_argument("--parallel", type=int, default=3)
+    parser.add_argument("--max-new-tokens", type=int, default=HarnessSettings().max_new_tokens)
+    parser.add_argument("--k-max", type=int, default=HarnessSettings().k_max)
     parser.add_argument("--cache-dir", default=default_cache_dir())
     args = parser.parse_args()
     torch.set_num_threads(2)

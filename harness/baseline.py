@@ -60,7 +60,9 @@ def entry_of(analysis_row: dict, versions: dict) -> dict:
     options = analysis_row["options"]
     settings = {name: options.get(name) for name in COMPARED_SETTINGS}
     settings.update(
-        search=analysis_row["search"], search_parallel=analysis_row["search_parallel"], n_images=analysis_row["n_images"]
+        search=analysis_row["search"],
+        search_parallel=analysis_row["search_parallel"],
+        n_images=analysis_row["n_images"],
     )
     device = str(settings["device"])
     settings["device"] = device.split(":")[0]  # cuda:0 and cuda:1 measure alike

@@ -31,7 +31,7 @@ from harness.ranking import Ranking, RankingOptions, importances
 from harness.ranking_cache import RankingCache, code_fingerprint
 from harness.registry import ClipSpec, get_model_spec
 from harness.row_masks import mask_rows
-from harness.settings import HarnessSettings
+from harness.settings import HarnessSettings, search_parallel_for
 from harness.sites import AnySite, JointSite, resolve_any_site
 from harness.stages import classify_stage
 from harness.texts import TextSet, load_text_set
@@ -459,7 +459,7 @@ class ModelExperiment:
         measure_many = measure_many or (
             lambda ks: self.measure_many(site_name, category, [(k, TOP_K_ZERO) for k in ks], stage_only=True)
         )
-        parallel = self.settings.search_parallel
+        parallel = search_parallel_for(self.settings, self.loaded.device)
         points: dict[int, CollapsePoint] = {}
         title = f"{mode} search of {self.name} / {site_name} / {category} (k ≤ {limit}, {parallel} k a pass)"
         with progress.task(title) as task:

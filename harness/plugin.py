@@ -96,9 +96,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     add(
         "--can-search-parallel",
         type=int,
-        default=3,
         help="ks a threshold search evaluates together in one batched pass, a (P+1)-ary search "
-        "(default 3; 1: one k a pass)",
+        "(default: 1 on a CPU, 3 on a GPU)",
     )
     add("--can-control-seeds", type=int, default=3, help="random-k controls per searched curve at k₂ (default 3)")
     add("--can-baseline", type=Path, help="regression baseline file: searched curves are compared against it")

@@ -47,14 +47,16 @@ class HarnessSettings:
     k_max: int = 8192
     k_factor: float = 2.0
     search: str = "adaptive"  # how collapse_search cases find k₁ and k₂ (harness.threshold_search)
-    search_parallel: int = 3  # ks evaluated together in one batched pass of a threshold search (1: one by one)
+    # ks a threshold search evaluates together in one batched pass; None: by the device's batch room, 1 on a CPU
+    # (rows cost about linearly there: no gain measured), ACCELERATOR_SEARCH_PARALLEL on an accelerator
+    search_parallel: int | None = None
     control_seeds: int = 3  # random-k controls per curve at k₂
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "max_new_tokens", "k_max", "max_image_pixels", "search_parallel"):
+        for name in ("batch_size", "max_new_tokens", "k_max", "max_image_pixels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)!r}")
-        for name in ("max_images", "text_window"):
+        for name in ("max_images", "text_window", "search_parallel"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1 (or unset), got {getattr(self, name)!r}")
         if self.text_max_tokens < 2:
@@ -78,6 +80,16 @@ class HarnessSettings:
                 raise ValueError(
                     f"invalid device {self.device!r} (e.g. auto, cpu, cuda, cuda:1): {error}"
                 ) from None
+
+
+ACCELERATOR_SEARCH_PARALLEL = 3
+
+
+def search_parallel_for(settings: HarnessSettings, device: torch.device) -> int:
+    """The ks per search pass: the setting, or by the device (see HarnessSettings.search_parallel)."""
+    if settings.search_parallel is not None:
+        return settings.search_parallel
+    return 1 if device.type == "cpu" else ACCELERATOR_SEARCH_PARALLEL
 
 
 def k_grid(site_size: int, k_max: int, factor: float = 2.0) -> list[int]:

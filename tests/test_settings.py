@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
+import torch
 
 from harness.settings import HarnessSettings
 from harness.stages import StageThresholds
@@ -24,6 +25,7 @@ NAN, INF = float("nan"), float("inf")
         ("k_factor", INF, "got inf"),
         ("k_factor", 1.0, "got 1.0"),
         ("mask_mode", "zero", "unknown mask mode 'zero'"),
+        ("search_parallel", 0, "search_parallel must be ≥ 1 (or unset), got 0"),
     ],
 )
 def test_invalid_settings_raise_naming_the_value(tmp_path, field, value, named):
@@ -57,3 +59,18 @@ def test_stage_thresholds_must_be_finite(field, value):
     threshold and the value."""
     with pytest.raises(ValueError, match=re.escape(f"{field} must be a finite number, got {value!r}")):
         StageThresholds(**{field: value})
+
+
+def test_ks_per_search_pass_follow_the_device_unless_set(tmp_path):
+    """By default one k a pass on a CPU (batch rows cost about linearly there) and three on an accelerator;
+    an explicit setting wins on both."""
+    from harness.settings import ACCELERATOR_SEARCH_PARALLEL, search_parallel_for
+
+    default, explicit = HarnessSettings(cache_dir=tmp_path), HarnessSettings(cache_dir=tmp_path, search_parallel=5)
+    assert search_parallel_for(default, torch.device("cpu")) == 1
+    assert search_parallel_for(default, torch.device("cuda:0")) == ACCELERATOR_SEARCH_PARALLEL == 3
+    assert (
+        search_parallel_for(explicit, torch.device("cpu"))
+        == search_parallel_for(explicit, torch.device("cuda"))
+        == 5
+    )

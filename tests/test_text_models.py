@@ -402,7 +402,7 @@ def test_a_text_search_generates_only_where_the_tables_look(text_experiment, mon
     generating = lambda ks: [  # noqa: E731
         text_experiment.measure("lm.down_proj", TEXT, k).stage for k in ks
     ]
-    everywhere = search_thresholds("adaptive", generating, 64, text_experiment.settings.search_parallel)
+    everywhere = search_thresholds("adaptive", generating, 64, analysis.search.parallel)
     assert everywhere.stages == analysis.search.stages
     strict = dataclasses.replace(text_experiment.settings.thresholds, text_stage2="ppl+degenerate")
     monkeypatch.setattr(
