@@ -66,14 +66,9 @@ class NeuronMask:
     ):
         if mode not in MASK_MODES:
             raise MaskError(f"unknown mask mode {mode!r}; valid modes: {', '.join(MASK_MODES)}")
-        if values is not None:
-            if tuple(values.shape) != (site.n_layers, site.width):
-                raise MaskError(
-                    f"replacement values for {site.name} have shape {tuple(values.shape)}; expected "
-                    f"({site.n_layers}, {site.width}) (layers × channels)"
-                )
-            if mode == "weight":
-                raise MaskError("mean ablation (replacement values) needs mask mode 'hook' or 'auto'")
+        check_site_values(site, values)
+        if values is not None and mode == "weight":
+            raise MaskError("mean ablation (replacement values) needs mask mode 'hook' or 'auto'")
         shape = f"{site.n_layers} layers × {site.width} channels"
         indices = checked_flat_indices(flat_indices, site.name, site.size, shape)
         self.site, self.mode, self.verify = site, mode, verify
@@ -233,6 +228,15 @@ class PartMasks:
     def __exit__(self, exc_type, exc, traceback) -> None:
         stack, self._stack = self._stack, None
         stack.__exit__(exc_type, exc, traceback)
+
+
+def check_site_values(site: ResolvedSite, values: torch.Tensor | None) -> None:
+    """A single site's replacement values are [layers, width], one per neuron."""
+    if values is not None and tuple(values.shape) != (site.n_layers, site.width):
+        raise MaskError(
+            f"replacement values for {site.name} have shape {tuple(values.shape)}; expected "
+            f"({site.n_layers}, {site.width}) (layers × channels)"
+        )
 
 
 def check_joint_values(site: JointSite, values: torch.Tensor | None) -> None:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from harness.errors import MaskError
-from harness.masking import PartMasks, check_joint_values, checked_flat_indices, part_values
+from harness.masking import PartMasks, check_joint_values, check_site_values, checked_flat_indices, part_values
 from harness.sites import AnySite, JointSite, ResolvedSite
 
 
@@ -43,11 +43,7 @@ class RowMask:
     ):
         if not rows:
             raise MaskError(f"a per-row mask on {site.name} needs at least one row")
-        if values is not None and tuple(values.shape) != (site.n_layers, site.width):
-            raise MaskError(
-                f"replacement values for {site.name} have shape {tuple(values.shape)}; expected "
-                f"({site.n_layers}, {site.width}) (layers × channels)"
-            )
+        check_site_values(site, values)
         shape = f"{site.n_layers} layers × {site.width} channels"
         flat = [torch.unique(checked_flat_indices(row, site.name, site.size, shape)) for row in rows]
         self.site, self.verify, self.rows = site, verify, len(rows)

@@ -25,7 +25,8 @@ the linear mode is there to look for those.
 
 With P ks per batched pass (per-row masks, `parallel_search`) the same brackets are searched (P+1)-ary: P bracket
 edges a pass, then P points spread over the open brackets of k₂ and k₁. On a monotone curve it finds the same k₁
-and k₂ in never more passes than the sequential search's evaluations (property tests), about 2.2× fewer at P = 3.
+and k₂ in never more passes than the sequential search's evaluations (property tests); at P = 3, 26 → 11 and
+30 → 13 passes for k₂ = 1200 and 5000 (benchmarks/bench_search.py).
 On a non-monotone curve the two may settle on different onsets of one flicker, since they look at different ks.
 """
 
