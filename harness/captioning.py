@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from functools import cache
 
 import torch
-from PIL import Image
 
+from harness.image_encoding import EncodedImage, with_encoded_images
 from harness.metrics import is_degenerate
+from harness.prompts import Prompt, encode_prompts, eos_token_ids, pad_id, placeholder_token_ids
 
 
 @dataclass(frozen=True)
@@ -70,71 +71,29 @@ class TeacherForcedBatch:
         return (positions >= self.prompt_lengths[:, None] - 1) & (positions < self.total_lengths[:, None] - 1)
 
 
-def eos_token_ids(loaded) -> set[int]:
-    configured = loaded.model.generation_config.eos_token_id
-    if configured is None:
-        configured = loaded.tokenizer.eos_token_id
-    return set(configured) if isinstance(configured, list | tuple) else {int(configured)}
-
-
-def placeholder_token_ids(loaded) -> list[int]:
-    """Tokens that stand for image features: a caption containing one could not be scored (nor means anything).
-    LLaVA's processor names it; InstructBLIP's only its model config does."""
-    image_token_id = getattr(loaded.processor, "image_token_id", None)
-    if image_token_id is None:
-        image_token_id = getattr(loaded.model.config, "image_token_id", None)
-    return [int(image_token_id)] if image_token_id is not None else []
-
-
-Prompt = Image.Image | tuple[int, ...]  # an image (prompted by the model's template), or a text's token ids
-
-
-def encode_prompts(loaded, prompts: Sequence[Prompt]) -> dict[str, torch.Tensor]:
-    """The processor's batch (left-padded prompt ids, attention mask, pixel values …) on the model's device; for
-    token-id prompts (text-only models), the ids left-padded."""
-    if all(isinstance(prompt, tuple) for prompt in prompts):
-        return _left_padded(loaded, prompts)
-    encoded = loaded.processor(
-        images=list(prompts), text=[loaded.spec.prompt] * len(prompts), return_tensors="pt", padding=True
-    )
-    batch = {}
-    for name, value in encoded.items():
-        if torch.is_tensor(value):
-            value = value.to(loaded.device)
-            batch[name] = value.to(loaded.dtype) if value.is_floating_point() else value
-    return batch
-
-
-def _left_padded(loaded, prompts: Sequence[tuple[int, ...]]) -> dict[str, torch.Tensor]:
-    width = max(len(prompt) for prompt in prompts)
-    input_ids = torch.full((len(prompts), width), _pad_id(loaded), dtype=torch.long)
-    attention = torch.zeros_like(input_ids)
-    for row, prompt in enumerate(prompts):
-        if prompt:
-            input_ids[row, width - len(prompt) :] = torch.tensor(prompt)
-            attention[row, width - len(prompt) :] = 1
-    return {"input_ids": input_ids.to(loaded.device), "attention_mask": attention.to(loaded.device)}
-
-
-def _pad_id(loaded) -> int:
-    pad = loaded.tokenizer.pad_token_id
-    return pad if pad is not None else min(eos_token_ids(loaded))
-
-
 ChunkMask = Callable[[slice], AbstractContextManager]  # the mask over one batch of rows (per-row masks)
 
 
 @torch.no_grad()
 def generate_captions(
-    loaded, prompts: Sequence[Prompt], *, max_new_tokens: int, batch_size: int, chunk_mask: ChunkMask | None = None
+    loaded,
+    prompts: Sequence[Prompt],
+    *,
+    max_new_tokens: int,
+    batch_size: int,
+    chunk_mask: ChunkMask | None = None,
+    encoded_images: Sequence[EncodedImage] | None = None,
 ) -> list[Caption]:
     """Greedy captions (or continuations); each one's self NLL comes from the generation logits (no extra forward
-    pass). `chunk_mask(rows)` is entered around each batch (e.g. a per-row mask of those rows)."""
+    pass). `chunk_mask(rows)` is entered around each batch (e.g. a per-row mask of those rows). `encoded_images`
+    (aligned with `prompts`) stand in for the images' pixels: the encoder is not run again."""
     eos = eos_token_ids(loaded)
     captions: list[Caption] = []
     for start in range(0, len(prompts), batch_size):
         rows = slice(start, min(start + batch_size, len(prompts)))
         batch = encode_prompts(loaded, prompts[rows])
+        if encoded_images is not None:
+            batch = with_encoded_images(loaded, batch, encoded_images[rows])
         with chunk_mask(rows) if chunk_mask is not None else nullcontext():
             output = _generate(loaded, batch, max_new_tokens)
         new_tokens = output.sequences[:, batch["input_ids"].shape[1] :]
@@ -155,7 +114,7 @@ def generate_captions(
     return captions
 
 
-def _generate(loaded, batch: dict[str, torch.Tensor], max_new_tokens: int):
+def _generate(loaded, batch: dict[str, object], max_new_tokens: int):
     return loaded.model.generate(
         **batch,
         max_new_tokens=max_new_tokens,
@@ -163,7 +122,7 @@ def _generate(loaded, batch: dict[str, torch.Tensor], max_new_tokens: int):
         num_beams=1,
         output_logits=True,
         return_dict_in_generate=True,
-        pad_token_id=_pad_id(loaded),
+        pad_token_id=pad_id(loaded),
         suppress_tokens=placeholder_token_ids(loaded) or None,
     )
 
@@ -181,14 +140,14 @@ def teacher_forced_batches(
 def teacher_forced_batch(loaded, prompts: Sequence[Prompt], captions: Sequence[Caption]) -> TeacherForcedBatch:
     """Rebuild prompt + caption sequences (right-padded) for scoring or gradients."""
     encoded = encode_prompts(loaded, prompts)
-    pad_id = _pad_id(loaded)
+    padding = pad_id(loaded)
     prompts = [ids[mask.bool()] for ids, mask in zip(encoded["input_ids"], encoded["attention_mask"], strict=True)]
     sequences = [
         torch.cat([prompt, torch.tensor(caption.token_ids, dtype=prompt.dtype, device=prompt.device)])
         for prompt, caption in zip(prompts, captions, strict=True)
     ]
     width = max(len(s) for s in sequences)
-    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long, device=loaded.device)
+    input_ids = torch.full((len(sequences), width), padding, dtype=torch.long, device=loaded.device)
     attention = torch.zeros_like(input_ids)
     for row, sequence in enumerate(sequences):
         input_ids[row, : len(sequence)] = sequence

@@ -23,16 +23,18 @@ from harness.captioning import Caption, Prompt, generate_captions, score_caption
 from harness.clip_score import ClipScorer, clip_score_matrix, clip_scores
 from harness.errors import UnknownNameError
 from harness.families import check_family_supported
+from harness.image_encoding import EncodedImage, encode_images, supports_image_reuse
 from harness.images import ImageSet, scan_image_root
 from harness.loading import LoadedModel, load_model
 from harness.masking import JointMask, NeuronMask, mask_neurons
 from harness.metrics import log10_ppl, require_finite
+from harness.prompt_prefix import PromptPrefix, encode_prefixes, score_after_prefixes, supports_prefix_reuse
 from harness.ranking import Ranking, RankingOptions, importances
 from harness.ranking_cache import RankingCache, code_fingerprint
 from harness.registry import ClipSpec, get_model_spec
 from harness.row_masks import mask_rows
 from harness.settings import HarnessSettings, search_parallel_for
-from harness.sites import AnySite, JointSite, resolve_any_site
+from harness.sites import AnySite, JointSite, inside_language_model, resolve_any_site
 from harness.stages import classify_stage
 from harness.texts import TextSet, load_text_set
 from harness.threshold_search import SEARCH_MODES, ThresholdSearch, search_thresholds
@@ -121,6 +123,8 @@ class ModelExperiment:
         self._siblings: dict[RankingOptions, ModelExperiment] = {}
         self._image_features: dict[str, torch.Tensor] = {}
         self._other_features: dict[str, torch.Tensor] = {}
+        self._prefixes: dict[str, list[PromptPrefix]] = {}
+        self._encoded_images: dict[str, list[EncodedImage]] = {}  # one category at a time (see prompt_prefixes)
 
     @property
     def name(self) -> str:
@@ -167,20 +171,48 @@ class ModelExperiment:
         """Captions generated under `mask` (None: unmasked), each scored by the unmasked model (the reference PPL)
         and by CLIP against its image. A VLM's stage needs all of it, so `stage_only` changes nothing here."""
         with mask or nullcontext():
-            captions = self._captions(category)
-        reference = score_captions(
-            self.loaded, self.samples(category), captions, batch_size=self.settings.batch_size
-        )
+            captions = self._captions(category, self.encoded_images(category, None if mask is None else mask.site))
+        reference = self.reference_nll(category, captions)
         clip, chance = self._clip_and_chance(category, captions)
         return Observation(captions, reference, clip, chance, [caption.degenerate for caption in captions])
 
-    def _captions(self, category: str) -> list[Caption]:
+    def _captions(self, category: str, encoded_images: list[EncodedImage] | None = None) -> list[Caption]:
         return generate_captions(
             self.loaded,
             self.samples(category),
             max_new_tokens=self.settings.max_new_tokens,
             batch_size=self.settings.batch_size,
+            encoded_images=encoded_images,
         )
+
+    def encoded_images(self, category: str, masked: AnySite | None) -> list[EncodedImage] | None:
+        """The category's image features (computed once, unmasked) where generation under a mask of `masked` can
+        reuse them: the model takes pre-encoded images and the mask is inside its language model; else None."""
+        if not supports_image_reuse(self.loaded) or (masked is not None and not inside_language_model(masked)):
+            return None
+        if category not in self._encoded_images:
+            prompts, batch_size = self.samples(category), self.settings.batch_size
+            self._encoded_images[category] = encode_images(self.loaded, prompts, batch_size)
+        return self._encoded_images[category]
+
+    def reference_nll(self, category: str, captions: Sequence[Caption]) -> list[float]:
+        """Each caption (aligned with the category's images) scored by the unmasked model: only its own tokens,
+        after the prompts' cached prefixes, where the model's forward allows it (harness.prompt_prefix); else the
+        whole prompt + caption. Call it unmasked."""
+        if not supports_prefix_reuse(self.loaded):
+            return score_captions(
+                self.loaded, self.samples(category), captions, batch_size=self.settings.batch_size
+            )
+        return score_after_prefixes(self.loaded, self.prompt_prefixes(category), captions)
+
+    def prompt_prefixes(self, category: str) -> list[PromptPrefix]:
+        """The unmasked model's prompt prefixes of `category`, in batches of batch_size images. Only the last
+        category's are kept: LLaVA-1.5-7b's KV cache is ~0.3 GB an image in bf16."""
+        if category not in self._prefixes:
+            self._prefixes.clear()
+            prompts, batch_size = self.samples(category), self.settings.batch_size
+            self._prefixes[category] = encode_prefixes(self.loaded, prompts, batch_size)
+        return self._prefixes[category]
 
     def image_features(self, category: str) -> torch.Tensor:
         if category not in self._image_features:
@@ -350,20 +382,23 @@ class ModelExperiment:
         self, category: str, site: AnySite, neuron_sets: Sequence[torch.Tensor], *, stage_only: bool = False
     ) -> list[Observation]:
         """`observe` under each zero-ablation neuron set: the images repeated once per set in batches of
-        batch_size × sets rows, row r masked with its own set."""
+        batch_size × sets rows, row r masked with its own set; each set's captions then scored as `observe`
+        scores them."""
         samples = list(self.samples(category))
         prompts, rows = samples * len(neuron_sets), [s for s in neuron_sets for _ in samples]
         width = self.settings.batch_size * len(neuron_sets)
+        encoded = self.encoded_images(category, site)
         captions = generate_captions(
             self.loaded, prompts, max_new_tokens=self.settings.max_new_tokens, batch_size=width,
             chunk_mask=lambda part: mask_rows(site, rows[part]),
+            encoded_images=None if encoded is None else encoded * len(neuron_sets),
         )  # fmt: skip
-        reference = score_captions(self.loaded, prompts, captions, batch_size=width)
         observations = []
         for part in set_slices(len(samples), len(neuron_sets)):
+            reference = self.reference_nll(category, captions[part])
             clip, chance = self._clip_and_chance(category, captions[part])
             degenerate = [caption.degenerate for caption in captions[part]]
-            observations.append(Observation(captions[part], reference[part], clip, chance, degenerate))
+            observations.append(Observation(captions[part], reference, clip, chance, degenerate))
         return observations
 
     def _point(

@@ -212,6 +212,13 @@ class JointSite:
 AnySite = ResolvedSite | JointSite
 
 
+def inside_language_model(site: AnySite) -> bool:
+    """Whether every neuron of `site` is in the language model: then a mask on it leaves the image features (vision
+    tower, Q-Former, projector) as they are unmasked."""
+    parts = site.parts if isinstance(site, JointSite) else (site,)
+    return all(part.spec.component == "lm" for part in parts)
+
+
 def _checked_k(k: int, name: str, size: int, shape: str) -> int:
     is_bool = isinstance(k, bool) or str(getattr(k, "dtype", "")) in ("torch.bool", "bool")
     try:

@@ -14,9 +14,9 @@ from torch import nn
 
 from harness.ablation import Intervention
 from harness.analysis import neurons_by_site_and_layer
-from harness.captioning import encode_prompts
 from harness.errors import InvalidKError, MaskError, UnknownNameError
 from harness.masking import JointMask, NeuronMask
+from harness.prompts import encode_prompts
 from harness.ranking import RankingOptions, importance, importances
 from harness.sites import SITES, JointSite, ResolvedSite, resolve_any_site, resolve_site, site_names, site_size
 

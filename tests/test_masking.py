@@ -9,9 +9,10 @@ from hypothesis import strategies as st
 from torch import nn
 
 import harness.masking
-from harness.captioning import encode_prompts, generate_captions, teacher_forced_batch
+from harness.captioning import generate_captions, teacher_forced_batch
 from harness.errors import MaskError
 from harness.masking import NeuronMask
+from harness.prompts import encode_prompts
 from harness.sites import SITES, ResolvedSite, resolve_site, sites_of
 
 MAX_NEW_TOKENS = 8

@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.captioning import encode_prompts, generate_captions
+from harness.captioning import generate_captions
 from harness.errors import MaskError
 from harness.masking import NeuronMask, mask_neurons
+from harness.prompts import encode_prompts
 from harness.row_masks import RowMask, mask_rows
 from harness.sites import resolve_any_site, resolve_site
 
