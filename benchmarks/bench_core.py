@@ -18,15 +18,16 @@ import functools
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 from tabulate import tabulate
 
-from harness.captioning import caption_nll_per_row, generate_captions, teacher_forced_batch
+from harness.captioning import Caption, caption_nll_per_row, generate_captions, teacher_forced_batch
 from harness.experiment import HarnessSession
 from harness.masking import NeuronMask
+from harness.prompts import Prompt
 from harness.ranking import importance
 from harness.registry import EmbeddedAsset, get_model_spec, register_model
 from harness.settings import HarnessSettings, default_cache_dir
@@ -52,6 +53,19 @@ def side_by_side(candidates: dict[str, Callable[[], object]], repeats: int, devi
         for name, function in candidates.items():
             samples[name].append(timed(function, device))
     return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def plain_forward_backward(loaded, prompts: Sequence[Prompt], targets: Sequence[Caption], batch_size: int) -> None:
+    """A plain training-style pass over the ranking's batches: parameter gradients on, loss.backward()."""
+    loaded.model.requires_grad_(True)
+    try:
+        for start in range(0, len(prompts), batch_size):
+            rows = slice(start, start + batch_size)
+            batch = teacher_forced_batch(loaded, prompts[rows], targets[rows])
+            caption_nll_per_row(loaded, batch).sum().backward()
+    finally:
+        loaded.model.requires_grad_(False)
+        loaded.model.zero_grad(set_to_none=True)
 
 
 def register_random_llava(shape: str) -> str:
@@ -106,17 +120,7 @@ def main() -> None:
     top_k = experiment.ranking(args.site, category).top_k(args.k)
 
     def forward_backward() -> None:
-        """A plain training-style pass: parameter gradients on, loss.backward()."""
-        loaded.model.requires_grad_(True)
-        try:
-            for start in range(0, len(images), args.batch_size):
-                batch = teacher_forced_batch(
-                    loaded, images[start : start + args.batch_size], captions[start : start + args.batch_size]
-                )
-                caption_nll_per_row(loaded, batch).sum().backward()
-        finally:
-            loaded.model.requires_grad_(False)
-            loaded.model.zero_grad(set_to_none=True)
+        plain_forward_backward(loaded, images, captions, args.batch_size)
 
     def rank() -> None:
         importance(loaded, site, images, captions, options=settings.ranking, batch_size=args.batch_size)

@@ -80,12 +80,11 @@ def tiny_decoder_config(
         num_attention_heads=heads,
         num_key_value_heads=kv_heads,
         vocab_size=len(tokenizer),
-        max_position_embeddings=512,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         initializer_range=initializer_range,
-        **extra,
+        **{"max_position_embeddings": 512, **extra},
     )
 
 
@@ -96,9 +95,21 @@ def generating_with(model, tokenizer):
     return model
 
 
-def tiny_llava(
+def tiny_llava(*, seed: int = 0, **sizes):
+    """A fresh (model, processor) pair: a real LlavaForConditionalGeneration with a PIL LlavaProcessor, or with
+    `any_resolution` a LlavaNextForConditionalGeneration (LLaVA-1.6) whose processor cuts each image into tiles
+    on a grid of 1×1, 1×2 and 2×1 tiles plus a downscaled overview. `sizes`: those of `llava_parts`."""
+    import transformers
+
+    config, processor = llava_parts(**sizes)
+    torch.manual_seed(seed)
+    prefix = "LlavaNext" if sizes.get("any_resolution") else "Llava"
+    model = getattr(transformers, f"{prefix}ForConditionalGeneration")(config)
+    return generating_with(model, processor.tokenizer), processor
+
+
+def llava_parts(
     *,
-    seed: int = 0,
     text_hidden: int = 64,
     text_intermediate: int = 128,
     text_layers: int = 2,
@@ -106,43 +117,28 @@ def tiny_llava(
     vision_hidden: int = 32,
     vision_intermediate: int | None = None,
     vision_layers: int = 2,
+    vision_heads: int = 2,
     image_size: int = 32,
     patch_size: int = 8,
+    vocabulary_size: int | None = None,
+    max_positions: int = 512,
     initializer_range: float = 0.2,
     any_resolution: bool = False,
 ):
-    """A fresh (model, processor) pair: a real LlavaForConditionalGeneration with a PIL LlavaProcessor, or with
-    `any_resolution` a LlavaNextForConditionalGeneration (LLaVA-1.6) whose processor cuts each image into tiles
-    on a grid of 1×1, 1×2 and 2×1 tiles plus a downscaled overview."""
+    """(config, processor) of a LLaVA of these sizes, the word tokenizer padded with filler words to
+    `vocabulary_size` (a full-size vocabulary costs what a real one does in lm_head)."""
     import transformers
     from transformers import CLIPVisionConfig
 
-    tokenizer = build_word_tokenizer(tiny_vocabulary())
-    crop = {"height": image_size, "width": image_size}
-    grid = [[image_size, image_size], [image_size, 2 * image_size], [2 * image_size, image_size]]
-    if any_resolution:
-        from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
-
-        image_processor = LlavaNextImageProcessorPil(
-            size={"shortest_edge": image_size}, crop_size=crop, image_grid_pinpoints=grid
-        )
-    else:
-        from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
-
-        image_processor = CLIPImageProcessorPil(size={"shortest_edge": image_size}, crop_size=crop)
-    prefix = "LlavaNext" if any_resolution else "Llava"
-    processor = getattr(transformers, f"{prefix}Processor")(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        patch_size=patch_size,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,  # the CLIP tower's CLS token, dropped by the "default" strategy
-    )
+    words = tiny_vocabulary()
+    words += [f"w{index}" for index in range(max(0, (vocabulary_size or 0) - len(words) - 1))]  # + <image>
+    tokenizer = build_word_tokenizer(words)
+    processor = llava_processor(tokenizer, image_size, patch_size, any_resolution=any_resolution)
     vision = CLIPVisionConfig(
         hidden_size=vision_hidden,
         intermediate_size=vision_intermediate or 2 * vision_hidden,
         num_hidden_layers=vision_layers,
-        num_attention_heads=2,
+        num_attention_heads=vision_heads,
         image_size=image_size,
         patch_size=patch_size,
         projection_dim=vision_hidden,
@@ -155,6 +151,7 @@ def tiny_llava(
         heads=text_heads,
         kv_heads=text_heads,
         initializer_range=initializer_range,
+        max_position_embeddings=max_positions,
     )
     shared = {
         "vision_config": vision,
@@ -164,12 +161,39 @@ def tiny_llava(
         "vision_feature_layer": -2,
     }
     if any_resolution:
-        config = transformers.LlavaNextConfig(**shared, image_grid_pinpoints=grid)
+        return transformers.LlavaNextConfig(**shared, image_grid_pinpoints=tile_grid(image_size)), processor
+    return transformers.LlavaConfig(**shared, image_seq_length=(image_size // patch_size) ** 2), processor
+
+
+def tile_grid(image_size: int) -> list[list[int]]:
+    """LLaVA-NeXT's tile layouts of the tiny models: 1×1, 1×2 and 2×1 tiles."""
+    return [[image_size, image_size], [image_size, 2 * image_size], [2 * image_size, image_size]]
+
+
+def llava_processor(tokenizer, image_size: int, patch_size: int, *, any_resolution: bool = False):
+    """A PIL LlavaProcessor (or LlavaNextProcessor, any-resolution tiles) around `tokenizer`, with CLIP's
+    preprocessing at `image_size` and LLaVA's prompt handling (CLS dropped by the "default" strategy)."""
+    import transformers
+
+    crop = {"height": image_size, "width": image_size}
+    if any_resolution:
+        from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+        image_processor = LlavaNextImageProcessorPil(
+            size={"shortest_edge": image_size}, crop_size=crop, image_grid_pinpoints=tile_grid(image_size)
+        )
     else:
-        config = transformers.LlavaConfig(**shared, image_seq_length=(image_size // patch_size) ** 2)
-    torch.manual_seed(seed)
-    model = getattr(transformers, f"{prefix}ForConditionalGeneration")(config)
-    return generating_with(model, tokenizer), processor
+        from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+        image_processor = CLIPImageProcessorPil(size={"shortest_edge": image_size}, crop_size=crop)
+    prefix = "LlavaNext" if any_resolution else "Llava"
+    return getattr(transformers, f"{prefix}Processor")(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,  # the CLIP tower's CLS token, dropped by the "default" strategy
+    )
 
 
 def build_tiny_llava(folder: Path, *, seed: int = 0, **sizes) -> None:
