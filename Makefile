@@ -34,8 +34,7 @@ test: lint
 	@echo "not re-timed since); run them with: pytest cases/test_real_lms.py -k gemma"
 
 bench: $(STAMP)
-	$(OFFLINE) $(BIN)/python benchmarks/bench_core.py
-	$(OFFLINE) $(BIN)/python benchmarks/bench_search.py
+	$(OFFLINE) $(BIN)/python benchmarks/bench_figures.py
 
 bench-real: $(STAMP)
 	$(OFFLINE) $(BIN)/python benchmarks/bench_real.py

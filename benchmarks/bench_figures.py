@@ -180,6 +180,13 @@ HarnessSession(settings).experiment("{model}").ranking("lm.all_linear", BUILTIN_
 """
 
 
+# Their script runs as it is, after `import harness`: this environment's CPU torch and torchvision need the
+# harness's import fix before transformers loads (their imports fail without it, as anyone's would here).
+RUN_WITH_TORCHVISION_FIX = (
+    "import runpy, sys, harness; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+)
+
+
 def measured_process(command: list[str], cwd: Path) -> tuple[float, float]:
     """(wall seconds, peak resident GiB) of one child process, which must succeed."""
     started = time.perf_counter()
@@ -191,25 +198,41 @@ def measured_process(command: list[str], cwd: Path) -> tuple[float, float]:
     return seconds, usage.ru_maxrss / 2**20  # KiB on Linux
 
 
+# Their loading, for GPUs (float16, spread over every GPU by accelerate), made to load in float32 on the CPU; the
+# rest of their script is run as it is.
+CPU_LOADING = {
+    "torch_dtype=torch.float16": "torch_dtype=torch.float32",
+    'device_map="auto"': 'device_map="cpu"',
+    'max_memory={i: "80GB" for i in range(self.num_gpus)}': "max_memory=None",
+}
+
+
+def authors_script(repo: Path) -> Path:
+    return repo / "method" / "1_importance_evaluation.py"
+
+
 def authors_section(args) -> list[Figure]:
-    """The authors' stage 1, loaded in float32 (theirs says float16, which a CPU cannot run), vs the harness's
-    ranking of the same module pool (every attention and MLP Linear: `lm.all_linear`)."""
+    """The authors' stage 1 vs the harness's ranking of the same module pool (every attention and MLP Linear:
+    `lm.all_linear`)."""
     if args.authors_repo is None:
         print(
             "5. skipped: pass --authors-repo PATH, a checkout of github.com/qqqqqqqzx/The-Achilles-Heel-of-LLMs\n"
         )
         return [Figure("pcicn ranking vs the authors' stage 1", "not run (no --authors-repo)", "", None)]
-    script = Path(args.authors_repo) / "method" / "1_importance_evaluation.py"
+    script = authors_script(args.authors_repo)
     source = script.read_text()
-    if "torch_dtype=torch.float16" not in source:
-        raise SystemExit(f"{script} no longer loads in float16 as the benchmark expects; check what changed")
+    for theirs, ours in CPU_LOADING.items():
+        if theirs not in source:
+            raise SystemExit(f"{script} no longer has {theirs!r}, which the benchmark replaces: see what changed")
+        source = source.replace(theirs, ours)
     checkpoint = resolve_checkpoint_folder(get_model_spec(TEXT_MODEL), args.cache_dir)
     threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory(prefix="can-bench-") as folder:
         work = Path(folder)
-        (work / "stage1.py").write_text(source.replace("torch_dtype=torch.float16", "torch_dtype=torch.float32"))
+        (work / "stage1.py").write_text(source)
         theirs = measured_process(
-            [sys.executable, "stage1.py", "--model_path", str(checkpoint), "--input_text", BUILTIN_PARAGRAPH,
+            [sys.executable, "-c", RUN_WITH_TORCHVISION_FIX, "stage1.py", "--model_path", str(checkpoint),
+             "--input_text", BUILTIN_PARAGRAPH,
              "--noise_scale", "5", "--num_samples", str(args.authors_k), "--seed", "42"],
             work,
         )  # fmt: skip
@@ -240,10 +263,10 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, default=default_cache_dir())
     args = parser.parse_args()
     skipped = {name for name in args.skip.split(",") if name}
-    if skipped - set(SECTIONS):
-        parser.error(
-            f"--skip {args.skip!r}: unknown sections {sorted(skipped - set(SECTIONS))}; valid: {SECTIONS}"
-        )
+    if unknown := sorted(skipped - set(SECTIONS)):
+        parser.error(f"--skip {args.skip!r}: unknown sections {unknown}; valid: {', '.join(SECTIONS)}")
+    if args.authors_repo is not None and not authors_script(args.authors_repo).is_file():
+        parser.error(f"--authors-repo {args.authors_repo}: no {authors_script(Path())} in it")
     torch.set_num_threads(2)
     print(f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads\n", flush=True)
     sections = {
@@ -253,7 +276,11 @@ def main() -> None:
         "ranking": lambda: ranking_section(args),
         "authors": lambda: authors_section(args),
     }
-    figures = [figure for name, run in sections.items() if name not in skipped for figure in run()]
+    figures = []
+    for name, run in sections.items():
+        if name not in skipped:
+            print(f"[{name}: measuring …]", flush=True)
+            figures.extend(run())
     met = {True: "yes", False: "NO", None: ""}
     print("every ratio against its target")
     rows = [[f.what, f.measured, f.target, met[f.met]] for f in figures]
