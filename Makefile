@@ -29,9 +29,7 @@ lint: $(STAMP)
 
 test: lint
 	$(OFFLINE) $(BIN)/python -m pytest tests/ -q -p no:cacheprovider
-	$(OFFLINE) $(BIN)/python -m pytest cases/test_real_lms.py -k smollm2 -q -p no:cacheprovider
-	@echo "gemma-3-270m's searched curves are left out of this run (8.5 min on 2 CPU cores before lazy observation;"
-	@echo "not re-timed since); run them with: pytest cases/test_real_lms.py -k gemma"
+	$(OFFLINE) $(BIN)/python -m pytest cases/test_real_lms.py -q -p no:cacheprovider
 
 bench: $(STAMP)
 	$(OFFLINE) $(BIN)/python benchmarks/bench_figures.py
