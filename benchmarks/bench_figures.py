@@ -170,7 +170,7 @@ def ranking_section(args) -> list[Figure]:
 HARNESS_STAGE_1 = """
 import sys, torch
 from harness.experiment import HarnessSession
-from harness.ranking import RankingOptions
+from harness.ranking_options import RankingOptions
 from harness.settings import HarnessSettings
 from harness.texts import BUILTIN_CATEGORY
 torch.set_num_threads({threads})

@@ -1,6 +1,6 @@
 """Golden real-weight checks: published critical-neuron coordinates, found again by CAN and confirmed by masking.
 
-The massive-activation literature (Sun et al. 2024; Yu et al. 2024; DESIGN §2) names the residual channels that
+The massive-activation literature (Sun et al. 2024; Yu et al. 2024) names the residual channels that
 carry a huge constant at token 0: in LLaVA-1.5-7b (Vicuna-7b-v1.5, from Llama-2-7b) channels 1415 and 2533 of
 language-model layer 1's down_proj output; in InstructBLIP-Vicuna-7b (a LLaMA-1-7b backbone) the super weight
 `layers[2].mlp.down_proj[3968, 7003]`, i.e. output channel 3968 of layer 2. If CAN ranks what the papers say it

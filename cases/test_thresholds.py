@@ -15,7 +15,7 @@ import pytest
 from harness.assertions import assert_collapses_within, assert_controls_hold, assert_matches_baseline
 
 # The CAN paper's headline: LLaVA-1.5-7b collapses with as few as 4 (one summary says 5) down_proj neurons; the
-# controls must not collapse at that k for the collapse to count (DESIGN §2).
+# controls must not collapse at that k for the collapse to count (README, *Science defaults*).
 COLLAPSES_WITHIN = {("llava-1.5-7b", "lm.down_proj"): 8, ("instructblip-vicuna-7b", "lm.down_proj"): 4096}
 
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from harness._torchvision_compat import ensure_torchvision_importable
+from harness._torchvision_compat import install_import_hook
 
-ensure_torchvision_importable()
+install_import_hook()
 
 try:
     __version__ = version("can-harness")

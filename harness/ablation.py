@@ -1,9 +1,8 @@
 """Which neurons are switched off, and to what: the CAN experiment and its controls.
 
-A collapse is a finding only if the controls do not collapse (DESIGN §2): masking k *random* neurons of the same
-site must do far less, and replacing the critical neurons by their *mean* activation instead of zero tells a
-neuron that carries information from one whose large constant value is load-bearing.
-"""
+A collapse is a finding only if the controls do not collapse (README, *Science defaults*): masking k *random*
+neurons of the same site must do far less, and replacing the critical neurons by their *mean* activation instead of
+zero tells a neuron that carries information from one whose large constant value is load-bearing."""
 
 from __future__ import annotations
 

@@ -1,10 +1,9 @@
 """One curve analysed: its two thresholds, the controls at k₂, and where the critical neurons live.
 
-A collapse counts as a finding only if the controls do not collapse (DESIGN §2): k random neurons of the same
-site (several seeds) and the CAN set replaced by its mean activation, both at k₂. The layer breakdown of the CAN
-set at k₂ is the paper's localisation finding ("down_proj of the language model, early layers"); when several
-sites are ranked together (`lm.down_proj+lm.gate_proj`) it is also broken down by site.
-"""
+A collapse counts as a finding only if the controls do not collapse (README, *Science defaults*): k random neurons
+of the same site (several seeds) and the CAN set replaced by its mean activation, both at k₂. The layer breakdown
+of the CAN set at k₂ is the paper's localisation finding ("down_proj of the language model, early layers"); when
+several sites are ranked together (`lm.down_proj+lm.gate_proj`) it is also broken down by site."""
 
 from __future__ import annotations
 

@@ -22,6 +22,7 @@ from filelock import FileLock
 from harness import atomic_files
 from harness.errors import HarnessError
 from harness.labels import curve_label
+from harness.versions import library_versions
 
 COMPARED_SETTINGS = (
     "method", "alpha", "positions", "aggregation", "noise_sigma", "noise_samples", "seed", "prompt",
@@ -156,17 +157,6 @@ def check_against(
         lines += ["what changed since the baseline was recorded:", *provenance_changes]
     lines.append("if the change is intended, rewrite the baseline with --can-baseline-update")
     return "\n".join(lines)
-
-
-def library_versions() -> dict[str, str]:
-    import open_clip
-    import torch
-    import transformers
-
-    import harness
-
-    versions = (harness.__version__, torch.__version__, transformers.__version__, open_clip.__version__)
-    return dict(zip(("harness", "torch", "transformers", "open_clip"), versions, strict=True))
 
 
 @dataclass(frozen=True)

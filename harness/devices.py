@@ -7,9 +7,10 @@ import re
 
 import torch
 
+from harness.choices import DTYPE_NAMES
 from harness.errors import UnknownNameError
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 
 def xdist_worker_index(worker_id: str | None = None) -> int | None:

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import torch
 
-import harness
 from harness import progress
 from harness.ablation import Intervention, mean_activations, random_selection
 from harness.captioning import Caption, Prompt, generate_captions, score_captions
@@ -29,8 +28,9 @@ from harness.loading import LoadedModel, load_model
 from harness.masking import JointMask, NeuronMask, mask_neurons
 from harness.metrics import log10_ppl, require_finite
 from harness.prompt_prefix import PromptPrefix, encode_prefixes, score_after_prefixes, supports_prefix_reuse
-from harness.ranking import Ranking, RankingOptions, importances
+from harness.ranking import Ranking, importances
 from harness.ranking_cache import RankingCache, code_fingerprint
+from harness.ranking_options import RankingOptions
 from harness.registry import ClipSpec, get_model_spec
 from harness.row_masks import mask_rows
 from harness.settings import HarnessSettings, search_parallel_for
@@ -38,6 +38,7 @@ from harness.sites import AnySite, JointSite, inside_language_model, resolve_any
 from harness.stages import classify_stage
 from harness.texts import TextSet, load_text_set
 from harness.threshold_search import SEARCH_MODES, ThresholdSearch, search_thresholds
+from harness.versions import library_versions
 from harness.zoo import WORLD_IMAGES, ensure_built
 
 MAX_REPORTED_NEURONS = 64
@@ -305,14 +306,10 @@ class ModelExperiment:
 
     def ranking_inputs(self, site_name: str, category: str) -> dict[str, object]:
         """Everything a ranking depends on: the cache key is a hash of exactly this."""
-        import transformers
-
-        spec = self.loaded.spec
+        spec, versions = self.loaded.spec, library_versions()
         return {
-            "harness": harness.__version__,
+            **{name: versions[name] for name in ("harness", "torch", "transformers")},
             "code": code_fingerprint(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
             "model": spec.name,
             "checkpoint": self.loaded.checkpoint_id,
             "weights": self.loaded.weights_digest,

@@ -51,9 +51,6 @@ class Family:
         """The language model's config."""
         return self.component_config(config, "lm")
 
-    def language_layers(self, model: nn.Module) -> nn.ModuleList:
-        return self.layers(model, "lm")
-
     def layers(self, model: nn.Module, name: str) -> list[nn.Module]:
         """The component's layers (one module for an unlayered component), their count checked against the
         config."""

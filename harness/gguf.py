@@ -25,6 +25,7 @@ from pathlib import Path
 from harness import progress
 from harness.errors import HarnessError, ModelUnavailableError
 from harness.registry import ModelSpec, PackagedGguf
+from harness.versions import library_versions
 from harness.zoo.store import build_once
 
 RECORD = "gguf-source.json"  # in a converted folder: which file it came from
@@ -138,12 +139,13 @@ def convert(spec: ModelSpec, path: Path, staging: Path, *, expected_sha256: str,
     plain.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
     seconds = time.monotonic() - started
+    versions = library_versions()
     record = {
         "file": path.name,
         "sha256": sha256,
         "origin": origin,
         "quantisation": spec.gguf.quantisation if spec.gguf is not None else "as stored in the file",
-        "converted_with": {"transformers": transformers.__version__, "torch": torch.__version__},
+        "converted_with": {name: versions[name] for name in ("transformers", "torch")},
         "conversion_seconds": round(seconds, 1),
     }
     (staging / RECORD).write_text(json.dumps(record, indent=2) + "\n")

@@ -20,11 +20,11 @@ from typing import Literal
 import torch
 from torch import nn
 
+from harness.choices import MASK_MODES
 from harness.errors import MaskError
 from harness.sites import AnySite, JointSite, ResolvedSite
 
 MaskMode = Literal["auto", "weight", "hook"]
-MASK_MODES = ("auto", "weight", "hook")
 
 
 @dataclass

@@ -12,7 +12,6 @@ see harness.ranking) to expand over them too; without it every case ranks by `--
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import itertools
@@ -21,156 +20,34 @@ import os
 import sys
 from collections import defaultdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from harness.errors import HarnessError, ModelUnavailableError
 
-SETTINGS = pytest.StashKey[object]()
-IMAGES = pytest.StashKey[object]()
-TEXTS = pytest.StashKey[object]()
-BASELINES = pytest.StashKey[object]()
-PROGRESS = pytest.StashKey[object]()
+if TYPE_CHECKING:  # the plugin's import loads none of them (see harness.options)
+    from harness.baseline import Baselines
+    from harness.images import ImageSet
+    from harness.settings import HarnessSettings
+    from harness.texts import TextSet
+
+SETTINGS: pytest.StashKey[HarnessSettings] = pytest.StashKey()
+IMAGES: pytest.StashKey[ImageSet] = pytest.StashKey()
+TEXTS: pytest.StashKey[TextSet] = pytest.StashKey()
+BASELINES: pytest.StashKey[Baselines] = pytest.StashKey()
+PROGRESS: pytest.StashKey[object] = pytest.StashKey()  # the progress routing before this run, put back after
 POINT_PROPERTY = "can_point"
 ANALYSIS_PROPERTY = "can_analysis"
 MARKERS = ("collapse_grid", "collapse_search")
 
 
-def _csv(value: str) -> list[str]:
-    """A comma-separated list; an empty one is an error (it would silently mean "the case's own list")."""
-    items = [item.strip() for item in value.split(",") if item.strip()]
-    if not items:
-        raise argparse.ArgumentTypeError(f"expects a comma-separated list of at least one name, got {value!r}")
-    return items
-
-
 def pytest_addoption(parser: pytest.Parser) -> None:
+    from harness.options import OPTIONS
+
     group = parser.getgroup("can", "critical-neuron collapse harness")
-    add = group.addoption
-    add("--can-models", type=_csv, help="comma-separated registered model names (default: each case's own list)")
-    add(
-        "--can-sites",
-        type=_csv,
-        help="comma-separated sites, e.g. lm.down_proj,lm.gate_proj; a+b: one joint ranking (default: the case's)",
-    )
-    add("--can-categories", type=_csv, help="comma-separated image categories (default: every folder)")
-    add(
-        "--can-images",
-        type=Path,
-        help="image root with one folder per category (default: held-out renderings of the synthetic world)",
-    )
-    add("--can-max-images", type=int, help="use at most N images per category (default: all)")
-    add(
-        "--can-max-image-pixels",
-        type=int,
-        help="refuse (and name) images with more pixels than this, before decoding them (default 4096² = "
-        "16777216)",
-    )
-    add(
-        "--can-texts",
-        type=_csv,
-        help="comma-separated text files for text-only models, one category per file stem (default: the "
-        "built-in paragraph, category 'paragraph')",
-    )
-    add(
-        "--can-text-max-tokens",
-        type=int,
-        default=512,
-        help="one sequence of at most N tokens per text, special tokens included (default 512, as PCICN)",
-    )
-    add(
-        "--can-text-window",
-        type=int,
-        help="cut each text into windows of N tokens (default: one sequence)",
-    )
-    add(
-        "--can-k-max", type=int, default=8192, help="largest k on the grid (default 8192; capped at the site size)"
-    )
-    add("--can-k-factor", type=float, default=2.0, help="geometric growth of the k grid (default 2)")
-    add(
-        "--can-search",
-        default="adaptive",
-        choices=("adaptive", "linear"),
-        help="collapse_search cases: bisections for k₂'s bracket, k₂, k₁ (default) or the papers' k = 1, 2, 3, …",
-    )
-    add(
-        "--can-search-parallel",
-        type=int,
-        help="ks a threshold search evaluates together in one batched pass, a (P+1)-ary search "
-        "(default: 1 on a CPU, 3 on a GPU)",
-    )
-    add("--can-control-seeds", type=int, default=3, help="random-k controls per searched curve at k₂ (default 3)")
-    add("--can-baseline", type=Path, help="regression baseline file: searched curves are compared against it")
-    add("--can-baseline-update", action="store_true", help="rewrite this run's curves in --can-baseline")
-    add("--can-baseline-k-rtol", type=float, default=0.1, help="allowed relative change of k₁/k₂ (default 0.1)")
-    add("--can-baseline-log10-atol", type=float, default=0.1, help="allowed change of log10 PPLs (default 0.1)")
-    add("--can-baseline-clip-atol", type=float, default=2.0, help="allowed change of CLIP scores (default 2)")
-    add(
-        "--can-method",
-        default="can",
-        choices=("can", "activation", "gradient", "pcicn", "random"),  # harness.ranking.RANKING_METHODS
-        help="how neurons are ranked: can (default), activation, gradient, pcicn (noise on embeddings), random",
-    )
-    add("--can-alpha", type=float, default=1.0, help="CAN exponent α on |∂L/∂a| in [0, 1] (default 1)")
-    add("--can-positions", default="all", choices=("all", "scored"), help="positions a ranking aggregates (all)")
-    add(
-        "--can-aggregate",
-        choices=("mean", "max"),  # harness.ranking.AGGREGATIONS
-        help="how a ranking aggregates positions (default: the method's own: max for pcicn, as its authors; "
-        "mean for the others)",
-    )
-    add("--can-noise-sigma", type=float, default=5.0, help="pcicn: std of the noise on the input embeddings (5)")
-    add("--can-noise-samples", type=int, default=100, help="pcicn: noisy passes per batch of images (100)")
-    add("--can-ranking-seed", type=int, default=0, help="pcicn noise and random ranking seed (default 0)")
-    add("--can-batch-size", type=int, default=8, help="images (or text windows) per forward pass (default 8)")
-    add("--can-max-new-tokens", type=int, default=64, help="caption length limit (default 64)")
-    add("--can-clip-model", help="open_clip model name or local-dir:PATH (default: the model's registered CLIP)")
-    add("--can-clip-pretrained", help="open_clip pretrained tag for a named --can-clip-model (default openai)")
-    add("--can-device", default="auto", help="torch device; auto = GPU (gwN → GPU N mod count) else CPU")
-    add(
-        "--can-dtype",
-        choices=("auto", "float32", "bfloat16", "float16"),
-        help="default: the model's registered dtype (auto = bf16 on GPU, fp32 on CPU)",
-    )
-    add(
-        "--can-mask-mode",
-        default="auto",
-        choices=("auto", "weight", "hook"),
-        help="how neurons are zeroed (default auto: weight edit where the weight is an in-memory float tensor)",
-    )
-    add("--can-allow-download", action="store_true", help="let missing checkpoints download from the HF hub")
-    add("--can-model-path", action="append", default=[], metavar="NAME=PATH", help="load NAME from a local folder")
-    add("--can-cache-dir", type=Path, help="rankings and built models (default $CAN_HARNESS_CACHE or ~/.cache/…)")
-    add("--can-report-dir", type=Path, help="where collapse.json/.csv go (default <rootdir>/can-results)")
-    add("--can-stage1-ppl-ratio", type=float, default=2.0, help="stage 1 if reference PPL ≥ this × baseline")
-    add("--can-stage1-clip-fraction", type=float, default=0.9, help="… or CLIP ≤ this × baseline")
-    add("--can-stage2-log10-ppl", type=float, default=1.0, help="stage 2 needs log10(PPL/PPL₀) ≥ this …")
-    add(
-        "--can-stage2-degenerate-rate",
-        type=float,
-        default=0.5,
-        help="… and CLIP ≤ chance or at least this share of degenerate captions",
-    )
-    add(
-        "--can-text-stage2",
-        default="ppl",
-        choices=("ppl", "ppl+degenerate"),  # harness.stages.TEXT_STAGE2
-        help="text-only models: stage 2 by the PPL alone (default, PCICN's criterion) or also degenerate text",
-    )
-    add(
-        "--can-progress-interval",
-        type=float,
-        default=10.0,
-        help="seconds between progress lines of long work (rankings, searches, conversions; default 10; 0: all)",
-    )
-    add("--can-show-curves", action="store_true", help="print every curve under the summary table")
-    add(
-        "--can-dist-group",
-        default="model",
-        choices=("model", "curve"),
-        help="under -n: one worker per model (each model loads once) or per (model, site, category) curve "
-        "(every worker loads the model: use with one GPU per worker)",
-    )
+    for option in OPTIONS:
+        group.addoption(option.flag, **option.pytest_kwargs())
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -202,9 +79,17 @@ def pytest_configure(config: pytest.Config) -> None:
         _interrupt_on_sigterm(config)
         config.pluginmanager.register(CollapseRecorder(config), "can-collapse-recorder")
     else:
-        import torch
+        _share_cores(int(worker.get("workercount", 1)))
 
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(worker.get("workercount", 1))))
+
+def _share_cores(workers: int) -> None:
+    """An xdist worker's share of the cores: torch's threads where torch is loaded already, else (so that a run
+    without collapse cases loads no torch) the OMP_NUM_THREADS torch reads when it loads, unless one is set."""
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+    else:
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
 
 
 def report_dir(config: pytest.Config) -> Path:
@@ -284,9 +169,10 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
 
 
 def _settings_from_options(config: pytest.Config):
-    from harness.ranking import RankingOptions
+    from harness.options import OPTIONS, given_fields
+    from harness.ranking_options import RankingOptions
     from harness.registry import ClipSpec, use_local_path
-    from harness.settings import HarnessSettings, default_cache_dir
+    from harness.settings import HarnessSettings
     from harness.stages import StageThresholds
 
     option = config.getoption
@@ -307,59 +193,26 @@ def _settings_from_options(config: pytest.Config):
         check_clip_name(clip)
     elif option("can_clip_pretrained"):
         raise ValueError("--can-clip-pretrained needs --can-clip-model")
+    values = {o.dest: option(o.dest) for o in OPTIONS}
     settings = HarnessSettings(
-        cache_dir=option("can_cache_dir") or default_cache_dir(),
-        image_root=option("can_images"),
-        categories=tuple(option("can_categories")) if option("can_categories") else None,
-        max_images=option("can_max_images"),
-        **({} if option("can_max_image_pixels") is None else {"max_image_pixels": option("can_max_image_pixels")}),
-        texts=tuple(Path(p) for p in option("can_texts")) if option("can_texts") else None,
-        text_max_tokens=option("can_text_max_tokens"),
-        text_window=option("can_text_window"),
-        batch_size=option("can_batch_size"),
-        max_new_tokens=option("can_max_new_tokens"),
-        ranking=RankingOptions(
-            method=option("can_method"),
-            alpha=option("can_alpha"),
-            positions=option("can_positions"),
-            aggregate=option("can_aggregate"),
-            noise_sigma=option("can_noise_sigma"),
-            noise_samples=option("can_noise_samples"),
-            seed=option("can_ranking_seed"),
-        ),
-        thresholds=StageThresholds(
-            stage1_ppl_ratio=option("can_stage1_ppl_ratio"),
-            stage1_clip_fraction=option("can_stage1_clip_fraction"),
-            stage2_log10_ppl_ratio=option("can_stage2_log10_ppl"),
-            stage2_degenerate_rate=option("can_stage2_degenerate_rate"),
-            text_stage2=option("can_text_stage2"),
-        ),
+        **given_fields(values, HarnessSettings),
+        ranking=RankingOptions(**given_fields(values, RankingOptions)),
+        thresholds=StageThresholds(**given_fields(values, StageThresholds)),
         clip=clip,
-        device=option("can_device"),
-        dtype=option("can_dtype"),
-        mask_mode=option("can_mask_mode"),
-        allow_download=option("can_allow_download"),
-        k_max=option("can_k_max"),
-        k_factor=option("can_k_factor"),
-        search=option("can_search"),
-        search_parallel=option("can_search_parallel"),
-        control_seeds=option("can_control_seeds"),
     )
-    from harness.devices import check_available
+    if settings.device != "auto":
+        from harness.devices import check_available
 
-    check_available(settings.device)  # a GPU this machine lacks is one error now, not a crash in every case
+        check_available(settings.device)  # a GPU this machine lacks is one error now, not a crash in every case
     return settings
 
 
 def _baselines_from_options(config: pytest.Config):
     from harness.baseline import BaselineFile, Baselines, Tolerances
+    from harness.options import OPTIONS, given_fields
 
     option = config.getoption
-    tolerances = Tolerances(
-        k_rtol=option("can_baseline_k_rtol"),
-        log10_atol=option("can_baseline_log10_atol"),
-        clip_atol=option("can_baseline_clip_atol"),
-    )
+    tolerances = Tolerances(**given_fields({o.dest: option(o.dest) for o in OPTIONS}, Tolerances))
     path = option("can_baseline")
     if path is None:
         if option("can_baseline_update"):

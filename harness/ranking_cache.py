@@ -25,7 +25,13 @@ from safetensors.torch import load_file, save_file
 from harness import atomic_files
 from harness.errors import CacheError
 
-RANKING_CODE = ("harness.ranking", "harness.captioning", "harness.sites")
+RANKING_CODE = (
+    "harness.ranking",
+    "harness.ranking_options",
+    "harness.captioning",
+    "harness.prompts",
+    "harness.sites",
+)
 
 
 @functools.cache

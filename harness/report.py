@@ -25,17 +25,10 @@ GROUP_KEYS = ("model", "site", "ranking", "category")
 
 def provenance(root: Path | None = None) -> dict[str, object]:
     """What produced a result: library versions, Python, platform, git commit (with a dirty flag), time."""
-    import open_clip
-    import torch
-    import transformers
-
-    import harness
+    from harness.versions import library_versions
 
     return {
-        "harness": harness.__version__,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "open_clip": open_clip.__version__,
+        **library_versions(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "git_commit": _git_commit(root or Path.cwd()),

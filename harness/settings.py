@@ -5,16 +5,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from harness.devices import DTYPES
+from harness.choices import DTYPE_NAMES, MASK_MODES
 from harness.images import DEFAULT_MAX_PIXELS
-from harness.masking import MASK_MODES
-from harness.ranking import RankingOptions
+from harness.ranking_options import RankingOptions
 from harness.registry import ClipSpec
 from harness.stages import StageThresholds
 from harness.threshold_search import SEARCH_MODES
+
+if TYPE_CHECKING:
+    import torch
 
 
 def default_cache_dir() -> Path:
@@ -71,9 +72,11 @@ class HarnessSettings:
             raise ValueError(f"control_seeds must be ≥ 0, got {self.control_seeds!r}")
         if self.mask_mode not in MASK_MODES:
             raise ValueError(f"unknown mask mode {self.mask_mode!r}; valid: {', '.join(MASK_MODES)}")
-        if self.dtype is not None and self.dtype != "auto" and self.dtype not in DTYPES:
-            raise ValueError(f"unknown dtype {self.dtype!r}; valid: auto, {', '.join(DTYPES)}")
+        if self.dtype is not None and self.dtype != "auto" and self.dtype not in DTYPE_NAMES:
+            raise ValueError(f"unknown dtype {self.dtype!r}; valid: auto, {', '.join(DTYPE_NAMES)}")
         if self.device != "auto":
+            import torch  # only for a device named explicitly: the default run's settings need none
+
             try:
                 torch.device(self.device)
             except RuntimeError as error:

@@ -1,4 +1,5 @@
-"""The two-stage collapse criterion (DESIGN §3 defaults), every threshold an option recorded with the result.
+"""The two-stage collapse criterion (its defaults: README, *Science defaults*), every threshold an option recorded
+with the result.
 
 stage 1, expressive degradation: reference PPL ≥ ppl_ratio × baseline, or CLIP ≤ clip_fraction × baseline.
 stage 2, complete collapse: log10(PPL/PPL₀) ≥ log10_ppl_ratio, and (CLIP ≤ chance level, or at least

@@ -16,7 +16,9 @@ from PIL import Image
 
 import harness.captioning
 import harness.experiment
+import harness.prompts
 import harness.ranking
+import harness.ranking_options
 import harness.sites
 from harness.ablation import Intervention
 from harness.errors import ModelUnavailableError, UnknownNameError, UnsupportedModelError
@@ -76,7 +78,8 @@ def test_measure_records_an_integer_k_as_a_python_int(experiment, k):
 # -- ranking inputs ---------------------------------------------------------------------------------------------
 def ranking_source_hash() -> str:
     digest = hashlib.sha256()
-    for module in (harness.ranking, harness.captioning, harness.sites):
+    # the code that encodes the inputs, scores the captions and computes the scores
+    for module in (harness.ranking, harness.ranking_options, harness.captioning, harness.prompts, harness.sites):
         digest.update(Path(module.__file__).read_bytes())
     return digest.hexdigest()[:16]
 

@@ -17,7 +17,8 @@ from harness.analysis import neurons_by_site_and_layer
 from harness.errors import InvalidKError, MaskError, UnknownNameError
 from harness.masking import JointMask, NeuronMask
 from harness.prompts import encode_prompts
-from harness.ranking import RankingOptions, importance, importances
+from harness.ranking import importance, importances
+from harness.ranking_options import RankingOptions
 from harness.sites import SITES, JointSite, ResolvedSite, resolve_any_site, resolve_site, site_names, site_size
 
 DOWN_AND_HIDDEN = "lm.down_proj+lm.mlp_hidden"  # rows and columns of the same down_proj weight

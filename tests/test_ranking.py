@@ -20,7 +20,8 @@ from harness.captioning import teacher_forced_batch
 from harness.errors import UnknownNameError
 from harness.labels import DEFAULT_RANKING
 from harness.masking import NeuronMask
-from harness.ranking import RANKING_METHODS, Ranking, RankingOptions, importance
+from harness.ranking import Ranking, importance
+from harness.ranking_options import RANKING_METHODS, RankingOptions
 from harness.sites import resolve_site
 
 CATEGORY = "circle"

@@ -2,7 +2,7 @@
 
 Every threshold below is a value measured on these models (quoted in the test's docstring, and in the README)
 minus a margin. Degradation is the reference-PPL ratio log10(PPL_k / PPL_0) of the captions the masked model
-generates (DESIGN §3), on the default image set: 8 held-out renderings per category.
+generates (README, *Science defaults*), on the default image set: 8 held-out renderings per category.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import pytest
 
 from harness import world
 from harness.ablation import Intervention, rank_correlation, single_neuron_effects, top_k_overlap
-from harness.ranking import RankingOptions, importance
+from harness.ranking import importance
+from harness.ranking_options import RankingOptions
 from harness.zoo import SYNTH_FOLDER
 from harness.zoo.synth_quality import caption_quality, clip_quality
 

@@ -79,7 +79,7 @@ def tiny_instructblip(
     )
     from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
 
-    tokenizer = build_word_tokenizer(tiny_vocabulary())  # must not carry an `image_token` attribute (DESIGN §5)
+    tokenizer = build_word_tokenizer(tiny_vocabulary())  # must not carry an `image_token` attribute
     qformer_tokenizer = build_qformer_tokenizer(tiny_vocabulary())
     processor = InstructBlipProcessor(
         image_processor=BlipImageProcessorPil(size={"height": image_size, "width": image_size}),

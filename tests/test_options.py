@@ -1,0 +1,119 @@
+"""Options declared once: every `--can-*` option's default is its dataclass field's, its choices are what the
+dataclass accepts, and an option left out leaves the field's default. Installing the harness costs other pytest
+runs nothing: importing and configuring the plugin loads no torch, transformers or open_clip."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from harness.errors import UnknownNameError
+from harness.options import OPTIONS, Option, given_fields
+from harness.settings import HarnessSettings
+
+HEAVY = ("torch", "transformers", "open_clip")
+FIELD_OPTIONS = [option for option in OPTIONS if option.sets is not None]
+
+
+def test_every_flag_is_declared_once():
+    flags = [option.flag for option in OPTIONS]
+    assert len(flags) == len(set(flags))
+
+
+@pytest.mark.parametrize("option", FIELD_OPTIONS, ids=lambda option: option.flag)
+def test_a_field_option_sets_a_real_field_and_shows_its_default(option: Option):
+    owner, name = option.sets
+    assert name in {field.name for field in dataclasses.fields(owner)}
+    default = option.field_default
+    if option.shown_default is None and option.action is None:
+        shown = f"{default:g}" if isinstance(default, float) else str(default)
+        assert option.help_text().endswith(f"(default: {shown})")
+
+
+@pytest.mark.parametrize("option", [o for o in FIELD_OPTIONS if o.choices], ids=lambda option: option.flag)
+def test_an_options_choices_are_what_its_dataclass_accepts(option: Option):
+    owner, name = option.sets
+    for choice in option.choices:
+        owner(**{name: choice})
+    with pytest.raises((ValueError, UnknownNameError), match="not-a-choice"):
+        owner(**{name: "not-a-choice"})
+
+
+def test_options_left_out_keep_the_dataclass_defaults():
+    assert given_fields({}, HarnessSettings) == {}
+    assert given_fields({"can_batch_size": 3, "can_k_max": None}, HarnessSettings) == {"batch_size": 3}
+
+
+def run_python(code: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=300, cwd=cwd
+    )
+
+
+def test_importing_the_plugin_loads_no_torch(tmp_path):
+    result = run_python(
+        f"""
+        import sys
+        import harness.plugin, harness.options
+        print(sorted(m for m in {HEAVY!r} if m in sys.modules))
+        """,
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_an_unrelated_pytest_run_loads_no_torch(tmp_path):
+    """A project with one plain test, in the environment the harness is installed in (its pytest11 entry point
+    loads the plugin): configuring, collecting, running and summarising import none of the heavy libraries."""
+    (tmp_path / "test_plain.py").write_text(
+        textwrap.dedent(
+            f"""
+            import sys
+
+            def test_plain():
+                assert True
+
+            def test_nothing_heavy_was_imported():
+                assert [m for m in {HEAVY!r} if m in sys.modules] == []
+            """
+        )
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "can-collapse" not in result.stdout  # the harness's summary stays out of a run without its cases
+    plugins = subprocess.run(
+        [sys.executable, "-m", "pytest", "--co", "-q", "-p", "no:cacheprovider", "--can-k-max=4", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert plugins.returncode == 0, plugins.stdout + plugins.stderr  # the plugin was loaded: its option parses
+
+
+def test_the_first_torchvision_import_is_repaired_after_a_torch_free_harness_import(tmp_path):
+    """transformers imports torchvision; the repair runs then, not when the harness is imported."""
+    result = run_python(
+        """
+        import sys
+        import harness
+        assert "torch" not in sys.modules
+        from transformers.image_utils import load_image  # imports torchvision where it is installed
+        print("ok")
+        """,
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "ok"
+
+
+def test_the_readme_documents_every_option():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = "\n".join(line for line in readme.splitlines() if line.startswith("| `--can-"))
+    assert [option.flag for option in OPTIONS if option.flag not in table] == []
