@@ -11,7 +11,7 @@ import argparse
 import time
 
 from harness.ablation import Intervention
-from harness.experiment import HarnessSession
+from harness.session import HarnessSession
 from harness.settings import HarnessSettings
 
 

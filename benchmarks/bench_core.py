@@ -25,11 +25,11 @@ import torch
 from tabulate import tabulate
 
 from harness.captioning import Caption, caption_nll_per_row, generate_captions, teacher_forced_batch
-from harness.experiment import HarnessSession
 from harness.masking import NeuronMask
 from harness.prompts import Prompt
 from harness.ranking import importance
 from harness.registry import EmbeddedAsset, get_model_spec, register_model
+from harness.session import HarnessSession
 from harness.settings import HarnessSettings, default_cache_dir
 from harness.zoo import build_tiny_llava
 

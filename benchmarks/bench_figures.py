@@ -33,11 +33,12 @@ from bench_search import Configuration, timed_search
 from tabulate import tabulate
 
 from harness.captioning import generate_captions, score_captions
-from harness.experiment import TOP_K_ZERO, HarnessSession
+from harness.experiment import TOP_K_ZERO
 from harness.loading import resolve_checkpoint_folder
 from harness.masking import mask_neurons
 from harness.ranking import importance
 from harness.registry import get_model_spec
+from harness.session import HarnessSession
 from harness.settings import HarnessSettings, default_cache_dir
 from harness.texts import BUILTIN_CATEGORY, BUILTIN_PARAGRAPH
 
@@ -169,7 +170,7 @@ def ranking_section(args) -> list[Figure]:
 
 HARNESS_STAGE_1 = """
 import sys, torch
-from harness.experiment import HarnessSession
+from harness.session import HarnessSession
 from harness.ranking_options import RankingOptions
 from harness.settings import HarnessSettings
 from harness.texts import BUILTIN_CATEGORY

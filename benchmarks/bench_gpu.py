@@ -28,13 +28,14 @@ from tabulate import tabulate
 
 from harness.captioning import generate_captions
 from harness.clip_score import ClipScorer
-from harness.experiment import TOP_K_ZERO, ModelExperiment, load_image_set
+from harness.experiment import TOP_K_ZERO, ModelExperiment
 from harness.families import get_family
 from harness.loading import LoadedModel
 from harness.masking import mask_neurons
 from harness.ranking import importance
 from harness.ranking_cache import RankingCache
 from harness.registry import get_model_spec
+from harness.session import load_image_set
 from harness.settings import HarnessSettings, default_cache_dir
 from harness.zoo.tiny_llava import generating_with, llava_parts
 

@@ -21,10 +21,10 @@ import torch
 from tabulate import tabulate
 
 from harness.analysis import analyse_curve
-from harness.experiment import HarnessSession
 from harness.loading import resolve_checkpoint_folder
 from harness.ranking_options import RankingOptions
 from harness.registry import get_model_spec
+from harness.session import HarnessSession
 from harness.settings import HarnessSettings, default_cache_dir
 from harness.texts import BUILTIN_CATEGORY
 

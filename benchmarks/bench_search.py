@@ -21,7 +21,8 @@ import time
 import torch
 from tabulate import tabulate
 
-from harness.experiment import TOP_K_ZERO, HarnessSession
+from harness.experiment import TOP_K_ZERO
+from harness.session import HarnessSession
 from harness.settings import HarnessSettings, default_cache_dir
 from harness.threshold_search import search_thresholds
 

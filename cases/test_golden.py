@@ -20,7 +20,6 @@ from harness.errors import ModelUnavailableError, UnsupportedModelError
 from harness.loading import load_model_config
 from harness.masking import NeuronMask
 from harness.metrics import log10_ppl
-from harness.registry import get_model_spec
 
 SITE = "lm.down_proj"
 GOLDEN = {  # model: (language-model layer, down_proj output channels)
@@ -35,7 +34,7 @@ def golden_experiment(can_session, can_settings, request):
     model = request.param
     missing = []
     try:
-        load_model_config(get_model_spec(model), cache_dir=can_settings.cache_dir)
+        load_model_config(can_settings.model_spec(model), cache_dir=can_settings.cache_dir)
     except ModelUnavailableError as error:
         missing.append(str(error))
     if not torch.cuda.is_available():

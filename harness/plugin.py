@@ -171,18 +171,20 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
 def _settings_from_options(config: pytest.Config):
     from harness.options import OPTIONS, given_fields
     from harness.ranking_options import RankingOptions
-    from harness.registry import ClipSpec, use_local_path
+    from harness.registry import ClipSpec, get_model_spec
     from harness.settings import HarnessSettings
     from harness.stages import StageThresholds
 
     option = config.getoption
+    model_paths = []
     for entry in option("can_model_path"):
         name, sep, path = entry.partition("=")
         if not sep or not name or not path:
             raise ValueError(f"--can-model-path expects NAME=PATH, got {entry!r}")
+        get_model_spec(name)  # an unknown name is an error listing the registered ones
         if not Path(path).expanduser().exists():
             raise ValueError(f"--can-model-path {entry}: {path} does not exist (a checkpoint folder or GGUF file)")
-        use_local_path(name, path)
+        model_paths.append((name, Path(path).expanduser()))
     clip = None
     if option("can_clip_model"):
         from harness.clip_score import LOCAL_DIR, check_clip_name
@@ -199,6 +201,7 @@ def _settings_from_options(config: pytest.Config):
         ranking=RankingOptions(**given_fields(values, RankingOptions)),
         thresholds=StageThresholds(**given_fields(values, StageThresholds)),
         clip=clip,
+        model_paths=tuple(model_paths),
     )
     if settings.device != "auto":
         from harness.devices import check_available
@@ -234,7 +237,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if len(found) > 1:
         raise pytest.UsageError(f"{metafunc.definition.nodeid}: use one of {' / '.join(MARKERS)}, not both")
     from harness.families import get_family
-    from harness.registry import get_model_spec
     from harness.settings import k_grid
     from harness.sites import site_names, site_size, sites_of
 
@@ -257,7 +259,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     image_categories = list(settings.categories or images.categories)
     params = []
     for model in models:
-        spec = get_model_spec(model)
+        spec = settings.model_spec(model)
         model_config, unavailable = _model_config_or_reason(spec, settings)
         family = get_family(spec.family)
         categories = _text_set(config).categories if family.text_only else image_categories
@@ -285,7 +287,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def _image_set(config: pytest.Config):
     """The run's images, scanned and validated once per process (collection and the session share it)."""
     if IMAGES not in config.stash:
-        from harness.experiment import load_image_set
+        from harness.session import load_image_set
 
         config.stash[IMAGES] = load_image_set(config.stash[SETTINGS])
     return config.stash[IMAGES]
@@ -319,7 +321,7 @@ def can_settings(pytestconfig: pytest.Config):
 @pytest.fixture(scope="session")
 def can_session(pytestconfig: pytest.Config, can_settings):
     """Loaded models, CLIP scorers, images and rankings shared by every case in this process."""
-    from harness.experiment import HarnessSession
+    from harness.session import HarnessSession
 
     return HarnessSession(can_settings, images=_image_set(pytestconfig), texts=_text_set(pytestconfig))
 

@@ -133,10 +133,15 @@ def registered_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def with_local_path(spec: ModelSpec, path: str | Path) -> ModelSpec:
+    """The same model loaded from a local checkpoint folder or `.gguf` file (e.g. a copy outside the HF cache)."""
+    return dataclasses.replace(spec, source=str(path), revision=None, embedded=None, gguf=None)
+
+
 def use_local_path(name: str, path: str | Path) -> ModelSpec:
-    """Point a registered model at a local checkpoint folder or `.gguf` file (e.g. a copy outside the HF cache)."""
-    spec = dataclasses.replace(get_model_spec(name), source=str(path), revision=None, embedded=None, gguf=None)
-    return register_model(spec, replace=True)
+    """Register `name` anew, loaded from a local folder or file (for every later lookup in this process; a run's
+    `--can-model-path` goes into its settings instead, see HarnessSettings.model_spec)."""
+    return register_model(with_local_path(get_model_spec(name), path), replace=True)
 
 
 def _ensure_builtin_models() -> None:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from harness.choices import DTYPE_NAMES, MASK_MODES
 from harness.images import DEFAULT_MAX_PIXELS
 from harness.ranking_options import RankingOptions
-from harness.registry import ClipSpec
+from harness.registry import ClipSpec, ModelSpec, get_model_spec, with_local_path
 from harness.stages import StageThresholds
 from harness.threshold_search import SEARCH_MODES
 
@@ -52,6 +52,8 @@ class HarnessSettings:
     # (rows cost about linearly there: no gain measured), ACCELERATOR_SEARCH_PARALLEL on an accelerator
     search_parallel: int | None = None
     control_seeds: int = 3  # random-k controls per curve at k₂
+    # (registered name, local checkpoint folder or .gguf file): those models load from there instead
+    model_paths: tuple[tuple[str, Path], ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "max_new_tokens", "k_max", "max_image_pixels"):
@@ -74,6 +76,9 @@ class HarnessSettings:
             raise ValueError(f"unknown mask mode {self.mask_mode!r}; valid: {', '.join(MASK_MODES)}")
         if self.dtype is not None and self.dtype != "auto" and self.dtype not in DTYPE_NAMES:
             raise ValueError(f"unknown dtype {self.dtype!r}; valid: auto, {', '.join(DTYPE_NAMES)}")
+        names = [name for name, _ in self.model_paths]
+        if len(names) != len(set(names)):
+            raise ValueError(f"model_paths names a model twice: {', '.join(names)}")
         if self.device != "auto":
             import torch  # only for a device named explicitly: the default run's settings need none
 
@@ -83,6 +88,12 @@ class HarnessSettings:
                 raise ValueError(
                     f"invalid device {self.device!r} (e.g. auto, cpu, cuda, cuda:1): {error}"
                 ) from None
+
+    def model_spec(self, name: str) -> ModelSpec:
+        """The registered model `name`, loaded from its local path where `model_paths` gives one."""
+        spec = get_model_spec(name)
+        path = dict(self.model_paths).get(name)
+        return spec if path is None else with_local_path(spec, path)
 
 
 ACCELERATOR_SEARCH_PARALLEL = 3

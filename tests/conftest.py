@@ -28,7 +28,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from huggingface_hub import constants as hf_constants  # noqa: E402
 
-from harness.experiment import HarnessSession, ModelExperiment  # noqa: E402
+from harness.experiment import ModelExperiment  # noqa: E402
+from harness.session import HarnessSession  # noqa: E402
 from harness.settings import HarnessSettings  # noqa: E402
 
 if hf_constants.HF_HUB_CACHE != EMPTY_HF_HUB_CACHE:

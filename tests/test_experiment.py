@@ -19,14 +19,16 @@ import harness.experiment
 import harness.prompts
 import harness.ranking
 import harness.ranking_options
+import harness.session
 import harness.sites
 from harness.ablation import Intervention
 from harness.errors import ModelUnavailableError, UnknownNameError, UnsupportedModelError
-from harness.experiment import HarnessSession, ModelExperiment, load_image_set
+from harness.experiment import ModelExperiment
 from harness.families import FAMILIES, check_family_supported
 from harness.images import scan_image_root
 from harness.ranking_cache import cache_key
 from harness.registry import get_model_spec
+from harness.session import HarnessSession, load_image_set
 
 SITE = "lm.down_proj"
 RANKING_FIELDS = {
@@ -170,7 +172,7 @@ def test_a_single_category_has_no_chance_level(experiment, images, tmp_path):
 
 # -- model start-up --------------------------------------------------------------------------------------------
 class CountingLoad:
-    """Stands in for harness.experiment.load_model: counts its calls and raises the given error."""
+    """Stands in for harness.session.load_model: counts its calls and raises the given error."""
 
     def __init__(self, error: Exception):
         self.error, self.calls = error, 0
@@ -184,7 +186,7 @@ def test_failed_model_start_is_remembered(settings, monkeypatch):
     """A model whose start failed raises the same error object again without a second load; another model
     still gets its own attempt."""
     load = CountingLoad(ModelUnavailableError("llava-1.5-7b: not on this machine"))
-    monkeypatch.setattr(harness.experiment, "load_model", load)
+    monkeypatch.setattr(harness.session, "load_model", load)
     session = HarnessSession(settings)
     with pytest.raises(ModelUnavailableError) as first:
         session.experiment("llava-1.5-7b")
@@ -210,7 +212,7 @@ def test_unsupported_family_is_refused_before_loading(settings, monkeypatch, unv
     """A family whose captioning path is not validated is refused with UnsupportedModelError (remembered like any
     failed start) and its weights are never loaded."""
     load = CountingLoad(AssertionError("the weights of an unsupported model must not be loaded"))
-    monkeypatch.setattr(harness.experiment, "load_model", load)
+    monkeypatch.setattr(harness.session, "load_model", load)
     session = HarnessSession(settings)
     with pytest.raises(UnsupportedModelError) as first:
         session.experiment("instructblip-vicuna-7b")
@@ -253,19 +255,14 @@ def test_search_rejects_an_unknown_mode(experiment):
 
 
 def test_one_float_edited_in_a_local_checkpoint_gives_a_new_key_and_a_recomputed_ranking(
-    loaded, settings, tmp_path, monkeypatch
+    loaded, settings, tmp_path
 ):
     """A regression harness must tell an updated checkpoint from the old one: one down_proj weight of a local
     copy multiplied by 3, in place (same size and folder), changes the weights digest, hence the ranking's key,
     and the ranking is computed again rather than read from the cache."""
 
-    from harness import registry
-
-    registry.registered_models()
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # a throw-away registry
     folder = Path(shutil.copytree(loaded.path, tmp_path / "local-tiny-llava"))
-    registry.use_local_path("tiny-llava", folder)
-    cache = dataclasses.replace(settings, cache_dir=tmp_path / "cache")
+    cache = dataclasses.replace(settings, cache_dir=tmp_path / "cache", model_paths=(("tiny-llava", folder),))
 
     def ranking():
         return HarnessSession(cache).experiment("tiny-llava").ranking(SITE, "circle")

@@ -1,6 +1,7 @@
 """Options declared once: every `--can-*` option's default is its dataclass field's, its choices are what the
 dataclass accepts, and an option left out leaves the field's default. Installing the harness costs other pytest
-runs nothing: importing and configuring the plugin loads no torch, transformers or open_clip."""
+runs nothing: importing and configuring the plugin loads no torch, transformers or open_clip; the names user
+code needs import from `harness` itself."""
 
 from __future__ import annotations
 
@@ -117,3 +118,19 @@ def test_the_readme_documents_every_option():
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     table = "\n".join(line for line in readme.splitlines() if line.startswith("| `--can-"))
     assert [option.flag for option in OPTIONS if option.flag not in table] == []
+
+
+def test_the_public_names_import_from_the_package_and_the_package_alone_loads_no_torch(tmp_path):
+    result = run_python(
+        f"""
+        import sys
+        import harness
+        assert not [m for m in {HEAVY!r} if m in sys.modules]
+        for name in harness.__all__:
+            getattr(harness, name)
+        print(sorted(harness.__all__) == sorted(dir(harness)))
+        """,
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "True"

@@ -74,3 +74,19 @@ def test_ks_per_search_pass_follow_the_device_unless_set(tmp_path):
         == search_parallel_for(explicit, torch.device("cuda"))
         == 5
     )
+
+
+def test_a_local_model_path_is_carried_by_the_settings_not_written_into_the_registry(tmp_path):
+    from harness.registry import get_model_spec
+
+    registered = get_model_spec("llava-1.5-7b")
+    settings = HarnessSettings(cache_dir=tmp_path, model_paths=(("llava-1.5-7b", tmp_path / "local"),))
+    local = settings.model_spec("llava-1.5-7b")
+    assert local.source == str(tmp_path / "local") and local.prompt == registered.prompt
+    assert get_model_spec("llava-1.5-7b") == registered  # the registry is as it was
+    assert HarnessSettings(cache_dir=tmp_path).model_spec("llava-1.5-7b") == registered
+
+
+def test_a_model_given_two_local_paths_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="names a model twice: tiny-llava, tiny-llava"):
+        HarnessSettings(cache_dir=tmp_path, model_paths=(("tiny-llava", tmp_path), ("tiny-llava", tmp_path)))

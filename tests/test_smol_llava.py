@@ -24,9 +24,9 @@ import torch
 from harness import world
 from harness.ablation import Intervention
 from harness.errors import ModelUnavailableError
-from harness.experiment import HarnessSession
 from harness.loading import resolve_checkpoint_folder
 from harness.registry import get_model_spec
+from harness.session import HarnessSession
 from harness.settings import HarnessSettings, default_cache_dir
 from harness.zoo import smol_llava
 

@@ -13,10 +13,10 @@ import torch
 
 from harness.captioning import score_captions
 from harness.errors import SiteResolutionError, TextFileError, UnknownNameError
-from harness.experiment import HarnessSession
 from harness.families import get_family
 from harness.ranking import importance
 from harness.ranking_options import RankingOptions
+from harness.session import HarnessSession
 from harness.settings import HarnessSettings
 from harness.sites import resolve_site, site_size
 from harness.texts import BUILTIN_CATEGORY, BUILTIN_PARAGRAPH, TextWindow, load_text_set, text_windows
