@@ -6,7 +6,6 @@ keeps as a session fixture, owns what is expensive and shared (loaded models, CL
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -92,9 +91,26 @@ class CollapsePoint:
         return self.degenerate_rate is not None
 
 
+@dataclass
+class ModelState:
+    """What every experiment on one loaded model shares, whatever its ranking: the baselines, resolved sites, mean
+    activations, CLIP image features, image encodings and prompt prefixes, and the experiment of each ranking.
+    Rankings are not in it: each experiment holds its own."""
+
+    baselines: dict[str, Observation] = field(default_factory=dict)
+    sites: dict[str, AnySite] = field(default_factory=dict)
+    means: dict[tuple[str, str, str], torch.Tensor] = field(default_factory=dict)  # (site, category, positions)
+    clip_features: dict[str, torch.Tensor] = field(default_factory=dict)  # per category
+    other_clip_features: dict[str, torch.Tensor] = field(default_factory=dict)  # the other categories'
+    encoded_images: dict[str, list[EncodedImage]] = field(default_factory=dict)
+    prefixes: dict[str, list[PromptPrefix]] = field(default_factory=dict)  # one category at a time
+    experiments: dict[RankingOptions, ModelExperiment] = field(default_factory=dict)
+
+
 class ModelExperiment:
-    """Measures collapse points on one loaded vision-language model, caching baselines, sites, image features and
-    rankings. harness.text_experiment.TextExperiment measures text-only models the same way on texts."""
+    """Measures collapse points on one loaded vision-language model, ranked one way; what does not depend on the
+    ranking lives in its ModelState, shared with the model's experiments of other rankings.
+    harness.text_experiment.TextExperiment measures text-only models the same way on texts."""
 
     def __init__(
         self,
@@ -103,6 +119,7 @@ class ModelExperiment:
         images: ImageSet | None,
         settings: HarnessSettings,
         rankings: RankingCache,
+        state: ModelState | None = None,
     ):
         self.loaded, self.clip, self.images, self.settings, self.rankings = (
             loaded,
@@ -111,15 +128,9 @@ class ModelExperiment:
             settings,
             rankings,
         )
-        self._baselines: dict[str, Observation] = {}
-        self._sites: dict[str, AnySite] = {}
+        self.state = state if state is not None else ModelState()
+        self.state.experiments.setdefault(settings.ranking, self)
         self._rankings: dict[tuple[str, str], Ranking] = {}
-        self._means: dict[tuple[str, str, str], torch.Tensor] = {}  # (site, category, positions)
-        self._siblings: dict[RankingOptions, ModelExperiment] = {}
-        self._image_features: dict[str, torch.Tensor] = {}
-        self._other_features: dict[str, torch.Tensor] = {}
-        self._prefixes: dict[str, list[PromptPrefix]] = {}
-        self._encoded_images: dict[str, list[EncodedImage]] = {}  # one category at a time (see prompt_prefixes)
 
     @property
     def name(self) -> str:
@@ -127,21 +138,20 @@ class ModelExperiment:
 
     def site(self, name: str) -> AnySite:
         """A site, or several joined by '+' (ranked together as one pool)."""
-        if name not in self._sites:
-            self._sites[name] = resolve_any_site(self.loaded, name)
-        return self._sites[name]
+        if name not in self.state.sites:
+            self.state.sites[name] = resolve_any_site(self.loaded, name)
+        return self.state.sites[name]
 
     def with_ranking(self, options: RankingOptions) -> ModelExperiment:
-        """The same loaded model with neurons ranked another way; captions, CLIP features and mean activations
-        are shared with this experiment, rankings are not."""
-        if options == self.settings.ranking:
-            return self
-        if options not in self._siblings:
-            sibling = copy.copy(self)  # shares the baselines, sites, means and features dictionaries
-            sibling.settings = replace(self.settings, ranking=options)
-            sibling._rankings, sibling._siblings = {}, {}
-            self._siblings[options] = sibling
-        return self._siblings[options]
+        """The experiment of this model with neurons ranked another way (one per ranking, on the shared state)."""
+        experiments = self.state.experiments
+        if options not in experiments:
+            experiments[options] = self._sibling(replace(self.settings, ranking=options))
+        return experiments[options]
+
+    def _sibling(self, settings: HarnessSettings) -> ModelExperiment:
+        """An experiment on this model and state under `settings`, which differ from these in the ranking only."""
+        return ModelExperiment(self.loaded, self.clip, self.images, settings, self.rankings, self.state)
 
     # -- what the model is given, what it does ---------------------------------------------------------------
     def samples(self, category: str) -> Sequence[Prompt]:
@@ -185,10 +195,10 @@ class ModelExperiment:
         reuse them: the model takes pre-encoded images and the mask is inside its language model; else None."""
         if not supports_image_reuse(self.loaded) or (masked is not None and not inside_language_model(masked)):
             return None
-        if category not in self._encoded_images:
+        if category not in self.state.encoded_images:
             prompts, batch_size = self.samples(category), self.settings.batch_size
-            self._encoded_images[category] = encode_images(self.loaded, prompts, batch_size)
-        return self._encoded_images[category]
+            self.state.encoded_images[category] = encode_images(self.loaded, prompts, batch_size)
+        return self.state.encoded_images[category]
 
     def reference_nll(self, category: str, captions: Sequence[Caption]) -> list[float]:
         """Each caption (aligned with the category's images) scored by the unmasked model: only its own tokens,
@@ -203,16 +213,16 @@ class ModelExperiment:
     def prompt_prefixes(self, category: str) -> list[PromptPrefix]:
         """The unmasked model's prompt prefixes of `category`, in batches of batch_size images. Only the last
         category's are kept: LLaVA-1.5-7b's KV cache is ~0.3 GB an image in bf16."""
-        if category not in self._prefixes:
-            self._prefixes.clear()
+        if category not in self.state.prefixes:
+            self.state.prefixes.clear()
             prompts, batch_size = self.samples(category), self.settings.batch_size
-            self._prefixes[category] = encode_prefixes(self.loaded, prompts, batch_size)
-        return self._prefixes[category]
+            self.state.prefixes[category] = encode_prefixes(self.loaded, prompts, batch_size)
+        return self.state.prefixes[category]
 
     def image_features(self, category: str) -> torch.Tensor:
-        if category not in self._image_features:
-            self._image_features[category] = self.clip.image_features(self.images.images(category))
-        return self._image_features[category]
+        if category not in self.state.clip_features:
+            self.state.clip_features[category] = self.clip.image_features(self.images.images(category))
+        return self.state.clip_features[category]
 
     def _clip_and_chance(self, category: str, captions: list[Caption]) -> tuple[list[float], float | None]:
         """CLIP score of each (image, its caption), and the chance level: the same captions scored against
@@ -222,18 +232,18 @@ class ModelExperiment:
         others = self.images.other_categories(category)
         if not others:
             return own, None
-        if category not in self._other_features:  # built once per category, reused at every k
-            self._other_features[category] = torch.cat([self.image_features(other) for other in others])
-        return own, float(clip_score_matrix(self._other_features[category], texts).mean())
+        if category not in self.state.other_clip_features:  # built once per category, reused at every k
+            self.state.other_clip_features[category] = torch.cat([self.image_features(other) for other in others])
+        return own, float(clip_score_matrix(self.state.other_clip_features[category], texts).mean())
 
     def chance_images(self, category: str) -> int:
         return sum(len(self.images.check_category(other)) for other in self.images.other_categories(category))
 
     def baseline(self, category: str) -> Observation:
         """The unmasked model on `category` (computed once)."""
-        if category not in self._baselines:
-            self._baselines[category] = self.observe(category)
-        return self._baselines[category]
+        if category not in self.state.baselines:
+            self.state.baselines[category] = self.observe(category)
+        return self.state.baselines[category]
 
     # -- ranking ----------------------------------------------------------------------------------------------
     def ranking(self, site_name: str, category: str) -> Ranking:
@@ -277,20 +287,20 @@ class ModelExperiment:
         """Mean activation of each neuron over the ranking's inputs, targets and positions (mean ablation), in
         the shape of the site's scores."""
         key = (site_name, category, self.settings.ranking.positions)
-        if key not in self._means:
+        if key not in self.state.means:
             site = self.site(site_name)
             if isinstance(site, JointSite):
                 parts = [self.mean_activations(part.name, category).reshape(-1) for part in site.parts]
-                self._means[key] = torch.cat(parts)
-                return self._means[key]
-            self._means[key] = mean_activations(
+                self.state.means[key] = torch.cat(parts)
+                return self.state.means[key]
+            self.state.means[key] = mean_activations(
                 self.loaded,
                 site,
                 *self.ranking_data(category),
                 positions=self.settings.ranking.positions,
                 batch_size=self.settings.batch_size,
             )
-        return self._means[key]
+        return self.state.means[key]
 
     def selection(self, site_name: str, category: str, k: int, intervention: Intervention) -> torch.Tensor:
         """Flat indices of the k neurons `intervention` switches off, in rank order for CAN."""

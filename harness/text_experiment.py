@@ -15,7 +15,7 @@ from contextlib import nullcontext
 import torch
 
 from harness.captioning import Caption, generate_captions, score_captions
-from harness.experiment import ModelExperiment, Observation, set_slices
+from harness.experiment import ModelExperiment, ModelState, Observation, set_slices
 from harness.loading import LoadedModel
 from harness.masking import JointMask, NeuronMask
 from harness.metrics import is_degenerate_continuation
@@ -29,10 +29,20 @@ from harness.texts import TextSet, TextWindow, text_windows
 class TextExperiment(ModelExperiment):
     """Measures collapse points of a text-only model on the run's texts."""
 
-    def __init__(self, loaded: LoadedModel, texts: TextSet, settings: HarnessSettings, rankings: RankingCache):
-        super().__init__(loaded, None, None, settings, rankings)
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        texts: TextSet,
+        settings: HarnessSettings,
+        rankings: RankingCache,
+        state: ModelState | None = None,
+    ):
+        super().__init__(loaded, None, None, settings, rankings, state)
         self.texts = texts
         self._windows: dict[str, list[TextWindow]] = {}
+
+    def _sibling(self, settings: HarnessSettings) -> TextExperiment:
+        return TextExperiment(self.loaded, self.texts, settings, self.rankings, self.state)
 
     def windows(self, category: str) -> list[TextWindow]:
         if category not in self._windows:

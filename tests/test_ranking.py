@@ -437,6 +437,16 @@ def test_an_experiment_ranked_another_way_shares_captions_not_rankings(experimen
         other.ranking("lm.down_proj", CATEGORY).scores, experiment.ranking("lm.down_proj", CATEGORY).scores
     )
     assert other.ranking("lm.down_proj", CATEGORY).key != experiment.ranking("lm.down_proj", CATEGORY).key
+    assert other.state is experiment.state  # one per-model state, explicit, referenced by both
+    assert other.with_ranking(experiment.settings.ranking) is experiment  # back from the sibling: the same one
+
+
+def test_a_text_models_experiment_ranked_another_way_is_a_text_experiment(session):
+    from harness.text_experiment import TextExperiment
+
+    text = session.experiment("tiny-llama")
+    other = text.with_ranking(RankingOptions(method="random"))
+    assert isinstance(other, TextExperiment) and other.texts is text.texts and other.state is text.state
 
 
 @pytest.mark.parametrize("site_name", ["vision.fc1", "projector"])

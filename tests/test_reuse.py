@@ -93,4 +93,4 @@ def test_prefixes_are_kept_for_one_category_at_a_time(experiment, images):
     first, second = images.categories[:2]
     experiment.prompt_prefixes(first)
     experiment.prompt_prefixes(second)
-    assert list(experiment._prefixes) == [second]
+    assert list(experiment.state.prefixes) == [second]
