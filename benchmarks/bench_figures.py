@@ -36,10 +36,11 @@ from harness.captioning import generate_captions, score_captions
 from harness.experiment import TOP_K_ZERO
 from harness.loading import resolve_checkpoint_folder
 from harness.masking import mask_neurons
+from harness.paths import default_cache_dir
 from harness.ranking import importance
 from harness.registry import get_model_spec
 from harness.session import HarnessSession
-from harness.settings import HarnessSettings, default_cache_dir
+from harness.settings import HarnessSettings
 from harness.texts import BUILTIN_CATEGORY, BUILTIN_PARAGRAPH
 
 SECTIONS = ("search", "evaluation", "curve", "ranking", "authors")

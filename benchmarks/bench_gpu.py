@@ -32,11 +32,12 @@ from harness.experiment import TOP_K_ZERO, ModelExperiment
 from harness.families import get_family
 from harness.loading import LoadedModel
 from harness.masking import mask_neurons
+from harness.paths import default_cache_dir
 from harness.ranking import importance
 from harness.ranking_cache import RankingCache
 from harness.registry import get_model_spec
 from harness.session import load_image_set
-from harness.settings import HarnessSettings, default_cache_dir
+from harness.settings import HarnessSettings
 from harness.zoo.tiny_llava import generating_with, llava_parts
 
 SCALES = {

@@ -22,10 +22,11 @@ from tabulate import tabulate
 
 from harness.analysis import analyse_curve
 from harness.loading import resolve_checkpoint_folder
+from harness.paths import default_cache_dir
 from harness.ranking_options import RankingOptions
 from harness.registry import get_model_spec
 from harness.session import HarnessSession
-from harness.settings import HarnessSettings, default_cache_dir
+from harness.settings import HarnessSettings
 from harness.texts import BUILTIN_CATEGORY
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from harness.errors import ModelUnavailableError
 from harness.loading import resolve_checkpoint_folder
+from harness.paths import default_cache_dir
 from harness.registry import get_model_spec, registered_models
-from harness.settings import default_cache_dir
 
 
 def packaged_models() -> list[str]:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from harness.choices import DTYPE_NAMES, MASK_MODES
 from harness.images import DEFAULT_MAX_PIXELS
+from harness.paths import default_cache_dir
 from harness.ranking_options import RankingOptions
 from harness.registry import ClipSpec, ModelSpec, get_model_spec, with_local_path
 from harness.stages import StageThresholds
@@ -16,12 +17,6 @@ from harness.threshold_search import SEARCH_MODES
 
 if TYPE_CHECKING:
     import torch
-
-
-def default_cache_dir() -> Path:
-    import os
-
-    return Path(os.environ.get("CAN_HARNESS_CACHE", Path.home() / ".cache" / "can-harness"))
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,11 @@ import torch
 from harness.captioning import score_captions
 from harness.errors import ModelUnavailableError
 from harness.masking import NeuronMask
+from harness.paths import default_cache_dir
 from harness.ranking_options import RankingOptions
 from harness.registry import get_model_spec
 from harness.session import HarnessSession
-from harness.settings import HarnessSettings, default_cache_dir
+from harness.settings import HarnessSettings
 from harness.texts import BUILTIN_CATEGORY, BUILTIN_PARAGRAPH
 
 TEXT = BUILTIN_CATEGORY

@@ -25,9 +25,10 @@ from harness import world
 from harness.ablation import Intervention
 from harness.errors import ModelUnavailableError
 from harness.loading import resolve_checkpoint_folder
+from harness.paths import default_cache_dir
 from harness.registry import get_model_spec
 from harness.session import HarnessSession
-from harness.settings import HarnessSettings, default_cache_dir
+from harness.settings import HarnessSettings
 from harness.zoo import smol_llava
 
 MODEL = "smol-llava"

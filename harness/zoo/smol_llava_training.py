@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_recipe_options(parser, Recipe)
     args = parser.parse_args(argv)
-    from harness.settings import default_cache_dir
+    from harness.paths import default_cache_dir
 
     recipe = recipe_from_options(args, Recipe)
     torch.set_num_threads(recipe.threads)
