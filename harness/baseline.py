@@ -20,7 +20,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from harness import atomic_files
-from harness.errors import HarnessError
+from harness.errors import BaselineError
 from harness.labels import curve_label
 from harness.versions import library_versions
 
@@ -33,10 +33,6 @@ PROVENANCE = ("checkpoint", "weights", "clip_model")
 THRESHOLDS = ("k1", "k2")
 LOG10_METRICS = ("log10_ppl_baseline", "log10_ppl_ratio_at_k2")
 CLIP_METRICS = ("clip_baseline", "clip_at_k2")
-
-
-class BaselineError(HarnessError):
-    """An unreadable baseline file."""
 
 
 @dataclass(frozen=True)

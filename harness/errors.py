@@ -52,3 +52,11 @@ class CacheError(HarnessError):
 
 class TextFileError(HarnessError):
     """A text file is missing, empty, not UTF-8, or too short to score."""
+
+
+class GgufError(HarnessError):
+    """A GGUF file that is not the one expected, or that the GGUF loader needs packages for."""
+
+
+class BaselineError(HarnessError):
+    """An unreadable baseline file."""

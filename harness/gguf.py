@@ -23,16 +23,12 @@ import time
 from pathlib import Path
 
 from harness import progress
-from harness.errors import HarnessError, ModelUnavailableError
+from harness.errors import GgufError, ModelUnavailableError
 from harness.registry import ModelSpec, PackagedGguf
 from harness.versions import library_versions
 from harness.zoo.store import build_once
 
 RECORD = "gguf-source.json"  # in a converted folder: which file it came from
-
-
-class GgufError(HarnessError):
-    """A GGUF file that is not the one expected, or that the GGUF loader needs packages for."""
 
 
 def file_sha256(path: Path) -> str:

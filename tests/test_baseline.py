@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.baseline import BaselineError, BaselineFile, Tolerances, check_against, compare
+from harness.baseline import BaselineFile, Tolerances, check_against, compare
+from harness.errors import BaselineError
 
 pytest_plugins = ["pytester"]
 

@@ -282,7 +282,7 @@ def test_a_gguf_file_given_as_a_path_converts_once_into_the_cache(tmp_path):
 def test_a_packaged_file_with_other_bytes_is_refused(tmp_path):
     import dataclasses
 
-    from harness.gguf import GgufError
+    from harness.errors import GgufError
     from harness.loading import resolve_checkpoint_folder
 
     spec = get_model_spec(SMOLLM2)
