@@ -9,6 +9,7 @@ import torch
 
 from harness.choices import DTYPE_NAMES
 from harness.errors import UnknownNameError
+from harness.placement import DeviceMap
 
 DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
@@ -61,3 +62,34 @@ def resolve_dtype(setting: str, device: torch.device) -> torch.dtype:
     if setting not in DTYPES:
         raise UnknownNameError("dtype", setting, ["auto", *DTYPES])
     return DTYPES[setting]
+
+
+def check_map_available(device_map: DeviceMap) -> None:
+    """`check_available` for every device a JSON device map names (cpu and disk are always there)."""
+    if isinstance(device_map, str):
+        return
+    for place in device_map.values():
+        if place not in ("cpu", "disk"):
+            check_available(f"cuda:{place}" if isinstance(place, int) else place)
+
+
+def map_input_device(device_map: DeviceMap) -> torch.device:
+    """Where a device-mapped model computes first, known before it loads (it decides the auto dtype): the
+    first accelerator of the map (GPU 0 for a strategy, when there is one), else the CPU."""
+    if isinstance(device_map, str):
+        return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    for place in device_map.values():
+        if isinstance(place, int):
+            return torch.device("cuda", place)
+        if place not in ("cpu", "disk"):
+            return torch.device(place)
+    return torch.device("cpu")
+
+
+def execution_device(module: torch.nn.Module) -> torch.device:
+    """Where `module` computes: its weights' device, or, for weights accelerate offloaded (meta tensors loaded
+    by its hook at each forward), the device the hook loads them onto."""
+    device = getattr(getattr(module, "_hf_hook", None), "execution_device", None)
+    if device is not None:
+        return torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
+    return next(module.parameters()).device

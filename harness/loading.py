@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,9 +13,10 @@ import torch
 from torch import nn
 
 from harness import gguf
-from harness.devices import resolve_device, resolve_dtype
+from harness.devices import execution_device, map_input_device, resolve_device, resolve_dtype
 from harness.errors import MaskError, ModelUnavailableError
 from harness.families import Family, get_family
+from harness.placement import DeviceMap, max_memory_argument
 from harness.registry import ModelSpec, get_model_spec
 from harness.weight_digest import folder_digest
 from harness.zoo import ensure_built
@@ -20,7 +24,8 @@ from harness.zoo import ensure_built
 
 @dataclass
 class LoadedModel:
-    """A model ready for experiments: eval mode, gradients off for every parameter, on its device."""
+    """A model ready for experiments: eval mode, gradients off for every parameter, on its device (the device
+    it computes on first, when a device map spreads it over several)."""
 
     spec: ModelSpec
     model: nn.Module
@@ -31,6 +36,8 @@ class LoadedModel:
     path: Path
     weights_digest: str  # sha256 of every weight byte (harness.weight_digest)
     checkpoint_id: str
+    placement: dict[str, int | str] | None = None  # accelerate's device map as loaded (module → device or disk)
+    offload_folder: Path | None = None  # where accelerate keeps the weights it offloaded to disk
     _checksums: dict[str, int] | None = None
 
     @property
@@ -60,7 +67,9 @@ class LoadedModel:
 
 def parameter_checksums(model: nn.Module) -> dict[str, int]:
     """Integer sum of each parameter's raw bits, at one read per weight: catches any element left changed
-    (a zeroed row, a one-ulp change); not a hash, so it would miss values swapped between positions."""
+    (a zeroed row, a one-ulp change); not a hash, so it would miss values swapped between positions. Weights
+    accelerate offloaded (meta tensors) are left out: they are never written (weight-mode masks refuse them,
+    harness.masking), and reading them back from disk after every case would cost a model's size in I/O."""
     bit_views = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
     sums = {}
     for name, parameter in model.named_parameters():
@@ -148,8 +157,12 @@ def load_model(
     device: str = "auto",
     dtype: str | None = None,
     allow_download: bool = False,
+    device_map: DeviceMap | None = None,
+    max_memory: tuple[tuple[str, str], ...] = (),
 ) -> LoadedModel:
-    """Load `spec` with its registered classes; the processor pads on the left for batched generation."""
+    """Load `spec` with its registered classes; the processor pads on the left for batched generation.
+    `device_map` (harness.placement) spreads the layers over devices, CPU and disk through accelerate, within
+    `max_memory`, instead of placing the whole model on `device`."""
     import transformers
 
     folder = resolve_checkpoint_folder(spec, cache_dir, allow_download)
@@ -159,14 +172,33 @@ def load_model(
             f"{spec.name}: the checkpoint in {folder} is incomplete (missing {', '.join(missing)}); finish the "
             f"download (`hf download {spec.source}`) or copy the missing files"
         )
-    torch_device = resolve_device(device)
+    torch_device = resolve_device(device) if device_map is None else map_input_device(device_map)
     torch_dtype = resolve_dtype(dtype or spec.dtype, torch_device)
     model_cls = getattr(transformers, spec.model_class)
     processor_cls = getattr(transformers, spec.processor_class)
+    spread, offload_folder = {}, None
+    if device_map is not None:
+        (cache_dir / "offload").mkdir(parents=True, exist_ok=True)
+        offload_folder = Path(tempfile.mkdtemp(prefix=f"{spec.name}-", dir=cache_dir / "offload"))
+        spread = {
+            "device_map": device_map,
+            "max_memory": max_memory_argument(max_memory),
+            "offload_folder": str(offload_folder),
+        }
     # a present-but-broken checkpoint raises here: an error, never a skip, so regression runs cannot hide it
-    model = model_cls.from_pretrained(folder, dtype=torch_dtype, local_files_only=True)
+    try:
+        model = model_cls.from_pretrained(folder, dtype=torch_dtype, local_files_only=True, **spread)
+    except BaseException:
+        if offload_folder is not None:
+            shutil.rmtree(offload_folder, ignore_errors=True)
+        raise
     processor = processor_cls.from_pretrained(folder, local_files_only=True, **dict(spec.processor_kwargs))
-    model.to(torch_device).eval().requires_grad_(False)
+    if offload_folder is None:
+        model.to(torch_device)
+    else:
+        weakref.finalize(model, shutil.rmtree, offload_folder, ignore_errors=True)  # removed with the model
+        torch_device = execution_device(model.get_input_embeddings())
+    model.eval().requires_grad_(False)
     loaded = LoadedModel(
         spec=spec,
         model=model,
@@ -177,6 +209,8 @@ def load_model(
         path=folder,
         weights_digest=folder_digest(folder, cache_dir),
         checkpoint_id=checkpoint_id(spec, folder, cache_dir),
+        placement=getattr(model, "hf_device_map", None) if offload_folder is not None else None,
+        offload_folder=offload_folder,
     )
     loaded.tokenizer.padding_side = "left"
     loaded.remember_parameters()

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from harness.choices import MASK_MODES
+from harness.devices import execution_device
 from harness.errors import MaskError
 from harness.sites import AnySite, JointSite, ResolvedSite
 
@@ -47,6 +48,16 @@ def weight_is_editable(module: nn.Linear) -> bool:
         and weight.device.type != "meta"
         and not weight.is_inference()  # inference tensors refuse in-place edits outside inference mode
     )
+
+
+def uneditable_reason(module: nn.Linear) -> str:
+    """Why `weight_is_editable` is False, in words for an error."""
+    weight = module.weight
+    if weight.device.type == "meta":
+        return "offloaded by accelerate (a meta tensor its hook loads at each forward)"
+    if not isinstance(weight, nn.Parameter) or not weight.is_floating_point():
+        return f"not a plain float parameter ({type(weight).__name__}, {weight.dtype}: quantised?)"
+    return "an inference tensor, which refuses in-place edits"
 
 
 class NeuronMask:
@@ -76,11 +87,17 @@ class NeuronMask:
         unique = torch.unique(indices)
         for layer in torch.unique(unique // site.width).tolist():
             module = site.modules[layer]
-            channels = (unique[unique // site.width == layer] % site.width).to(module.weight.device)
+            device = execution_device(module)
+            channels = (unique[unique // site.width == layer] % site.width).to(device)
             if values is not None:
-                replacement = values[layer, channels.cpu()].to(module.weight.device)
+                replacement = values[layer, channels.cpu()].to(device)
                 self._layers.append(_LayerMask(layer, module, channels, "hook", replacement))
                 continue
+            if mode == "weight" and not weight_is_editable(module):
+                raise MaskError(
+                    f"mask mode 'weight' cannot edit {site.hook_point(layer)}: its weight is "
+                    f"{uneditable_reason(module)}; use mask mode hook or auto (hooks there)"
+                )
             chosen = mode if mode != "auto" else ("weight" if weight_is_editable(module) else "hook")
             self._layers.append(_LayerMask(layer, module, channels, chosen))
         self._handles: list[torch.utils.hooks.RemovableHandle] = []

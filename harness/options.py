@@ -17,6 +17,7 @@ from pathlib import Path
 
 from harness.baseline import Tolerances
 from harness.choices import DTYPE_NAMES, MASK_MODES
+from harness.placement import parse_max_memory
 from harness.progress import DEFAULT_INTERVAL
 from harness.ranking_options import AGGREGATIONS, POSITIONS, RANKING_METHODS, RankingOptions
 from harness.settings import HarnessSettings
@@ -36,6 +37,13 @@ def names(value: str) -> tuple[str, ...]:
 
 def paths(value: str) -> tuple[Path, ...]:
     return tuple(Path(item) for item in names(value))
+
+
+def memory_budget(value: str) -> tuple[tuple[str, str], ...]:
+    try:
+        return parse_max_memory(value)
+    except ValueError as error:  # argparse shows an ArgumentTypeError's own words, a ValueError's not
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 @dataclass(frozen=True)
@@ -132,6 +140,12 @@ OPTIONS: tuple[Option, ...] = (
            shown_default="openai"),
     Option("--can-device", "torch device; auto = GPU (xdist worker gwN → GPU N mod count) else CPU",
            (S, "device")),
+    Option("--can-device-map", "spread each model's layers over devices, CPU and disk with accelerate: auto, "
+           "balanced, balanced_low_0, sequential or a JSON object {module: GPU index | cpu | disk}",
+           (S, "device_map"), shown_default="none: the whole model on --can-device"),
+    Option("--can-max-memory", "the most each device of a --can-device-map may hold, e.g. 0=70GiB,cpu=200GiB "
+           "(the rest goes to disk)", (S, "max_memory"), memory_budget, shown_default="what each device has",
+           metavar="DEVICE=SIZE,…"),
     Option("--can-dtype", "weights dtype", (S, "dtype"), choices=("auto", *DTYPE_NAMES),
            shown_default="the model's registered dtype (auto = bf16 on GPU, fp32 on CPU)"),
     Option("--can-mask-mode", "how neurons are zeroed (auto: weight edit where the weight is an in-memory float "

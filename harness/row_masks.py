@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from harness.devices import execution_device
 from harness.errors import MaskError
 from harness.masking import PartMasks, check_joint_values, check_site_values, checked_flat_indices, part_values
 from harness.sites import AnySite, JointSite, ResolvedSite
@@ -54,7 +55,7 @@ class RowMask:
             for row, indices in enumerate(flat):
                 masked[row, indices[indices // site.width == layer] % site.width] = True
             module = site.modules[layer]
-            self._layers.append(_LayerRows(layer, module, masked.to(module.weight.device)))
+            self._layers.append(_LayerRows(layer, module, masked.to(execution_device(module))))
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     @property

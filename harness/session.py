@@ -70,6 +70,8 @@ class HarnessSession:
             device=self.settings.device,
             dtype=self.settings.dtype,
             allow_download=self.settings.allow_download,
+            device_map=self.settings.device_map_argument,
+            max_memory=self.settings.max_memory,
         )
         if loaded.family.text_only:
             return TextExperiment(loaded, self.texts, self.settings, self.rankings)

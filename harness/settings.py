@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from harness.choices import DTYPE_NAMES, MASK_MODES
 from harness.images import DEFAULT_MAX_PIXELS
 from harness.paths import default_cache_dir
+from harness.placement import DeviceMap, parse_device_map, parse_max_memory
 from harness.ranking_options import RankingOptions
 from harness.registry import ClipSpec, ModelSpec, get_model_spec, with_local_path
 from harness.stages import StageThresholds
@@ -38,6 +39,10 @@ class HarnessSettings:
     clip: ClipSpec | None = None  # None: the model's registered CLIP
     device: str = "auto"
     dtype: str | None = None  # None: the model's registered dtype
+    # accelerate's device map (a strategy such as auto, or a JSON object): layers spread over devices, CPU and
+    # disk instead of the whole model on `device`; None: one device
+    device_map: str | None = None
+    max_memory: tuple[tuple[str, str], ...] = ()  # (device, size) budgets of a device map, e.g. (("0", "70GiB"),)
     mask_mode: str = "auto"
     allow_download: bool = False
     k_max: int = 8192
@@ -71,6 +76,17 @@ class HarnessSettings:
             raise ValueError(f"unknown mask mode {self.mask_mode!r}; valid: {', '.join(MASK_MODES)}")
         if self.dtype is not None and self.dtype != "auto" and self.dtype not in DTYPE_NAMES:
             raise ValueError(f"unknown dtype {self.dtype!r}; valid: auto, {', '.join(DTYPE_NAMES)}")
+        if self.device_map is not None:
+            parse_device_map(self.device_map)
+            if self.device != "auto":
+                raise ValueError(
+                    f"device {self.device!r} and device_map {self.device_map!r}: a device map places the layers "
+                    "itself; leave the device at auto"
+                )
+        if self.max_memory:
+            if self.device_map is None:
+                raise ValueError("max_memory needs a device_map: the budget accelerate spreads the layers within")
+            parse_max_memory(",".join(f"{device}={size}" for device, size in self.max_memory))
         names = [name for name, _ in self.model_paths]
         if len(names) != len(set(names)):
             raise ValueError(f"model_paths names a model twice: {', '.join(names)}")
@@ -83,6 +99,11 @@ class HarnessSettings:
                 raise ValueError(
                     f"invalid device {self.device!r} (e.g. auto, cpu, cuda, cuda:1): {error}"
                 ) from None
+
+    @property
+    def device_map_argument(self) -> DeviceMap | None:
+        """The device map as accelerate takes it (a strategy name or a dict), None for one device."""
+        return None if self.device_map is None else parse_device_map(self.device_map)
 
     def model_spec(self, name: str) -> ModelSpec:
         """The registered model `name`, loaded from its local path where `model_paths` gives one."""

@@ -114,8 +114,9 @@ class ResolvedSite:
         """[B, T, W] → [W]: the sum over images of each image's mean (or max) over positions. Language-model sites
         take the text positions `text_weights` chooses ([B, T], rows summing to 1, weighing the mean); the vision
         tower, Q-Former and projector all their own positions (patches, query tokens), across every crop when a
-        model cuts an image into several (LLaVA-NeXT's any-resolution tiles: more rows than images)."""
-        images = text_weights.shape[0]
+        model cuts an image into several (LLaVA-NeXT's any-resolution tiles: more rows than images). The sum is on
+        the device of `text_weights`, wherever a device map put this layer."""
+        images, values = text_weights.shape[0], values.to(text_weights.device)
         if aggregation == "max":
             if self.spec.component == "lm":
                 chosen = (text_weights > 0)[..., None]

@@ -233,16 +233,26 @@ def test_restored_after_exception_in_body(mode, loaded, sites, prompt, pristine)
     assert_pristine(loaded, sites, pristine)
 
 
-def test_failed_entry_restores_layers_already_zeroed():
-    """When zeroing fails part-way through __enter__ (layer 1's weight is an inference tensor, which refuses
-    in-place edits), the error propagates and layer 0, already zeroed, is restored bit for bit."""
-    torch.manual_seed(0)
-    editable = nn.Linear(4, 3)
+def test_weight_mode_refuses_a_weight_it_cannot_edit_before_touching_any():
     with torch.inference_mode():
         frozen = nn.Linear(4, 3)
+    site = ResolvedSite(spec=SITES["lm.gate_proj"], modules=(nn.Linear(4, 3), frozen), width=3)
+    with pytest.raises(MaskError, match=r"cannot edit lm\.layers\.1\..*an inference tensor.*use mask mode hook"):
+        NeuronMask(site, [1, 4], mode="weight")
+
+
+def test_failed_entry_restores_layers_already_zeroed():
+    """When zeroing fails part-way through __enter__ (layer 1's weight became an inference tensor, which refuses
+    in-place edits, after the mask was made), the error propagates and layer 0, already zeroed, is restored bit
+    for bit."""
+    torch.manual_seed(0)
+    editable, second = nn.Linear(4, 3), nn.Linear(4, 3)
     original = clone_state(editable)
-    site = ResolvedSite(spec=SITES["lm.gate_proj"], modules=(editable, frozen), width=3)
-    with pytest.raises(RuntimeError, match="inference tensor"), NeuronMask(site, [1, 4], mode="weight"):
+    site = ResolvedSite(spec=SITES["lm.gate_proj"], modules=(editable, second), width=3)
+    mask = NeuronMask(site, [1, 4], mode="weight")
+    with torch.inference_mode():
+        second.weight = nn.Parameter(torch.zeros(3, 4))
+    with pytest.raises(RuntimeError, match="inference tensor"), mask:
         pass
     for name, value in editable.state_dict().items():
         assert torch.equal(value.view(torch.int32), original[name].view(torch.int32)), name

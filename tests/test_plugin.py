@@ -469,10 +469,18 @@ def test_named_clip_model_defaults_to_openai_and_skips_when_not_cached(run_cases
         (("--can-baseline", "missing.json"), "--can-baseline missing.json: no such file; record one first"),
         (("--can-baseline", "broken.json"), "baseline file broken.json is unreadable"),
         (("--can-max-image-pixels", "0"), "max_image_pixels must be ≥ 1, got 0"),
+        (("--can-device-map", "everywhere"), "device map 'everywhere': expected one of auto, balanced"),
+        pytest.param(
+            ("--can-device", "auto", "--can-device-map", '{"lm_head": 1}'),
+            "device 'cuda:1': this machine has no usable CUDA GPU",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU"),
+        ),
+        (("--can-max-memory", "cpu=1GiB"), "max_memory needs a device_map"),
     ],
     ids=[
         "clip-model", "clip-tag", "tag-alone", "device", "k-factor", "threshold", "no-gpu", "gpu-index",
-        "model-path", "baseline-missing", "baseline-broken", "pixel-limit",
+        "model-path", "baseline-missing", "baseline-broken", "pixel-limit", "device-map", "device-map-gpu",
+        "budget-alone",
     ],
 )  # fmt: skip
 def test_invalid_settings_are_usage_errors_at_startup(run_cases, pytester, args, named):
@@ -491,6 +499,13 @@ def test_an_empty_list_option_is_a_usage_error(run_cases, option, value):
     run = run_cases(f"{option}={value}")
     assert run.ret == pytest.ExitCode.USAGE_ERROR
     expected = f"argument {option}: expects a comma-separated list of at least one name"
+    assert any(expected in line for line in run.lines), run.lines
+
+
+def test_a_memory_budget_that_does_not_parse_is_named_by_argparse(run_cases):
+    run = run_cases("--can-device", "auto", "--can-device-map", "auto", "--can-max-memory", "cpu:1GiB")
+    assert run.ret == pytest.ExitCode.USAGE_ERROR
+    expected = "argument --can-max-memory: max memory 'cpu:1GiB': expected DEVICE=SIZE"
     assert any(expected in line for line in run.lines), run.lines
 
 
