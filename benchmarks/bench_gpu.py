@@ -28,8 +28,9 @@ from tabulate import tabulate
 
 from harness.captioning import generate_captions
 from harness.clip_score import ClipScorer
-from harness.experiment import TOP_K_ZERO, ModelExperiment
+from harness.experiment import TOP_K_ZERO
 from harness.families import get_family
+from harness.image_experiment import ImageExperiment
 from harness.loading import LoadedModel
 from harness.masking import mask_neurons
 from harness.paths import default_cache_dir
@@ -93,7 +94,7 @@ def main() -> None:
                 max_new_tokens=args.max_new_tokens, max_images=args.images, categories=(CATEGORY,),
             )  # fmt: skip
             clip = ClipScorer(get_model_spec("smol-llava").clip, cache_dir=settings.cache_dir, device=device)
-            experiment = ModelExperiment(loaded, clip, load_image_set(settings), settings, RankingCache(rankings))
+            experiment = ImageExperiment(loaded, clip, load_image_set(settings), settings, RankingCache(rankings))
             figures |= {f"{key} @ batch {batch_size}": value for key, value in measure(args, experiment).items()}
     rows = [[key, f"{value:.3g}"] for key, value in figures.items()]
     print(tabulate(rows, headers=["figure", "value"], tablefmt="github"))
@@ -101,7 +102,7 @@ def main() -> None:
         args.json.write_text(json.dumps({"model": loaded.spec.name, "device": name, **figures}, indent=2))
 
 
-def measure(args, experiment: ModelExperiment) -> dict[str, float]:
+def measure(args, experiment: ImageExperiment) -> dict[str, float]:
     loaded, settings, site = experiment.loaded, experiment.settings, experiment.site(SITE)
     images = experiment.samples(CATEGORY)
     captions = experiment.baseline(CATEGORY).captions

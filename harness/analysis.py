@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from harness import progress
 from harness.ablation import Intervention
 from harness.curve import CollapseCurve, format_curve
-from harness.experiment import CollapsePoint, ModelExperiment
+from harness.experiment import CollapsePoint, Experiment
 from harness.labels import DEFAULT_RANKING, curve_label
 from harness.metrics import format_score
 from harness.sites import site_names
@@ -106,7 +106,7 @@ class CurveAnalysis:
 
 
 def analyse_curve(
-    experiment: ModelExperiment,
+    experiment: Experiment,
     site: str,
     category: str,
     *,
@@ -151,7 +151,7 @@ def analyse_curve(
     return CurveAnalysis(experiment.name, site, category, search, points, controls, layers, ranking)
 
 
-def neurons_by_site_and_layer(experiment: ModelExperiment, site: str, category: str, k: int) -> dict[str, dict]:
+def neurons_by_site_and_layer(experiment: Experiment, site: str, category: str, k: int) -> dict[str, dict]:
     """site → layer → how many of the ranked top-k sit there; every site of a joint ranking appears, even at 0."""
     chosen = experiment.site(site).neurons(experiment.selection(site, category, k, Intervention()))
     counts: dict[str, dict[int, int]] = {part: {} for part in site_names(site)}

@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 
 from tabulate import tabulate
 
-from harness.experiment import TOP_K_ZERO, CollapsePoint, ModelExperiment
+from harness.experiment import TOP_K_ZERO, CollapsePoint, Experiment
 from harness.labels import curve_label
 from harness.metrics import format_ppl, format_score
 
@@ -16,7 +16,7 @@ STAGE_NAMES = {0: "intact", 1: "degraded", 2: "collapsed"}
 class CollapseCurve:
     """Points of one (model, site, category), measured on demand and kept for the session."""
 
-    def __init__(self, experiment: ModelExperiment, site: str, category: str):
+    def __init__(self, experiment: Experiment, site: str, category: str):
         self.experiment, self.site, self.category = experiment, site, category
         self.points: dict[int, CollapsePoint] = {}
         self.on_point: Callable[[CollapsePoint], None] | None = None  # the plugin records each measured point
@@ -43,7 +43,7 @@ class CollapseCurve:
 
     def measured_many(self, ks: Sequence[int], *, stage_only: bool = False) -> list[CollapsePoint]:
         """`measured` of several ks, those not measured yet in one batched pass (a threshold search's pass).
-        `stage_only`: a point measured only as far as its stage needs will do (ModelExperiment.search); without
+        `stage_only`: a point measured only as far as its stage needs will do (Experiment.search); without
         it such a point is measured again in full."""
         missing = [
             k for k in dict.fromkeys(ks) if k not in self.points or not (stage_only or self.points[k].generated)

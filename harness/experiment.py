@@ -1,35 +1,34 @@
-"""One collapse experiment end to end: baseline, CAN ranking, masked evaluation at k, stage.
+"""One collapse experiment end to end: baseline, ranking, masked evaluation at k, stage, threshold search.
 
-`ModelExperiment` measures points on one loaded model; harness.session.HarnessSession, which the pytest plugin
-keeps as a session fixture, owns what is expensive and shared (loaded models, CLIP scorers, images, rankings).
+`Experiment` measures points on one loaded model; what the model is given and how its output is observed is its
+kind's own (harness.image_experiment, harness.text_experiment). harness.session.HarnessSession, which the pytest
+plugin keeps as a session fixture, owns what is expensive and shared (loaded models, CLIP scorers, images,
+rankings).
 """
 
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
 from harness import progress
 from harness.ablation import Intervention, mean_activations, random_selection
-from harness.captioning import Caption, Prompt, generate_captions, score_captions
-from harness.clip_score import ClipScorer, clip_score_matrix, clip_scores
+from harness.captioning import Caption, generate_captions
 from harness.errors import UnknownNameError
-from harness.image_encoding import EncodedImage, encode_images, supports_image_reuse
-from harness.images import ImageSet
+from harness.image_encoding import EncodedImage
 from harness.loading import LoadedModel
 from harness.masking import JointMask, NeuronMask, mask_neurons
 from harness.metrics import log10_ppl, require_finite
-from harness.prompt_prefix import PromptPrefix, encode_prefixes, score_after_prefixes, supports_prefix_reuse
+from harness.prompt_prefix import PromptPrefix
 from harness.ranking import Ranking, importances
 from harness.ranking_cache import RankingCache, code_fingerprint
 from harness.ranking_options import RankingOptions
-from harness.row_masks import mask_rows
 from harness.settings import HarnessSettings, search_parallel_for
-from harness.sites import AnySite, JointSite, inside_language_model, resolve_any_site
+from harness.sites import AnySite, JointSite, resolve_any_site
 from harness.stages import classify_stage
 from harness.threshold_search import SEARCH_MODES, ThresholdSearch, search_thresholds
 from harness.versions import library_versions
@@ -104,30 +103,20 @@ class ModelState:
     other_clip_features: dict[str, torch.Tensor] = field(default_factory=dict)  # the other categories'
     encoded_images: dict[str, list[EncodedImage]] = field(default_factory=dict)
     prefixes: dict[str, list[PromptPrefix]] = field(default_factory=dict)  # one category at a time
-    experiments: dict[RankingOptions, ModelExperiment] = field(default_factory=dict)
+    experiments: dict[RankingOptions, Experiment] = field(default_factory=dict)
 
 
-class ModelExperiment:
-    """Measures collapse points on one loaded vision-language model, ranked one way; what does not depend on the
-    ranking lives in its ModelState, shared with the model's experiments of other rankings.
-    harness.text_experiment.TextExperiment measures text-only models the same way on texts."""
+class Experiment(ABC):
+    """Measures collapse points on one loaded model, ranked one way: the ranking, the masked points, the
+    threshold search and their records, whatever the model is given. What the model is given and how its output
+    is observed is each kind's own: harness.image_experiment.ImageExperiment (a vision-language model captioning
+    images) and harness.text_experiment.TextExperiment (a causal LM on texts). What does not depend on the
+    ranking lives in its ModelState, shared with the model's experiments of other rankings."""
 
     def __init__(
-        self,
-        loaded: LoadedModel,
-        clip: ClipScorer | None,
-        images: ImageSet | None,
-        settings: HarnessSettings,
-        rankings: RankingCache,
-        state: ModelState | None = None,
+        self, loaded: LoadedModel, settings: HarnessSettings, rankings: RankingCache, state: ModelState | None
     ):
-        self.loaded, self.clip, self.images, self.settings, self.rankings = (
-            loaded,
-            clip,
-            images,
-            settings,
-            rankings,
-        )
+        self.loaded, self.settings, self.rankings = loaded, settings, rankings
         self.state = state if state is not None else ModelState()
         self.state.experiments.setdefault(settings.ranking, self)
         self._rankings: dict[tuple[str, str], Ranking] = {}
@@ -142,44 +131,50 @@ class ModelExperiment:
             self.state.sites[name] = resolve_any_site(self.loaded, name)
         return self.state.sites[name]
 
-    def with_ranking(self, options: RankingOptions) -> ModelExperiment:
+    def with_ranking(self, options: RankingOptions) -> Experiment:
         """The experiment of this model with neurons ranked another way (one per ranking, on the shared state)."""
         experiments = self.state.experiments
         if options not in experiments:
             experiments[options] = self._sibling(replace(self.settings, ranking=options))
         return experiments[options]
 
-    def _sibling(self, settings: HarnessSettings) -> ModelExperiment:
+    @abstractmethod
+    def _sibling(self, settings: HarnessSettings) -> Experiment:
         """An experiment on this model and state under `settings`, which differ from these in the ranking only."""
-        return ModelExperiment(self.loaded, self.clip, self.images, settings, self.rankings, self.state)
 
-    # -- what the model is given, what it does ---------------------------------------------------------------
-    def samples(self, category: str) -> Sequence[Prompt]:
-        """The model's inputs on `category`: its images."""
-        return self.images.images(category)
+    # -- what the model is given, what it does (each kind of experiment its own) --------------------------------
+    @abstractmethod
+    def samples(self, category: str) -> Sequence[object]:
+        """The model's inputs on `category`, one per row of its batches (images, or a text's openings)."""
 
-    def ranking_data(self, category: str) -> tuple[Sequence[Prompt], list[Caption]]:
-        """The inputs and teacher-forced targets the ranking loss (and mean ablation) is computed on: the images
-        and the unmasked model's own captions."""
-        return self.samples(category), self.baseline(category).captions
+    @abstractmethod
+    def ranking_data(self, category: str) -> tuple[Sequence[object], list[Caption]]:
+        """The inputs and teacher-forced targets the ranking loss (and mean ablation) is computed on."""
 
+    @abstractmethod
     def data_record(self, category: str) -> dict[str, object]:
         """What identifies the data of `category` in a ranking's cache key."""
-        return {
-            "loss": "teacher-forced NLL of the unmasked model's greedy caption",
-            "images": self.images.content_hashes(category),
-        }
 
+    @abstractmethod
     def observe(
         self, category: str, mask: NeuronMask | JointMask | None = None, *, stage_only: bool = False
     ) -> Observation:
-        """Captions generated under `mask` (None: unmasked), each scored by the unmasked model (the reference PPL)
-        and by CLIP against its image. A VLM's stage needs all of it, so `stage_only` changes nothing here."""
-        with mask or nullcontext():
-            captions = self._captions(category, self.encoded_images(category, None if mask is None else mask.site))
-        reference = self.reference_nll(category, captions)
-        clip, chance = self._clip_and_chance(category, captions)
-        return Observation(captions, reference, clip, chance, [caption.degenerate for caption in captions])
+        """What the model does on `category` under `mask` (None: unmasked). `stage_only`: no more than the
+        stage reads."""
+
+    @abstractmethod
+    def observe_many(
+        self, category: str, site: AnySite, neuron_sets: Sequence[torch.Tensor], *, stage_only: bool = False
+    ) -> list[Observation]:
+        """`observe` under each zero-ablation neuron set, in batched passes with per-row masks."""
+
+    @abstractmethod
+    def chance_images(self, category: str) -> int:
+        """How many images a chance-level CLIP score of `category` is measured on (0: no CLIP score)."""
+
+    def clip_label(self) -> str | None:
+        """The CLIP model that scores this experiment's captions, for its records; None: no CLIP score."""
+        return None
 
     def _captions(self, category: str, encoded_images: list[EncodedImage] | None = None) -> list[Caption]:
         return generate_captions(
@@ -189,55 +184,6 @@ class ModelExperiment:
             batch_size=self.settings.batch_size,
             encoded_images=encoded_images,
         )
-
-    def encoded_images(self, category: str, masked: AnySite | None) -> list[EncodedImage] | None:
-        """The category's image features (computed once, unmasked) where generation under a mask of `masked` can
-        reuse them: the model takes pre-encoded images and the mask is inside its language model; else None."""
-        if not supports_image_reuse(self.loaded) or (masked is not None and not inside_language_model(masked)):
-            return None
-        if category not in self.state.encoded_images:
-            prompts, batch_size = self.samples(category), self.settings.batch_size
-            self.state.encoded_images[category] = encode_images(self.loaded, prompts, batch_size)
-        return self.state.encoded_images[category]
-
-    def reference_nll(self, category: str, captions: Sequence[Caption]) -> list[float]:
-        """Each caption (aligned with the category's images) scored by the unmasked model: only its own tokens,
-        after the prompts' cached prefixes, where the model's forward allows it (harness.prompt_prefix); else the
-        whole prompt + caption. Call it unmasked."""
-        if not supports_prefix_reuse(self.loaded):
-            return score_captions(
-                self.loaded, self.samples(category), captions, batch_size=self.settings.batch_size
-            )
-        return score_after_prefixes(self.loaded, self.prompt_prefixes(category), captions)
-
-    def prompt_prefixes(self, category: str) -> list[PromptPrefix]:
-        """The unmasked model's prompt prefixes of `category`, in batches of batch_size images. Only the last
-        category's are kept: LLaVA-1.5-7b's KV cache is ~0.3 GB an image in bf16."""
-        if category not in self.state.prefixes:
-            self.state.prefixes.clear()
-            prompts, batch_size = self.samples(category), self.settings.batch_size
-            self.state.prefixes[category] = encode_prefixes(self.loaded, prompts, batch_size)
-        return self.state.prefixes[category]
-
-    def image_features(self, category: str) -> torch.Tensor:
-        if category not in self.state.clip_features:
-            self.state.clip_features[category] = self.clip.image_features(self.images.images(category))
-        return self.state.clip_features[category]
-
-    def _clip_and_chance(self, category: str, captions: list[Caption]) -> tuple[list[float], float | None]:
-        """CLIP score of each (image, its caption), and the chance level: the same captions scored against
-        every image of the other categories (what a caption that does not describe the image scores)."""
-        texts = self.clip.text_features([c.text for c in captions])
-        own = clip_scores(self.image_features(category), texts).tolist()
-        others = self.images.other_categories(category)
-        if not others:
-            return own, None
-        if category not in self.state.other_clip_features:  # built once per category, reused at every k
-            self.state.other_clip_features[category] = torch.cat([self.image_features(other) for other in others])
-        return own, float(clip_score_matrix(self.state.other_clip_features[category], texts).mean())
-
-    def chance_images(self, category: str) -> int:
-        return sum(len(self.images.check_category(other)) for other in self.images.other_categories(category))
 
     def baseline(self, category: str) -> Observation:
         """The unmasked model on `category` (computed once)."""
@@ -379,29 +325,6 @@ class ModelExperiment:
             for index, (k, intervention) in enumerate(variants)
         ]
 
-    def observe_many(
-        self, category: str, site: AnySite, neuron_sets: Sequence[torch.Tensor], *, stage_only: bool = False
-    ) -> list[Observation]:
-        """`observe` under each zero-ablation neuron set: the images repeated once per set in batches of
-        batch_size × sets rows, row r masked with its own set; each set's captions then scored as `observe`
-        scores them."""
-        samples = list(self.samples(category))
-        prompts, rows = samples * len(neuron_sets), [s for s in neuron_sets for _ in samples]
-        width = self.settings.batch_size * len(neuron_sets)
-        encoded = self.encoded_images(category, site)
-        captions = generate_captions(
-            self.loaded, prompts, max_new_tokens=self.settings.max_new_tokens, batch_size=width,
-            chunk_mask=lambda part: mask_rows(site, rows[part]),
-            encoded_images=None if encoded is None else encoded * len(neuron_sets),
-        )  # fmt: skip
-        observations = []
-        for part in set_slices(len(samples), len(neuron_sets)):
-            reference = self.reference_nll(category, captions[part])
-            clip, chance = self._clip_and_chance(category, captions[part])
-            degenerate = [caption.degenerate for caption in captions[part]]
-            observations.append(Observation(captions[part], reference, clip, chance, degenerate))
-        return observations
-
     def _point(
         self,
         site_name: str,
@@ -515,7 +438,7 @@ class ModelExperiment:
             **self.settings.ranking.used(),
             "max_new_tokens": self.settings.max_new_tokens,
             "prompt": spec.prompt,
-            "clip_model": None if self.clip is None else self.clip.spec.label,
+            "clip_model": self.clip_label(),
             "checkpoint": self.loaded.checkpoint_id,
             "dtype": str(self.loaded.dtype).removeprefix("torch."),
             "device": str(self.loaded.device),

@@ -9,8 +9,9 @@ from pathlib import Path
 import torch
 
 from harness.clip_score import ClipScorer
-from harness.experiment import ModelExperiment
+from harness.experiment import Experiment
 from harness.families import check_family_supported
+from harness.image_experiment import ImageExperiment
 from harness.images import ImageSet, scan_image_root
 from harness.loading import load_model
 from harness.ranking_cache import RankingCache
@@ -31,7 +32,7 @@ class HarnessSession:
     def __init__(self, settings: HarnessSettings, images: ImageSet | None = None, texts: TextSet | None = None):
         self.settings = settings
         self.rankings = RankingCache(settings.cache_dir)
-        self._experiments: dict[str, ModelExperiment] = {}
+        self._experiments: dict[str, Experiment] = {}
         self._failures: dict[str, Exception] = {}
         self._clips: dict[tuple[ClipSpec, torch.device], ClipScorer] = {}
         if images is not None:
@@ -49,7 +50,7 @@ class HarnessSession:
         """The texts text-only models are measured on."""
         return load_text_set(self.settings.texts)
 
-    def experiment(self, model_name: str) -> ModelExperiment:
+    def experiment(self, model_name: str) -> Experiment:
         """The experiment for a registered model; raises ModelUnavailableError when its weights are absent."""
         if model_name in self._failures:
             raise self._failures[model_name]
@@ -61,7 +62,7 @@ class HarnessSession:
                 raise
         return self._experiments[model_name]
 
-    def _start(self, model_name: str) -> ModelExperiment:
+    def _start(self, model_name: str) -> Experiment:
         spec = self.settings.model_spec(model_name)
         check_family_supported(spec)
         loaded = load_model(
@@ -76,7 +77,7 @@ class HarnessSession:
         if loaded.family.text_only:
             return TextExperiment(loaded, self.texts, self.settings, self.rankings)
         clip = self.clip(self.settings.clip or spec.clip, loaded.device)
-        return ModelExperiment(loaded, clip, self.images, self.settings, self.rankings)
+        return ImageExperiment(loaded, clip, self.images, self.settings, self.rankings)
 
     def clip(self, spec: ClipSpec, device: torch.device) -> ClipScorer:
         """One CLIP scorer per (model, device), shared by every experiment on that device."""

@@ -15,7 +15,7 @@ from contextlib import nullcontext
 import torch
 
 from harness.captioning import Caption, generate_captions, score_captions
-from harness.experiment import ModelExperiment, ModelState, Observation, set_slices
+from harness.experiment import Experiment, ModelState, Observation, set_slices
 from harness.loading import LoadedModel
 from harness.masking import JointMask, NeuronMask
 from harness.metrics import is_degenerate_continuation
@@ -26,7 +26,7 @@ from harness.sites import AnySite
 from harness.texts import TextSet, TextWindow, text_windows
 
 
-class TextExperiment(ModelExperiment):
+class TextExperiment(Experiment):
     """Measures collapse points of a text-only model on the run's texts."""
 
     def __init__(
@@ -37,7 +37,7 @@ class TextExperiment(ModelExperiment):
         rankings: RankingCache,
         state: ModelState | None = None,
     ):
-        super().__init__(loaded, None, None, settings, rankings, state)
+        super().__init__(loaded, settings, rankings, state)
         self.texts = texts
         self._windows: dict[str, list[TextWindow]] = {}
 

@@ -1,4 +1,4 @@
-"""ModelExperiment and HarnessSession: masked neurons in results, what a ranking's cache key covers, the image
+"""Experiments and HarnessSession: masked neurons in results, what a ranking's cache key covers, the image
 set and its chance level, integer k types, remembered load failures and unsupported families."""
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import harness.session
 import harness.sites
 from harness.ablation import Intervention
 from harness.errors import ModelUnavailableError, UnknownNameError, UnsupportedModelError
-from harness.experiment import ModelExperiment
 from harness.families import FAMILIES, check_family_supported
+from harness.image_experiment import ImageExperiment
 from harness.images import scan_image_root
 from harness.ranking_cache import cache_key
 from harness.registry import get_model_spec
@@ -104,9 +104,9 @@ def test_ranking_inputs_name_everything_a_ranking_depends_on(experiment, loaded,
     assert inputs["images"] == [hashlib.sha256(p.read_bytes()).hexdigest() for p in files]
 
 
-def experiment_on(experiment: ModelExperiment, root: Path) -> ModelExperiment:
+def experiment_on(experiment: ImageExperiment, root: Path) -> ImageExperiment:
     """The same loaded model and CLIP on the images under another root."""
-    return ModelExperiment(
+    return ImageExperiment(
         experiment.loaded,
         experiment.clip,
         scan_image_root(root, max_per_category=experiment.settings.max_images),

@@ -707,21 +707,21 @@ def test_search_reuses_the_points_grid_cases_measured(run_cases, pytester):
         """
         import json
         import pytest
-        from harness.experiment import ModelExperiment
+        from harness.experiment import Experiment
 
         from harness.experiment import TOP_K_ZERO
 
         @pytest.fixture(scope="session", autouse=True)
         def count_can_measurements():
-            calls, original = [], ModelExperiment.measure_many
+            calls, original = [], Experiment.measure_many
 
             def counting(self, site, category, variants, **options):
                 calls.extend(k for k, intervention in variants if intervention == TOP_K_ZERO)
                 return original(self, site, category, variants, **options)
 
-            ModelExperiment.measure_many = counting
+            Experiment.measure_many = counting
             yield
-            ModelExperiment.measure_many = original
+            Experiment.measure_many = original
             with open("measured.json", "w") as handle:
                 json.dump(calls, handle)
         """
