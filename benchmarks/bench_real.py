@@ -20,14 +20,14 @@ from pathlib import Path
 import torch
 from tabulate import tabulate
 
-from harness.analysis import analyse_curve
-from harness.loading import resolve_checkpoint_folder
-from harness.paths import default_cache_dir
-from harness.ranking_options import RankingOptions
-from harness.registry import get_model_spec
-from harness.session import HarnessSession
-from harness.settings import HarnessSettings
-from harness.texts import BUILTIN_CATEGORY
+from harness.core.paths import default_cache_dir
+from harness.data.texts import BUILTIN_CATEGORY
+from harness.models.loading import resolve_checkpoint_folder
+from harness.models.registry import get_model_spec
+from harness.runner.analysis import analyse_curve
+from harness.runner.session import HarnessSession
+from harness.runner.settings import HarnessSettings
+from harness.science.ranking_options import RankingOptions
 
 
 def conversion_rows(models: list[str]) -> list[list[object]]:

@@ -21,11 +21,11 @@ import time
 import torch
 from tabulate import tabulate
 
-from harness.experiment import TOP_K_ZERO
-from harness.paths import default_cache_dir
-from harness.session import HarnessSession
-from harness.settings import HarnessSettings
-from harness.threshold_search import search_thresholds
+from harness.core.paths import default_cache_dir
+from harness.runner.experiment import TOP_K_ZERO
+from harness.runner.session import HarnessSession
+from harness.runner.settings import HarnessSettings
+from harness.science.threshold_search import search_thresholds
 
 CATEGORY = {"synth-llava": "circle", "smol-llava": "circle", "smollm2-135m": "paragraph"}
 

@@ -8,7 +8,7 @@ the plugin prints the stage-1 / stage-2 thresholds found on the k grid and write
 
 import pytest
 
-from harness.assertions import assert_clip_drop, assert_fluent_baseline, assert_ppl_blowup
+from harness.runner.assertions import assert_clip_drop, assert_fluent_baseline, assert_ppl_blowup
 
 # The paper's claim, per (model, site): by this k the reference PPL is ≥ 10× the baseline and the CLIP score has
 # dropped. The paper says "as few as 4 neurons" for LLaVA-1.5-7b (one summary says 5); 8 is the first point of

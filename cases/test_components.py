@@ -8,7 +8,7 @@ sites. A site a model's family lacks (LLaVA has no Q-Former) is skipped, saying 
 
 import pytest
 
-from harness.assertions import assert_matches_baseline, assert_no_collapse_within
+from harness.runner.assertions import assert_matches_baseline, assert_no_collapse_within
 
 VISION_SIDE = ("vision.fc1", "vision.fc2", "qformer.fc1", "qformer.fc2", "projector")  # no Q-Former in LLaVA
 # LLaVA-1.5-7b: the language model collapses within 8 down_proj neurons (test_thresholds.py); the vision side, with

@@ -15,11 +15,11 @@ import math
 import pytest
 import torch
 
-from harness.captioning import generate_captions, score_captions
-from harness.errors import ModelUnavailableError, UnsupportedModelError
-from harness.loading import load_model_config
-from harness.masking import NeuronMask
-from harness.metrics import log10_ppl
+from harness.core.errors import ModelUnavailableError, UnsupportedModelError
+from harness.core.metrics import log10_ppl
+from harness.models.captioning import generate_captions, score_captions
+from harness.models.loading import load_model_config
+from harness.models.masking import NeuronMask
 
 SITE = "lm.down_proj"
 GOLDEN = {  # model: (language-model layer, down_proj output channels)

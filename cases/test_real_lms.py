@@ -14,7 +14,7 @@ import dataclasses
 
 import pytest
 
-from harness.assertions import assert_collapses_within, assert_controls_hold
+from harness.runner.assertions import assert_collapses_within, assert_controls_hold
 
 COLLAPSES_WITHIN = {  # (model, ranking with its default options): bound asserted on k₂ — measured k₂
     ("smollm2-135m", "pcicn"): 1,  # 1: layer 11, channel 507 (log10 PPL ratio +3.97, as the authors' stage 2)

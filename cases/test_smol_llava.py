@@ -10,7 +10,7 @@ localisation claim, measured side by side with the same categories and controls.
 
 import pytest
 
-from harness.assertions import assert_collapses_within, assert_controls_hold, assert_no_collapse_within
+from harness.runner.assertions import assert_collapses_within, assert_controls_hold, assert_no_collapse_within
 
 LANGUAGE_SITES = ["lm.down_proj", "lm.gate_proj", "lm.mlp_hidden"]
 VISION_SIDE = ["vision.fc2", "projector"]

@@ -9,7 +9,7 @@ offline; `-k qwen2.5` etc. need the checkpoint in the local HF cache (and, in pr
 
 import pytest
 
-from harness.assertions import assert_ppl_blowup
+from harness.runner.assertions import assert_ppl_blowup
 
 # PCICN: 3 neurons; 4 is the first point of the k grid past it.
 COLLAPSED_BY_K = {("qwen2.5-0.5b", "lm.down_proj", "pcicn"): 4, ("gemma-7b", "lm.down_proj", "pcicn"): 4}

@@ -12,7 +12,7 @@ With `--can-baseline FILE` every curve is also a regression check against the st
 
 import pytest
 
-from harness.assertions import assert_collapses_within, assert_controls_hold, assert_matches_baseline
+from harness.runner.assertions import assert_collapses_within, assert_controls_hold, assert_matches_baseline
 
 # The CAN paper's headline: LLaVA-1.5-7b collapses with as few as 4 (one summary says 5) down_proj neurons; the
 # controls must not collapse at that k for the collapse to count (README, *Science defaults*).

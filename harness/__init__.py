@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from importlib.metadata import PackageNotFoundError, version
 
-from harness._torchvision_compat import install_import_hook
+from harness.core._torchvision_compat import install_import_hook
 
 install_import_hook()
 
@@ -21,24 +21,24 @@ except PackageNotFoundError:  # running from a checkout that was not pip-install
     __version__ = "0.1.0+checkout"
 
 _PUBLIC = {
-    "HarnessSession": "harness.session",
-    "HarnessSettings": "harness.settings",
-    "RankingOptions": "harness.ranking_options",
-    "StageThresholds": "harness.stages",
-    "Intervention": "harness.ablation",
-    "analyse_curve": "harness.analysis",
-    "ModelSpec": "harness.registry",
-    "ClipSpec": "harness.registry",
-    "CAUSAL_LM": "harness.registry",
-    "register_model": "harness.registry",
-    "assert_ppl_blowup": "harness.assertions",
-    "assert_clip_drop": "harness.assertions",
-    "assert_fluent_baseline": "harness.assertions",
-    "assert_two_stage": "harness.assertions",
-    "assert_collapses_within": "harness.assertions",
-    "assert_no_collapse_within": "harness.assertions",
-    "assert_controls_hold": "harness.assertions",
-    "assert_matches_baseline": "harness.assertions",
+    "HarnessSession": "harness.runner.session",
+    "HarnessSettings": "harness.runner.settings",
+    "RankingOptions": "harness.science.ranking_options",
+    "StageThresholds": "harness.science.stages",
+    "Intervention": "harness.science.ablation",
+    "analyse_curve": "harness.runner.analysis",
+    "ModelSpec": "harness.models.registry",
+    "ClipSpec": "harness.models.registry",
+    "CAUSAL_LM": "harness.models.registry",
+    "register_model": "harness.models.registry",
+    "assert_ppl_blowup": "harness.runner.assertions",
+    "assert_clip_drop": "harness.runner.assertions",
+    "assert_fluent_baseline": "harness.runner.assertions",
+    "assert_two_stage": "harness.runner.assertions",
+    "assert_collapses_within": "harness.runner.assertions",
+    "assert_no_collapse_within": "harness.runner.assertions",
+    "assert_controls_hold": "harness.runner.assertions",
+    "assert_matches_baseline": "harness.runner.assertions",
 }
 __all__ = ["__version__", *_PUBLIC]
 

@@ -4,10 +4,10 @@ Registered through the `pytest11` entry point (installed package) and by the rep
 A case opts in with `@pytest.mark.collapse_grid(models=[...], sites=[...])` and the fixtures `collapse_curve`
 and `k`; the plugin expands it over model × site × category × k (a geometric grid from 0 = baseline); a category
 is an image category, or for a text-only model a text (`--can-texts`).
-With `@pytest.mark.collapse_search(models=[...], sites=[...])` and the fixture `collapse_analysis` it expands
-over model × site × category, and each case gets its curve's thresholds found by the adaptive search, with
-controls at k₂ and the layer breakdown (harness.analysis). Either marker takes `methods=[...]` (ranking methods,
-see harness.ranking) to expand over them too; without it every case ranks by `--can-method`.
+With `@pytest.mark.collapse_search(models=[...], sites=[...])` and the fixture `collapse_analysis` it expands over
+model × site × category, and each case gets its curve's thresholds found by the adaptive search, with controls at
+k₂ and the layer breakdown (harness.runner.analysis). Either marker takes `methods=[...]` (ranking methods, see
+harness.science.ranking) to expand over them too; without it every case ranks by `--can-method`.
 """
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from harness.errors import HarnessError, ModelUnavailableError
+from harness.core.errors import HarnessError, ModelUnavailableError
 
-if TYPE_CHECKING:  # the plugin's import loads none of them (see harness.options)
-    from harness.baseline import Baselines
-    from harness.images import ImageSet
-    from harness.settings import HarnessSettings
-    from harness.texts import TextSet
+if TYPE_CHECKING:  # the plugin's import loads none of them (see harness.runner.options)
+    from harness.data.images import ImageSet
+    from harness.data.texts import TextSet
+    from harness.runner.baseline import Baselines
+    from harness.runner.settings import HarnessSettings
 
 SETTINGS: pytest.StashKey[HarnessSettings] = pytest.StashKey()
 IMAGES: pytest.StashKey[ImageSet] = pytest.StashKey()
@@ -43,7 +43,7 @@ MARKERS = ("collapse_grid", "collapse_search")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    from harness.options import OPTIONS
+    from harness.runner.options import OPTIONS
 
     group = parser.getgroup("can", "critical-neuron collapse harness")
     for option in OPTIONS:
@@ -70,7 +70,7 @@ def pytest_configure(config: pytest.Config) -> None:
     _route_progress(config)
     worker = getattr(config, "workerinput", None)
     if worker is None:
-        from harness.report import check_report_dir
+        from harness.reporting.report import check_report_dir
 
         try:
             check_report_dir(report_dir(config))
@@ -118,7 +118,7 @@ def _interrupt_on_sigterm(config: pytest.Config) -> None:
 def _route_progress(config: pytest.Config) -> None:
     """Progress lines of long work reach the terminal past pytest's output capture: on the controller through
     the terminal reporter, on an xdist worker through its standard error (which xdist leaves on the terminal)."""
-    from harness import progress
+    from harness.core import progress
 
     worker = getattr(config, "workerinput", {}).get("workerid")
     config.stash[PROGRESS] = progress.snapshot()  # put back when this run ends
@@ -145,7 +145,7 @@ def _route_progress(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    from harness import progress
+    from harness.core import progress
 
     if PROGRESS in config.stash:
         progress.restore(config.stash[PROGRESS])
@@ -162,18 +162,18 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
     explicit = any(arg == "--dist" or arg.startswith("--dist=") for arg in config.invocation_params.args)
     dist = config.getoption("dist")
     if dist == "loadgroup" or (dist == "load" and not explicit):
-        from harness.xdist_scheduling import CollapseCaseScheduling
+        from harness.runner.xdist_scheduling import CollapseCaseScheduling
 
         return CollapseCaseScheduling(config, log, by=config.getoption("can_dist_group"))
     return None
 
 
 def _settings_from_options(config: pytest.Config):
-    from harness.options import OPTIONS, given_fields
-    from harness.ranking_options import RankingOptions
-    from harness.registry import ClipSpec, get_model_spec
-    from harness.settings import HarnessSettings
-    from harness.stages import StageThresholds
+    from harness.models.registry import ClipSpec, get_model_spec
+    from harness.runner.options import OPTIONS, given_fields
+    from harness.runner.settings import HarnessSettings
+    from harness.science.ranking_options import RankingOptions
+    from harness.science.stages import StageThresholds
 
     option = config.getoption
     model_paths = []
@@ -187,7 +187,7 @@ def _settings_from_options(config: pytest.Config):
         model_paths.append((name, Path(path).expanduser()))
     clip = None
     if option("can_clip_model"):
-        from harness.clip_score import LOCAL_DIR, check_clip_name
+        from harness.models.clip_score import LOCAL_DIR, check_clip_name
 
         name = option("can_clip_model")
         pretrained = None if name.startswith(LOCAL_DIR) else (option("can_clip_pretrained") or "openai")
@@ -204,19 +204,19 @@ def _settings_from_options(config: pytest.Config):
         model_paths=tuple(model_paths),
     )
     if settings.device != "auto":
-        from harness.devices import check_available
+        from harness.models.devices import check_available
 
         check_available(settings.device)  # a GPU this machine lacks is one error now, not a crash in every case
     if isinstance(settings.device_map_argument, dict):
-        from harness.devices import check_map_available
+        from harness.models.devices import check_map_available
 
         check_map_available(settings.device_map_argument)
     return settings
 
 
 def _baselines_from_options(config: pytest.Config):
-    from harness.baseline import BaselineFile, Baselines, Tolerances
-    from harness.options import OPTIONS, given_fields
+    from harness.runner.baseline import BaselineFile, Baselines, Tolerances
+    from harness.runner.options import OPTIONS, given_fields
 
     option = config.getoption
     tolerances = Tolerances(**given_fields({o.dest: option(o.dest) for o in OPTIONS}, Tolerances))
@@ -240,9 +240,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     if len(found) > 1:
         raise pytest.UsageError(f"{metafunc.definition.nodeid}: use one of {' / '.join(MARKERS)}, not both")
-    from harness.families import get_family
-    from harness.settings import k_grid
-    from harness.sites import site_names, site_size, sites_of
+    from harness.models.families import get_family
+    from harness.models.sites import site_names, site_size, sites_of
+    from harness.runner.settings import k_grid
 
     name, marker = found[0]
     config = metafunc.config
@@ -291,7 +291,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def _image_set(config: pytest.Config):
     """The run's images, scanned and validated once per process (collection and the session share it)."""
     if IMAGES not in config.stash:
-        from harness.session import load_image_set
+        from harness.runner.session import load_image_set
 
         config.stash[IMAGES] = load_image_set(config.stash[SETTINGS])
     return config.stash[IMAGES]
@@ -300,14 +300,14 @@ def _image_set(config: pytest.Config):
 def _text_set(config: pytest.Config):
     """The run's texts for text-only models, read and validated once per process."""
     if TEXTS not in config.stash:
-        from harness.texts import load_text_set
+        from harness.data.texts import load_text_set
 
         config.stash[TEXTS] = load_text_set(config.stash[SETTINGS].texts)
     return config.stash[TEXTS]
 
 
 def _model_config_or_reason(spec, settings):
-    from harness.loading import load_model_config
+    from harness.models.loading import load_model_config
 
     try:
         return load_model_config(spec, cache_dir=settings.cache_dir, allow_download=settings.allow_download), None
@@ -325,7 +325,7 @@ def can_settings(pytestconfig: pytest.Config):
 @pytest.fixture(scope="session")
 def can_session(pytestconfig: pytest.Config, can_settings):
     """Loaded models, CLIP scorers, images and rankings shared by every case in this process."""
-    from harness.session import HarnessSession
+    from harness.runner.session import HarnessSession
 
     return HarnessSession(can_settings, images=_image_set(pytestconfig), texts=_text_set(pytestconfig))
 
@@ -386,7 +386,7 @@ def _experiment_or_skip(can_session, model: str, method: str):
 
 def _session_curve(curves: dict, experiment, site: str, category: str):
     """The session's one CollapseCurve per (model, ranking, site, category), shared by grid and search cases."""
-    from harness.curve import CollapseCurve
+    from harness.runner.curve import CollapseCurve
 
     key = (experiment.name, experiment.settings.ranking, site, category)
     if key not in curves:
@@ -429,7 +429,7 @@ def collapse_analysis(
     """The CurveAnalysis of this case's (model, site, category): k₁ and k₂ by the configured search, the
     controls at k₂ and the layer breakdown; computed once per session and recorded for the threshold table.
     Points the grid cases of the same curve measured in this process are reused, not measured again."""
-    from harness.analysis import analyse_curve
+    from harness.runner.analysis import analyse_curve
 
     model, site, category = can_model, can_site, can_category
     experiment = _experiment_or_skip(can_session, model, can_method)
@@ -453,7 +453,7 @@ def collapse_analysis(
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     """Tell a failed domain assertion from an exception (on the process that ran the case, so it reaches the
     xdist controller with the report): an exception makes the run's report incomplete."""
-    from harness.run_outcome import RAISED_PROPERTY
+    from harness.core.run_outcome import RAISED_PROPERTY
 
     report = yield
     expected = (AssertionError, pytest.fail.Exception, pytest.skip.Exception)
@@ -469,7 +469,7 @@ class CollapseRecorder:
     the last complete report stays as it was."""
 
     def __init__(self, config: pytest.Config):
-        from harness.run_outcome import RunOutcome
+        from harness.core.run_outcome import RunOutcome
 
         self.config = config
         self.rows: list[dict] = []
@@ -490,8 +490,8 @@ class CollapseRecorder:
         self.outcome.interrupted = f"interrupted ({str(excinfo.value) or excinfo.typename})"
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        from harness.report import GROUP_KEYS
-        from harness.run_outcome import curve_of
+        from harness.core.run_outcome import curve_of
+        from harness.reporting.report import GROUP_KEYS
 
         self.outcome.record(report)
         if report.when != "call":
@@ -517,7 +517,7 @@ class CollapseRecorder:
             self.outcome.interrupted = "interrupted"
         if not self.rows and not self.analyses:
             return
-        from harness.report import provenance, write_reports
+        from harness.reporting.report import provenance, write_reports
 
         config = self.config
         directory = report_dir(config) / ("" if self.outcome.complete else "incomplete")
@@ -528,7 +528,7 @@ class CollapseRecorder:
             analyses = list(self.analyses.values())
             self.reports = write_reports(self.rows, directory, meta, analyses, self.curve_cases())
             if self.analyses:
-                from harness.plots import plot_analysis, plot_file_name
+                from harness.reporting.plots import plot_analysis, plot_file_name
 
                 for row in self.analyses.values():
                     plot_analysis(row, directory / "plots" / plot_file_name(row))
@@ -542,10 +542,10 @@ class CollapseRecorder:
     def pytest_terminal_summary(self, terminalreporter) -> None:
         if not self.rows and not self.analyses:
             return
-        from harness.curve import format_curve
-        from harness.experiment import CollapsePoint
-        from harness.labels import curve_label
-        from harness.report import latest_points, render_summary, render_thresholds, summarize
+        from harness.core.labels import curve_label
+        from harness.reporting.report import latest_points, render_summary, render_thresholds, summarize
+        from harness.runner.curve import format_curve
+        from harness.runner.experiment import CollapsePoint
 
         settings = self.config.stash[SETTINGS]
         rankings = {row["ranking"] for row in [*self.rows, *self.analyses.values()]}

@@ -28,9 +28,9 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from huggingface_hub import constants as hf_constants  # noqa: E402
 
-from harness.image_experiment import ImageExperiment  # noqa: E402
-from harness.session import HarnessSession  # noqa: E402
-from harness.settings import HarnessSettings  # noqa: E402
+from harness.runner.image_experiment import ImageExperiment  # noqa: E402
+from harness.runner.session import HarnessSession  # noqa: E402
+from harness.runner.settings import HarnessSettings  # noqa: E402
 
 if hf_constants.HF_HUB_CACHE != EMPTY_HF_HUB_CACHE:
     raise RuntimeError(f"the tests' HF cache is {hf_constants.HF_HUB_CACHE}, not the empty {EMPTY_HF_HUB_CACHE}")

@@ -7,7 +7,10 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harness.ablation import (
+from harness.core.errors import UnknownNameError
+from harness.models.captioning import score_captions, teacher_forced_batch
+from harness.models.masking import NeuronMask
+from harness.science.ablation import (
     Intervention,
     mean_activations,
     random_selection,
@@ -15,9 +18,6 @@ from harness.ablation import (
     single_neuron_effects,
     top_k_overlap,
 )
-from harness.captioning import score_captions, teacher_forced_batch
-from harness.errors import UnknownNameError
-from harness.masking import NeuronMask
 
 SITE = "lm.down_proj"
 

@@ -6,11 +6,11 @@ import dataclasses
 
 import pytest
 
-from harness.analysis import ControlOutcome, CurveAnalysis, analyse_curve
-from harness.assertions import assert_collapses_within, assert_controls_hold, assert_two_stage
-from harness.curve import CollapseCurve
-from harness.report import render_thresholds
-from harness.threshold_search import ThresholdSearch
+from harness.reporting.report import render_thresholds
+from harness.runner.analysis import ControlOutcome, CurveAnalysis, analyse_curve
+from harness.runner.assertions import assert_collapses_within, assert_controls_hold, assert_two_stage
+from harness.runner.curve import CollapseCurve
+from harness.science.threshold_search import ThresholdSearch
 
 SITE = "lm.down_proj"
 

@@ -10,7 +10,7 @@ pytest_plugins = ["pytester"]
 CASE = """
 from types import SimpleNamespace
 
-from harness.assertions import assert_collapses_within
+from harness.runner.assertions import assert_collapses_within
 
 
 def test_case():
@@ -27,4 +27,4 @@ def test_a_failing_assertion_points_at_the_case(pytester: pytest.Pytester):
     output = result.stdout.str()
     assert "assert_collapses_within(analysis, 4)  # the line a failure must point at" in output
     assert "expected complete collapse by k=4, found no collapse" in output and "the curve's table" in output
-    assert "harness/assertions.py" not in output and "def _fail_analysis" not in output
+    assert "harness/runner/assertions.py" not in output and "def _fail_analysis" not in output

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.baseline import BaselineFile, Tolerances, check_against, compare
-from harness.errors import BaselineError
+from harness.core.errors import BaselineError
+from harness.runner.baseline import BaselineFile, Tolerances, check_against, compare
 
 pytest_plugins = ["pytester"]
 

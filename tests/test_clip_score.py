@@ -6,9 +6,9 @@ import huggingface_hub.constants
 import pytest
 import torch
 
-from harness.clip_score import ClipScorer, check_clip_name, clip_score_matrix, clip_scores
-from harness.errors import ModelUnavailableError, UnknownNameError
-from harness.registry import ClipSpec, get_model_spec
+from harness.core.errors import ModelUnavailableError, UnknownNameError
+from harness.models.clip_score import ClipScorer, check_clip_name, clip_score_matrix, clip_scores
+from harness.models.registry import ClipSpec, get_model_spec
 
 TEXTS = ["a red circle", "a blue square on a green background", "triangle", "yellow yellow yellow"]
 

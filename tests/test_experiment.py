@@ -14,21 +14,21 @@ import pytest
 import torch
 from PIL import Image
 
-import harness.captioning
-import harness.experiment
-import harness.prompts
-import harness.ranking
-import harness.ranking_options
-import harness.session
-import harness.sites
-from harness.ablation import Intervention
-from harness.errors import ModelUnavailableError, UnknownNameError, UnsupportedModelError
-from harness.families import FAMILIES, check_family_supported
-from harness.image_experiment import ImageExperiment
-from harness.images import scan_image_root
-from harness.ranking_cache import cache_key
-from harness.registry import get_model_spec
-from harness.session import HarnessSession, load_image_set
+import harness.models.captioning
+import harness.models.prompts
+import harness.models.sites
+import harness.runner.experiment
+import harness.runner.session
+import harness.science.ranking
+import harness.science.ranking_options
+from harness.core.errors import ModelUnavailableError, UnknownNameError, UnsupportedModelError
+from harness.data.images import scan_image_root
+from harness.models.families import FAMILIES, check_family_supported
+from harness.models.registry import get_model_spec
+from harness.runner.image_experiment import ImageExperiment
+from harness.runner.ranking_cache import cache_key
+from harness.runner.session import HarnessSession, load_image_set
+from harness.science.ablation import Intervention
 
 SITE = "lm.down_proj"
 RANKING_FIELDS = {
@@ -81,7 +81,13 @@ def test_measure_records_an_integer_k_as_a_python_int(experiment, k):
 def ranking_source_hash() -> str:
     digest = hashlib.sha256()
     # the code that encodes the inputs, scores the captions and computes the scores
-    for module in (harness.ranking, harness.ranking_options, harness.captioning, harness.prompts, harness.sites):
+    for module in (
+        harness.science.ranking,
+        harness.science.ranking_options,
+        harness.models.captioning,
+        harness.models.prompts,
+        harness.models.sites,
+    ):
         digest.update(Path(module.__file__).read_bytes())
     return digest.hexdigest()[:16]
 
@@ -172,7 +178,7 @@ def test_a_single_category_has_no_chance_level(experiment, images, tmp_path):
 
 # -- model start-up --------------------------------------------------------------------------------------------
 class CountingLoad:
-    """Stands in for harness.session.load_model: counts its calls and raises the given error."""
+    """Stands in for harness.runner.session.load_model: counts its calls and raises the given error."""
 
     def __init__(self, error: Exception):
         self.error, self.calls = error, 0
@@ -186,7 +192,7 @@ def test_failed_model_start_is_remembered(settings, monkeypatch):
     """A model whose start failed raises the same error object again without a second load; another model
     still gets its own attempt."""
     load = CountingLoad(ModelUnavailableError("llava-1.5-7b: not on this machine"))
-    monkeypatch.setattr(harness.session, "load_model", load)
+    monkeypatch.setattr(harness.runner.session, "load_model", load)
     session = HarnessSession(settings)
     with pytest.raises(ModelUnavailableError) as first:
         session.experiment("llava-1.5-7b")
@@ -212,7 +218,7 @@ def test_unsupported_family_is_refused_before_loading(settings, monkeypatch, unv
     """A family whose captioning path is not validated is refused with UnsupportedModelError (remembered like any
     failed start) and its weights are never loaded."""
     load = CountingLoad(AssertionError("the weights of an unsupported model must not be loaded"))
-    monkeypatch.setattr(harness.session, "load_model", load)
+    monkeypatch.setattr(harness.runner.session, "load_model", load)
     session = HarnessSession(settings)
     with pytest.raises(UnsupportedModelError) as first:
         session.experiment("instructblip-vicuna-7b")

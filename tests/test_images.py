@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from harness.errors import ImageFolderError, UnknownNameError
-from harness.images import scan_image_root
-from harness.world import write_category_folders
+from harness.core.errors import ImageFolderError, UnknownNameError
+from harness.data.images import scan_image_root
+from harness.data.world import write_category_folders
 
 
 def write_png(path: Path, colour=(200, 30, 30), mode: str = "RGB", size=(8, 8)) -> Path:

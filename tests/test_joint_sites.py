@@ -12,14 +12,22 @@ import pytest
 import torch
 from torch import nn
 
-from harness.ablation import Intervention
-from harness.analysis import neurons_by_site_and_layer
-from harness.errors import InvalidKError, MaskError, UnknownNameError
-from harness.masking import JointMask, NeuronMask
-from harness.prompts import encode_prompts
-from harness.ranking import importance, importances
-from harness.ranking_options import RankingOptions
-from harness.sites import SITES, JointSite, ResolvedSite, resolve_any_site, resolve_site, site_names, site_size
+from harness.core.errors import InvalidKError, MaskError, UnknownNameError
+from harness.models.masking import JointMask, NeuronMask
+from harness.models.prompts import encode_prompts
+from harness.models.sites import (
+    SITES,
+    JointSite,
+    ResolvedSite,
+    resolve_any_site,
+    resolve_site,
+    site_names,
+    site_size,
+)
+from harness.runner.analysis import neurons_by_site_and_layer
+from harness.science.ablation import Intervention
+from harness.science.ranking import importance, importances
+from harness.science.ranking_options import RankingOptions
 
 DOWN_AND_HIDDEN = "lm.down_proj+lm.mlp_hidden"  # rows and columns of the same down_proj weight
 DOWN_AND_GATE = "lm.down_proj+lm.gate_proj"

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.captioning import teacher_forced_batch
-from harness.masking import NeuronMask
-from harness.prompts import encode_prompts, placeholder_token_ids
+from harness.models.captioning import teacher_forced_batch
+from harness.models.masking import NeuronMask
+from harness.models.prompts import encode_prompts, placeholder_token_ids
 
 CATEGORY = "circle"
 

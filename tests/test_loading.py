@@ -21,11 +21,11 @@ import transformers
 from huggingface_hub import constants
 from safetensors import SafetensorError
 
-from harness import registry
-from harness._torchvision_compat import ensure_torchvision_importable
-from harness.devices import resolve_device, resolve_dtype, xdist_worker_index
-from harness.errors import MaskError, ModelUnavailableError, UnknownNameError
-from harness.loading import (
+from harness.core._torchvision_compat import ensure_torchvision_importable
+from harness.core.errors import MaskError, ModelUnavailableError, UnknownNameError
+from harness.models import registry
+from harness.models.devices import resolve_device, resolve_dtype, xdist_worker_index
+from harness.models.loading import (
     checkpoint_id,
     load_model,
     load_model_config,
@@ -33,8 +33,8 @@ from harness.loading import (
     parameter_checksums,
     resolve_checkpoint_folder,
 )
-from harness.registry import EmbeddedAsset, ModelSpec
-from harness.weight_digest import folder_digest
+from harness.models.registry import EmbeddedAsset, ModelSpec
+from harness.models.weight_digest import folder_digest
 from harness.zoo import ensure_built
 
 LM_WEIGHT = "model.language_model.layers.0.mlp.down_proj.weight"
@@ -436,7 +436,7 @@ def test_harness_imports_with_torchvision_blocked():
         import sys
         sys.modules["torchvision"] = None
         import harness
-        import harness.loading
+        import harness.models.loading
         print("ok")
         """
     )
@@ -517,7 +517,7 @@ def test_a_missing_gguf_path_is_unavailable_naming_the_option(tmp_path):
 
 
 def test_prepare_converts_what_is_installed_and_reports_what_is_not(scratch_registry, tmp_path, capsys):
-    from harness import prepare
+    from harness.runner import prepare
 
     registry.register_model(registry.ModelSpec(name="absent-gguf", source="PyPI", gguf=ABSENT_PACKAGE))
     assert "absent-gguf" in prepare.packaged_models()
@@ -546,7 +546,7 @@ def test_models_txt_installs_exactly_the_packages_the_registry_pins():
 def test_an_asset_assembled_on_a_registered_model_is_built_once_from_its_base(scratch_registry, tmp_path):
     """An embedded asset with a base model is built from that model's checkpoint folder (resolved, built if need
     be, first); its checkpoint id names both, and the prepare script builds it after the packaged models."""
-    from harness import prepare
+    from harness.runner import prepare
 
     seen = []
 

@@ -8,12 +8,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-import harness.masking
-from harness.captioning import generate_captions, teacher_forced_batch
-from harness.errors import MaskError
-from harness.masking import NeuronMask
-from harness.prompts import encode_prompts
-from harness.sites import SITES, ResolvedSite, resolve_site, sites_of
+import harness.models.masking
+from harness.core.errors import MaskError
+from harness.models.captioning import generate_captions, teacher_forced_batch
+from harness.models.masking import NeuronMask
+from harness.models.prompts import encode_prompts
+from harness.models.sites import SITES, ResolvedSite, resolve_site, sites_of
 
 MAX_NEW_TOKENS = 8
 LM_SITES = [name for name, spec in SITES.items() if spec.component == "lm"]
@@ -98,7 +98,7 @@ def spread_indices(n_layers: int, width: int) -> list[int]:
 
 
 def site_geometry(loaded, name: str) -> tuple[int, int]:
-    """(layers, channels) from the config, independently of harness.sites."""
+    """(layers, channels) from the config, independently of harness.models.sites."""
     config = loaded.model.config.text_config
     head_dim = config.hidden_size // config.num_attention_heads
     width = {
@@ -381,7 +381,7 @@ def test_auto_mode_falls_back_to_hooks_with_identical_outputs(monkeypatch, loade
     indices = spread_indices(*site_geometry(loaded, "lm.mlp_hidden"))
     with NeuronMask(site, indices, mode="weight"):
         expected = forward(loaded, scored.inputs)
-    monkeypatch.setattr(harness.masking, "weight_is_editable", lambda module: False)
+    monkeypatch.setattr(harness.models.masking, "weight_is_editable", lambda module: False)
     with NeuronMask(site, indices, mode="auto") as mask:
         assert mask.modes == {"hook"}
         logits = forward(loaded, scored.inputs)

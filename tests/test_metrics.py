@@ -12,11 +12,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.captioning import Caption, score_captions
-from harness.errors import MetricError
-from harness.metrics import format_ppl, is_degenerate, log10_ppl, require_finite
-from harness.settings import k_grid
-from harness.stages import StageThresholds, classify_stage, first_k_at_stage, is_monotone
+from harness.core.errors import MetricError
+from harness.core.metrics import format_ppl, is_degenerate, log10_ppl, require_finite
+from harness.models.captioning import Caption, score_captions
+from harness.runner.settings import k_grid
+from harness.science.stages import StageThresholds, classify_stage, first_k_at_stage, is_monotone
 
 CATEGORY = "circle"
 EOS = 2

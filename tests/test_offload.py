@@ -9,12 +9,12 @@ from dataclasses import replace
 import pytest
 import torch
 
-from harness.errors import MaskError
-from harness.masking import mask_neurons
-from harness.options import OPTIONS
-from harness.placement import max_memory_argument, parse_device_map, parse_max_memory
-from harness.session import HarnessSession
-from harness.settings import HarnessSettings
+from harness.core.errors import MaskError
+from harness.core.placement import max_memory_argument, parse_device_map, parse_max_memory
+from harness.models.masking import mask_neurons
+from harness.runner.options import OPTIONS
+from harness.runner.session import HarnessSession
+from harness.runner.settings import HarnessSettings
 
 # tiny-llava's second language layer lives on disk: its weights are meta tensors, loaded by accelerate's hooks
 ONE_LAYER_ON_DISK = json.dumps(

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import UnknownNameError
-from harness.options import OPTIONS, Option, given_fields
-from harness.settings import HarnessSettings
+from harness.core.errors import UnknownNameError
+from harness.runner.options import OPTIONS, Option, given_fields
+from harness.runner.settings import HarnessSettings
 
 HEAVY = ("torch", "transformers", "open_clip")
 FIELD_OPTIONS = [option for option in OPTIONS if option.sets is not None]
@@ -60,7 +60,7 @@ def test_importing_the_plugin_loads_no_torch(tmp_path):
     result = run_python(
         f"""
         import sys
-        import harness.plugin, harness.options
+        import harness.plugin, harness.runner.options
         print(sorted(m for m in {HEAVY!r} if m in sys.modules))
         """,
         tmp_path,

@@ -302,7 +302,7 @@ def test_failed_assertion_shows_the_curve(run_cases, pytester):
     pytester.makepyfile(
         test_impossible=f"""
         import pytest
-        from harness.assertions import assert_ppl_blowup
+        from harness.runner.assertions import assert_ppl_blowup
 
         {GRID_MARK}
         def test_impossible(collapse_curve, k):
@@ -576,7 +576,7 @@ def test_session_uses_the_image_set_scanned_at_collection(run_cases, pytester):
 @pytest.fixture
 def scratch_registry(monkeypatch):
     """--can-model-path edits the (process-wide) registry: give in-process runs a copy that is thrown away."""
-    from harness import registry
+    from harness.models import registry
 
     registry.registered_models()
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
@@ -642,7 +642,7 @@ def search_run(run_cases, pytester, shared_runs) -> Run:
     pytester.makepyfile(
         test_search=f"""
         import pytest
-        from harness.assertions import assert_collapses_within
+        from harness.runner.assertions import assert_collapses_within
 
         {SEARCH_MARK}
         def test_search(collapse_analysis):
@@ -707,9 +707,9 @@ def test_search_reuses_the_points_grid_cases_measured(run_cases, pytester):
         """
         import json
         import pytest
-        from harness.experiment import Experiment
+        from harness.runner.experiment import Experiment
 
-        from harness.experiment import TOP_K_ZERO
+        from harness.runner.experiment import TOP_K_ZERO
 
         @pytest.fixture(scope="session", autouse=True)
         def count_can_measurements():

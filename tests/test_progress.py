@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness import progress
+from harness.core import progress
 
 pytest_plugins = ["pytester"]
 
@@ -45,7 +45,7 @@ def test_a_negative_interval_is_refused():
 def test_lines_reach_the_terminal_past_pytests_capture(pytester):
     pytester.makepyfile(
         test_slow="""
-        from harness import progress
+        from harness.core import progress
 
         def test_long_work():
             with progress.task("long work", total=2) as task:

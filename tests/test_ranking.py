@@ -16,13 +16,13 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.captioning import teacher_forced_batch
-from harness.errors import UnknownNameError
-from harness.labels import DEFAULT_RANKING
-from harness.masking import NeuronMask
-from harness.ranking import Ranking, importance
-from harness.ranking_options import RANKING_METHODS, RankingOptions
-from harness.sites import resolve_site
+from harness.core.errors import UnknownNameError
+from harness.core.labels import DEFAULT_RANKING
+from harness.models.captioning import teacher_forced_batch
+from harness.models.masking import NeuronMask
+from harness.models.sites import resolve_site
+from harness.science.ranking import Ranking, importance
+from harness.science.ranking_options import RANKING_METHODS, RankingOptions
 
 CATEGORY = "circle"
 LAYERS_PATH = "model.language_model.layers"
@@ -442,7 +442,7 @@ def test_an_experiment_ranked_another_way_shares_captions_not_rankings(experimen
 
 
 def test_a_text_models_experiment_ranked_another_way_is_a_text_experiment(session):
-    from harness.text_experiment import TextExperiment
+    from harness.runner.text_experiment import TextExperiment
 
     text = session.experiment("tiny-llama")
     other = text.with_ranking(RankingOptions(method="random"))

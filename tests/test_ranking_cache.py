@@ -16,8 +16,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from harness.errors import CacheError
-from harness.ranking_cache import RankingCache, cache_key
+from harness.core.errors import CacheError
+from harness.runner.ranking_cache import RankingCache, cache_key
 
 SHAPE = (2, 3)
 FIELDS = {
@@ -269,7 +269,7 @@ READ_ONLY_CHECK = """
 import json, sys, warnings
 from pathlib import Path
 import torch
-from harness.ranking_cache import RankingCache
+from harness.runner.ranking_cache import RankingCache
 fields, shape, good = json.loads(sys.argv[1] if len(sys.argv) > 1 else {spec!r})
 cache = RankingCache(Path({root!r}))
 def must_not_run():
@@ -303,7 +303,7 @@ def test_a_full_disk_is_a_clear_error_and_leaves_nothing(tmp_path, monkeypatch):
     and the next run (with space again) computes and stores normally."""
     import errno
 
-    import harness.ranking_cache as module
+    import harness.runner.ranking_cache as module
 
     def full_disk(tensors, filename, metadata=None):
         Path(filename).write_bytes(b"partial")
@@ -341,7 +341,7 @@ def test_building_into_a_read_only_cache_is_a_clear_error(tmp_path, run_read_onl
     """An asset missing from a cache this user cannot write: a CacheError saying what to do, no traceback from
     the lock file."""
     code = (
-        "from pathlib import Path\nfrom harness.errors import CacheError\n"
+        "from pathlib import Path\nfrom harness.core.errors import CacheError\n"
         "from harness.zoo.store import build_once\n"
         f"try:\n    build_once(Path({str(tmp_path / 'zoo' / 'asset')!r}), lambda staging: None)\n"
         "except CacheError as error:\n    print('CACHE ERROR:', error)\n"

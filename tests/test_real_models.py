@@ -16,15 +16,15 @@ import os
 import pytest
 import torch
 
-from harness.captioning import score_captions
-from harness.errors import ModelUnavailableError
-from harness.masking import NeuronMask
-from harness.paths import default_cache_dir
-from harness.ranking_options import RankingOptions
-from harness.registry import get_model_spec
-from harness.session import HarnessSession
-from harness.settings import HarnessSettings
-from harness.texts import BUILTIN_CATEGORY, BUILTIN_PARAGRAPH
+from harness.core.errors import ModelUnavailableError
+from harness.core.paths import default_cache_dir
+from harness.data.texts import BUILTIN_CATEGORY, BUILTIN_PARAGRAPH
+from harness.models.captioning import score_captions
+from harness.models.masking import NeuronMask
+from harness.models.registry import get_model_spec
+from harness.runner.session import HarnessSession
+from harness.runner.settings import HarnessSettings
+from harness.science.ranking_options import RankingOptions
 
 TEXT = BUILTIN_CATEGORY
 SMOLLM2, GEMMA3 = "smollm2-135m", "gemma-3-270m"
@@ -254,8 +254,8 @@ def test_a_gguf_file_given_as_a_path_converts_once_into_the_cache(tmp_path):
     import dataclasses
     import hashlib
 
-    from harness import gguf
-    from harness.loading import checkpoint_id, resolve_checkpoint_folder
+    from harness.models import gguf
+    from harness.models.loading import checkpoint_id, resolve_checkpoint_folder
 
     path = gguf_file(SMOLLM2, tmp_path)
     spec = dataclasses.replace(get_model_spec(SMOLLM2), source=path, gguf=None)
@@ -282,8 +282,8 @@ def test_a_gguf_file_given_as_a_path_converts_once_into_the_cache(tmp_path):
 def test_a_packaged_file_with_other_bytes_is_refused(tmp_path):
     import dataclasses
 
-    from harness.errors import GgufError
-    from harness.loading import resolve_checkpoint_folder
+    from harness.core.errors import GgufError
+    from harness.models.loading import resolve_checkpoint_folder
 
     spec = get_model_spec(SMOLLM2)
     wrong = dataclasses.replace(spec, gguf=dataclasses.replace(spec.gguf, sha256="0" * 64))
@@ -298,7 +298,7 @@ def test_word_salad_and_loops_of_a_real_model_count_as_degenerate_and_its_own_te
     zeroed it writes word salad of real tokens ('you\\n\\n \\n\\n stadastrous you …'), which neither the empty
     nor the repeated-token test catches, but the salad clause does (the unmasked model finds it ≥ 10× less
     likely per token than the text)."""
-    from harness.metrics import is_degenerate, is_degenerate_continuation
+    from harness.core.metrics import is_degenerate, is_degenerate_continuation
 
     experiment = real(real_session, SMOLLM2)
     baseline = experiment.measure("lm.down_proj", TEXT, 0)

@@ -9,8 +9,8 @@ import re
 
 import pytest
 
-from harness.experiment import CollapsePoint
-from harness.report import _flat_row, render_summary, render_thresholds, summarize, write_reports
+from harness.reporting.report import _flat_row, render_summary, render_thresholds, summarize, write_reports
+from harness.runner.experiment import CollapsePoint
 
 HEADERS = ["model", "site", "category", "n", "PPL₀", "CLIP₀", "chance", "k₁ stage 1", "k₂ stage 2"]
 

@@ -8,11 +8,11 @@ import dataclasses
 
 import pytest
 
-from harness.captioning import generate_captions, score_captions
-from harness.experiment import TOP_K_ZERO
-from harness.image_encoding import supports_image_reuse
-from harness.masking import mask_neurons
-from harness.prompt_prefix import encode_prefixes, score_after_prefixes, supports_prefix_reuse
+from harness.models.captioning import generate_captions, score_captions
+from harness.models.image_encoding import supports_image_reuse
+from harness.models.masking import mask_neurons
+from harness.models.prompt_prefix import encode_prefixes, score_after_prefixes, supports_prefix_reuse
+from harness.runner.experiment import TOP_K_ZERO
 from tests.test_metrics import hand_nll
 
 CATEGORY = "circle"

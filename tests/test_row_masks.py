@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.captioning import generate_captions
-from harness.errors import MaskError
-from harness.masking import NeuronMask, mask_neurons
-from harness.prompts import encode_prompts
-from harness.row_masks import RowMask, mask_rows
-from harness.sites import resolve_any_site, resolve_site
+from harness.core.errors import MaskError
+from harness.models.captioning import generate_captions
+from harness.models.masking import NeuronMask, mask_neurons
+from harness.models.prompts import encode_prompts
+from harness.models.row_masks import RowMask, mask_rows
+from harness.models.sites import resolve_any_site, resolve_site
 
 MAX_NEW_TOKENS = 8
 SITES = ["lm.down_proj", "lm.mlp_hidden", "vision.fc2", "projector", "lm.down_proj+lm.gate_proj"]

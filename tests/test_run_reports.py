@@ -35,7 +35,7 @@ SIGINT_IN_MASKED_POINT = (
     TERMINAL_SIGINT
     + """
 import os, signal, torch
-from harness import masking
+from harness.models import masking
 
 N = int(os.environ["CAN_TEST_SIGINT_AT_MASK"])
 state = {"masks": 0, "active": False, "sent": False}
@@ -66,7 +66,7 @@ SIGINT_IN_RANKING = (
     TERMINAL_SIGINT
     + """
 import os, signal
-from harness import ranking_cache
+from harness.runner import ranking_cache
 
 original = ranking_cache.RankingCache.load_or_compute_many
 
@@ -84,7 +84,7 @@ ranking_cache.RankingCache.load_or_compute_many = interrupted
 # Every report write fails as on a full disk.
 FULL_DISK = """
 import errno
-from harness import atomic_files
+from harness.core import atomic_files
 
 original = atomic_files.replacing
 

@@ -12,10 +12,10 @@ import statistics
 
 import pytest
 
-from harness import world
-from harness.ablation import Intervention, rank_correlation, single_neuron_effects, top_k_overlap
-from harness.ranking import importance
-from harness.ranking_options import RankingOptions
+from harness.data import world
+from harness.science.ablation import Intervention, rank_correlation, single_neuron_effects, top_k_overlap
+from harness.science.ranking import importance
+from harness.science.ranking_options import RankingOptions
 from harness.zoo import SYNTH_FOLDER
 from harness.zoo.synth_quality import caption_quality, clip_quality
 

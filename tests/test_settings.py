@@ -7,8 +7,8 @@ import re
 import pytest
 import torch
 
-from harness.settings import HarnessSettings
-from harness.stages import StageThresholds
+from harness.runner.settings import HarnessSettings
+from harness.science.stages import StageThresholds
 
 NAN, INF = float("nan"), float("inf")
 
@@ -64,7 +64,7 @@ def test_stage_thresholds_must_be_finite(field, value):
 def test_ks_per_search_pass_follow_the_device_unless_set(tmp_path):
     """By default one k a pass on a CPU (batch rows cost about linearly there) and three on an accelerator;
     an explicit setting wins on both."""
-    from harness.settings import ACCELERATOR_SEARCH_PARALLEL, search_parallel_for
+    from harness.runner.settings import ACCELERATOR_SEARCH_PARALLEL, search_parallel_for
 
     default, explicit = HarnessSettings(cache_dir=tmp_path), HarnessSettings(cache_dir=tmp_path, search_parallel=5)
     assert search_parallel_for(default, torch.device("cpu")) == 1
@@ -77,7 +77,7 @@ def test_ks_per_search_pass_follow_the_device_unless_set(tmp_path):
 
 
 def test_a_local_model_path_is_carried_by_the_settings_not_written_into_the_registry(tmp_path):
-    from harness.registry import get_model_spec
+    from harness.models.registry import get_model_spec
 
     registered = get_model_spec("llava-1.5-7b")
     settings = HarnessSettings(cache_dir=tmp_path, model_paths=(("llava-1.5-7b", tmp_path / "local"),))

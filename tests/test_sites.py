@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from harness.errors import InvalidKError, SiteResolutionError, UnknownNameError
-from harness.families import get_family
-from harness.sites import SITES, Neuron, resolve_site, site_size, sites_of
+from harness.core.errors import InvalidKError, SiteResolutionError, UnknownNameError
+from harness.models.families import get_family
+from harness.models.sites import SITES, Neuron, resolve_site, site_size, sites_of
 
 # (attribute below each decoder layer, counts output channels?, the width from the language model's config)
 HEAD_DIM = lambda c: c.hidden_size // c.num_attention_heads  # noqa: E731  (the tiny models set no head_dim)

@@ -21,14 +21,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness import world
-from harness.ablation import Intervention
-from harness.errors import ModelUnavailableError
-from harness.loading import resolve_checkpoint_folder
-from harness.paths import default_cache_dir
-from harness.registry import get_model_spec
-from harness.session import HarnessSession
-from harness.settings import HarnessSettings
+from harness.core.errors import ModelUnavailableError
+from harness.core.paths import default_cache_dir
+from harness.data import world
+from harness.models.loading import resolve_checkpoint_folder
+from harness.models.registry import get_model_spec
+from harness.runner.session import HarnessSession
+from harness.runner.settings import HarnessSettings
+from harness.science.ablation import Intervention
 from harness.zoo import smol_llava
 
 MODEL = "smol-llava"

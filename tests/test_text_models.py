@@ -11,15 +11,15 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from harness.captioning import score_captions
-from harness.errors import SiteResolutionError, TextFileError, UnknownNameError
-from harness.families import get_family
-from harness.ranking import importance
-from harness.ranking_options import RankingOptions
-from harness.session import HarnessSession
-from harness.settings import HarnessSettings
-from harness.sites import resolve_site, site_size
-from harness.texts import BUILTIN_CATEGORY, BUILTIN_PARAGRAPH, TextWindow, load_text_set, text_windows
+from harness.core.errors import SiteResolutionError, TextFileError, UnknownNameError
+from harness.data.texts import BUILTIN_CATEGORY, BUILTIN_PARAGRAPH, TextWindow, load_text_set, text_windows
+from harness.models.captioning import score_captions
+from harness.models.families import get_family
+from harness.models.sites import resolve_site, site_size
+from harness.runner.session import HarnessSession
+from harness.runner.settings import HarnessSettings
+from harness.science.ranking import importance
+from harness.science.ranking_options import RankingOptions
 
 pytest_plugins = ["pytester"]
 TEXT = BUILTIN_CATEGORY
@@ -358,9 +358,9 @@ def test_text_files_become_categories_and_a_bad_one_stops_the_run(pytester, cach
 def test_a_searched_text_curve_is_tabulated_and_drawn_without_clip(text_session, tmp_path):
     """The threshold table and the plot of a text-only curve: CLIP cells read n/a, the plot's lower panel shows the
     degenerate rate instead."""
-    from harness.analysis import analyse_curve
-    from harness.plots import plot_analysis
-    from harness.report import render_thresholds
+    from harness.reporting.plots import plot_analysis
+    from harness.reporting.report import render_thresholds
+    from harness.runner.analysis import analyse_curve
 
     experiment = text_session.experiment("tiny-llama")
     row = analyse_curve(experiment, "lm.down_proj", TEXT, k_max=8, random_seeds=1).to_row()
@@ -375,7 +375,7 @@ def test_a_searched_text_curve_is_tabulated_and_drawn_without_clip(text_session,
 def test_controls_measured_together_equal_each_measured_alone(text_experiment):
     """A text model's controls in one batched pass (continuations and the text's NLL under per-row masks) equal
     each control measured alone, up to float rounding."""
-    from harness.ablation import Intervention
+    from harness.science.ablation import Intervention
 
     interventions = [Intervention(selection="random", seed=seed) for seed in range(3)] + [Intervention()]
     together = text_experiment.measure_many("lm.down_proj", TEXT, [(4, i) for i in interventions])
@@ -392,8 +392,8 @@ def test_a_text_search_generates_only_where_the_tables_look(text_experiment, mon
     stages are those of the same search generating at every k."""
     import dataclasses
 
-    from harness.analysis import analyse_curve
-    from harness.threshold_search import search_thresholds
+    from harness.runner.analysis import analyse_curve
+    from harness.science.threshold_search import search_thresholds
 
     analysis = analyse_curve(text_experiment, "lm.down_proj", TEXT, k_max=64, random_seeds=1)
     shown = {0, analysis.search.k1, analysis.search.k2} - {None}

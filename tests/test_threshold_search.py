@@ -9,7 +9,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from harness.threshold_search import (
+from harness.science.threshold_search import (
     adaptive_search,
     bracket_edges,
     linear_search,

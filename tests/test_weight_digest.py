@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harness import weight_digest
-from harness.weight_digest import folder_digest
+from harness.models import weight_digest
+from harness.models.weight_digest import folder_digest
 
 FILE_BYTES = 8 << 20  # twice what a sampling of 64 blocks of 64 KiB would read: any edit must count
 

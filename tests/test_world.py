@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness import world
+from harness.data import world
 
 
 def test_every_scene_caption_parses_back_to_its_attributes():

@@ -4,8 +4,8 @@ import dataclasses
 
 import pytest
 
-from harness import registry
-from harness.xdist_scheduling import CollapseCaseScheduling, curve_of_case, model_of_case
+from harness.models import registry
+from harness.runner.xdist_scheduling import CollapseCaseScheduling, curve_of_case, model_of_case
 
 pytest_plugins = ["pytester"]
 

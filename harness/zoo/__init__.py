@@ -3,8 +3,8 @@ and the default image set."""
 
 from pathlib import Path
 
-from harness import world
-from harness.registry import EmbeddedAsset
+from harness.data import world
+from harness.models.registry import EmbeddedAsset
 from harness.zoo import smol_llava
 from harness.zoo.store import ensure_built
 from harness.zoo.tiny_causal_lm import build_tiny_llama, build_tiny_qwen2

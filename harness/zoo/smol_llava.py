@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from harness.errors import ModelUnavailableError
+from harness.core.errors import ModelUnavailableError
 
 PARTS_FOLDER = Path(__file__).parent / "smol_llava"  # written by `python -m harness.zoo.smol_llava_training`
 PARTS_WEIGHTS = "vision_and_projector.safetensors"
@@ -168,7 +168,7 @@ def load_parts(folder: Path, language_folder: Path):
 
 def build_smol_llava(staging: Path, language_folder: Path, parts_folder: Path = PARTS_FOLDER) -> None:
     """Assemble the checkpoint into `staging` (the harness cache's build step)."""
-    from harness import progress
+    from harness.core import progress
 
     missing = [name for name in PARTS_FILES if not (parts_folder / name).is_file()]
     if missing:

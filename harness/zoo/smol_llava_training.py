@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from harness import world
+from harness.data import world
 from harness.zoo import smol_llava
 from harness.zoo.synth_training import add_recipe_options, machine_description, optimise, recipe_from_options
 
@@ -54,8 +54,8 @@ class Recipe:
 
 def language_folder(cache_dir: Path) -> Path:
     """SmolLM2-135M-Instruct exactly as the harness loads it (converted from the package's GGUF on first use)."""
-    from harness.loading import resolve_checkpoint_folder
-    from harness.registry import get_model_spec
+    from harness.models.loading import resolve_checkpoint_folder
+    from harness.models.registry import get_model_spec
 
     return resolve_checkpoint_folder(get_model_spec(smol_llava.LANGUAGE_MODEL), cache_dir)
 
@@ -163,10 +163,10 @@ def check_language_model_frozen(model, lm_folder: Path) -> int:
 def measure(parts_folder: Path, lm_folder: Path, recipe: Recipe, log) -> dict:
     """Assemble the checkpoint from the written parts, load it through the harness and measure it on held-out
     renderings: caption attribute accuracy, and synth-clip's score of the captions against the chance level."""
-    from harness.builtin_models import SYNTH_CLIP
-    from harness.clip_score import ClipScorer, clip_score_matrix
-    from harness.loading import load_model
-    from harness.registry import ModelSpec
+    from harness.models.builtin_models import SYNTH_CLIP
+    from harness.models.clip_score import ClipScorer, clip_score_matrix
+    from harness.models.loading import load_model
+    from harness.models.registry import ModelSpec
     from harness.zoo.synth_quality import caption_quality
 
     heldout = world.sample("heldout", recipe.heldout_images, seed=recipe.seed)
@@ -222,7 +222,7 @@ def write_model_card(out: Path, recipe: Recipe, quality: dict, trace: list[float
         "after training and by the test suite. Its tokenizer is unchanged except that LLaVA's `<image>` "
         "placeholder takes the id of the reserved special token `<empty_output>`.",
         f"- **Trained here** by `python -m harness.zoo.smol_llava_training` (seed {recipe.seed}): the {trained}, "
-        "on the synthetic world of `harness/world.py` (version "
+        "on the synthetic world of `harness/data/world.py` (version "
         f"{world.VERSION}), {recipe.train_images} training renderings, {recipe.steps} AdamW steps of batch "
         f"{recipe.batch}, peak lr {recipe.lr}, teacher-forced caption NLL through the frozen language model. "
         "The vision tower starts from synth-llava's trained tower"
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_recipe_options(parser, Recipe)
     args = parser.parse_args(argv)
-    from harness.paths import default_cache_dir
+    from harness.core.paths import default_cache_dir
 
     recipe = recipe_from_options(args, Recipe)
     torch.set_num_threads(recipe.threads)

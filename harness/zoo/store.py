@@ -9,9 +9,9 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from harness import atomic_files
-from harness.errors import CacheError
-from harness.registry import EmbeddedAsset
+from harness.core import atomic_files
+from harness.core.errors import CacheError
+from harness.models.registry import EmbeddedAsset
 
 _COMPLETE = ".complete"
 
@@ -41,7 +41,7 @@ def build_once(target: Path, build: Callable[[Path], object]) -> Path:
         raise CacheError(
             f"{target.name} is not built in the cache {target.parent} and cannot be built there ({error}); pass "
             "--can-cache-dir (or set CAN_HARNESS_CACHE) to a writable folder, or build it once where the cache "
-            "is writable (`python -m harness.prepare`)"
+            "is writable (`python -m harness.runner.prepare`)"
         ) from error
     try:
         if _is_built(target):

@@ -9,9 +9,9 @@ from collections.abc import Sequence
 
 import torch
 
-from harness import world
-from harness.captioning import generate_captions
-from harness.clip_score import ClipScorer, clip_score_matrix
+from harness.data import world
+from harness.models.captioning import generate_captions
+from harness.models.clip_score import ClipScorer, clip_score_matrix
 
 
 def caption_quality(

@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from harness import world
-from harness.registry import CAPTION_INSTRUCTION, LLAVA_15_PROMPT, ClipSpec, ModelSpec
+from harness.data import world
+from harness.models.registry import CAPTION_INSTRUCTION, LLAVA_15_PROMPT, ClipSpec, ModelSpec
 from harness.zoo.tiny_llava import build_word_tokenizer, tiny_llava, tiny_vocabulary
 
 LLAVA_FOLDER, CLIP_FOLDER, PLANTED_FOLDER = "synth-llava", "synth-clip", "planted-llava"
@@ -311,8 +311,8 @@ def save_clip(folder: Path, model, config: dict, tokenizer) -> None:
 
 def measure(out: Path, recipe: Recipe) -> dict:
     """Load both models back through the harness and measure them on held-out renderings."""
-    from harness.clip_score import ClipScorer
-    from harness.loading import load_model
+    from harness.models.clip_score import ClipScorer
+    from harness.models.loading import load_model
     from harness.zoo.synth_quality import caption_quality, clip_quality
 
     heldout = world.sample("heldout", recipe.heldout_images, seed=recipe.seed)
@@ -344,7 +344,7 @@ def write_model_card(out: Path, recipe: Recipe, quality: dict, plant: dict, trac
         "# Synthetic-world models (the harness's embedded default)",
         "",
         "Trained from scratch by `python -m harness.zoo.synth_training` on the synthetic world of "
-        f"`harness/world.py` (version {world.VERSION}): one object per 64×64 image; shape "
+        f"`harness/data/world.py` (version {world.VERSION}): one object per 64×64 image; shape "
         f"({', '.join(world.CATEGORIES)}) is the category; colour, size, horizontal position and background "
         "complete the caption, e.g. "
         f"“{world.all_scenes()[0].caption}”. {recipe.train_images} training renderings, "

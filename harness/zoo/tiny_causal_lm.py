@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
-from harness.texts import BUILTIN_PARAGRAPH
+from harness.data.texts import BUILTIN_PARAGRAPH
 from harness.zoo.tiny_llava import SPECIAL_TOKENS, build_word_tokenizer, generating_with, tiny_decoder_config
 
 ARCHITECTURES = ("llama", "qwen2")

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 
-from harness.registry import CAPTION_INSTRUCTION
-from harness.world import WORLD_WORDS
+from harness.data.world import WORLD_WORDS
+from harness.models.registry import CAPTION_INSTRUCTION
 
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>")
 IMAGE_TOKEN = "<image>"

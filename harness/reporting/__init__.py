@@ -1,0 +1,1 @@
+"""Reporting: the summary table, JSON/CSV reports with provenance, and plots."""

@@ -1,0 +1,283 @@
+"""Summary table of the two-stage thresholds, and JSON/CSV reports stamped with versions and the git commit."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import platform
+import subprocess
+import tempfile
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import ExitStack
+from pathlib import Path
+
+from tabulate import tabulate
+
+from harness.core import atomic_files
+from harness.core.metrics import format_ppl, format_score
+from harness.core.run_outcome import CurveCases
+from harness.science.stages import first_k_at_stage, is_monotone
+
+GROUP_KEYS = ("model", "site", "ranking", "category")
+
+
+def provenance(root: Path | None = None) -> dict[str, object]:
+    """What produced a result: library versions, Python, platform, git commit (with a dirty flag), time."""
+    from harness.core.versions import library_versions
+
+    return {
+        **library_versions(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "git_commit": _git_commit(root or Path.cwd()),
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _git_commit(root: Path) -> str | None:
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=root, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return None  # not a git checkout (e.g. an installed copy): recorded as null
+    return commit + ("-dirty" if dirty else "")
+
+
+def latest_points(rows: Iterable[dict]) -> list[dict]:
+    """One row per (model, site, ranking, category, k), the last recorded winning, ordered for reading."""
+    unique = {(*(r[key] for key in GROUP_KEYS), r["k"]): r for r in rows}
+    return [unique[key] for key in sorted(unique)]
+
+
+def summarize(rows: Iterable[dict], cases: Mapping[tuple, CurveCases] | None = None) -> list[dict]:
+    """Per (model, site, ranking, category): baselines, chance level and the first k at stage 1 and stage 2;
+    with `cases` (per curve: the ks its cases planned, notes on those that did not pass) also the planned ks
+    that were not measured, so that an incomplete curve is never read as "no collapse"."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for row in latest_points(rows):
+        groups[tuple(row[key] for key in GROUP_KEYS)].append(row)
+    summary = []
+    for key, points in groups.items():
+        stages = [(p["k"], p["stage"]) for p in points]
+        first = points[0]
+        curve = (cases or {}).get(key, CurveCases())
+        summary.append(
+            {
+                **dict(zip(GROUP_KEYS, key, strict=True)),
+                "n_images": first["n_images"],
+                "log10_ppl_baseline": first["log10_ppl_baseline"],
+                "clip_baseline": first["clip_baseline"],
+                "clip_chance": first["clip_chance_baseline"],
+                "k_stage1": first_k_at_stage(stages, 1),
+                "k_stage2": first_k_at_stage(stages, 2),
+                "k_evaluated": [p["k"] for p in points],
+                "k_unmeasured": sorted(curve.planned_ks - {p["k"] for p in points}),
+                "monotone": is_monotone(stages),
+                "case_notes": list(curve.notes),
+            }
+        )
+    return summary
+
+
+def _threshold(k: int | None, evaluated: list[int], unmeasured: Sequence[int] = ()) -> str:
+    """The first k at a stage; "none ≤ k" only when every k up to there was measured, "?" when a smaller k
+    (or, with none found, any planned k) was not."""
+    if unmeasured and (k is None or min(unmeasured) < k):
+        return "?"
+    return str(k) if k is not None else f"none ≤ {max(evaluated)}"
+
+
+def render_summary(summary: list[dict]) -> str:
+    rows = [
+        (
+            s["model"],
+            s["site"],
+            s["ranking"],
+            s["category"],
+            s["n_images"],
+            format_ppl(s["log10_ppl_baseline"]),
+            format_score(s["clip_baseline"]),
+            format_score(s["clip_chance"]),
+            _threshold(s["k_stage1"], s["k_evaluated"], s.get("k_unmeasured", [])),
+            _threshold(s["k_stage2"], s["k_evaluated"], s.get("k_unmeasured", [])),
+            _grid_label(s["k_evaluated"]),
+            "; ".join(_notes(s)),
+        )
+        for s in summary
+    ]
+    headers = ("model", "site", "ranking", "category", "n", "PPL₀", "CLIP₀", "chance", "k₁ stage 1")
+    headers += ("k₂ stage 2", "k grid", "notes")
+    align = ("left",) * 4 + ("right",) * 6 + ("left",) * 2  # numbers right-aligned, as formatted above
+    return _table(rows, headers, align)
+
+
+def _table(rows: list[tuple], headers: tuple[str, ...], align: tuple[str, ...]) -> str:
+    """A GitHub-style table; the ranking column only when the rows were ranked in more than one way (the title
+    names a single ranking)."""
+    column = headers.index("ranking")
+    if len({row[column] for row in rows}) <= 1:
+        drop = lambda values: tuple(v for i, v in enumerate(values) if i != column)  # noqa: E731
+        rows, headers, align = [drop(row) for row in rows], drop(headers), drop(align)
+    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True, colalign=align)
+
+
+def _notes(summary_row: dict) -> list[str]:
+    """Warnings a reader must see next to the thresholds (explained in the README)."""
+    notes = list(summary_row.get("case_notes", ()))
+    if summary_row.get("k_unmeasured"):
+        notes.append("not measured: k " + ", ".join(map(str, summary_row["k_unmeasured"])))
+    if not summary_row["monotone"]:
+        notes.append("non-monotone")  # the stage falls again at a larger k
+    chance = summary_row["clip_chance"]
+    if chance is not None and summary_row["clip_baseline"] is not None and summary_row["clip_baseline"] <= chance:
+        notes.append("CLIP₀ ≤ chance")  # the CLIP clauses cannot tell collapse from the baseline
+    return notes
+
+
+def _grid_label(ks: list[int]) -> str:
+    return f"{min(ks)}…{max(ks)} ({len(ks)} pts)" if len(ks) > 1 else str(ks[0])
+
+
+def render_thresholds(analyses: list[dict], cases: Mapping[tuple, CurveCases] | None = None) -> str:
+    """One row per searched curve: thresholds, cost, metrics at k₂, controls and where the k₂ set lives."""
+    rows = []
+    for a in sorted(analyses, key=lambda a: tuple(a[key] for key in GROUP_KEYS)):
+        found = a["k2"] is not None
+        notes = list((cases or {}).get(tuple(a[key] for key in GROUP_KEYS), CurveCases()).notes)
+        if not a["monotone"]:
+            notes.append("non-monotone: " + ", ".join(f"{k}→{k2}" for k, k2 in a["violations"]))
+        rows.append(
+            (
+                a["model"],
+                a["site"],
+                a["ranking"],
+                a["category"],
+                format_ppl(a["log10_ppl_baseline"]),
+                format_score(a["clip_baseline"]),
+                format_score(a["clip_chance"]),
+                _threshold(a["k1"], [a["k_max"]]),
+                _threshold(a["k2"], [a["k_max"]]),
+                str(a["evaluations"]),
+                str(len(a["passes"])),
+                f"{a['log10_ppl_ratio_at_k2']:+.2f}" if found else "",
+                format_score(a["clip_at_k2"]) if found else "",
+                _controls_label(a) if found else "",
+                _where(a["layers"]) + _small_set(a),
+                "; ".join(notes),
+            )
+        )
+    headers = ("model", "site", "ranking", "category", "PPL₀", "CLIP₀", "chance", "k₁", "k₂", "evals", "passes")
+    headers += ("Δlog10 PPL@k₂", "CLIP@k₂", "controls at k₂", "layers of the k₂ set", "notes")
+    align = ("left",) * 4 + ("right",) * 9 + ("left",) * 3
+    return _table(rows, headers, align)
+
+
+def _where(layers: dict[str, dict[str, int]]) -> str:
+    """'L0:96 L1:85' for one site; 'lm.down_proj 181 (L0:96 L1:85) · lm.gate_proj 0' for a joint ranking."""
+    spread = {site: " ".join(f"L{layer}:{n}" for layer, n in counts.items()) for site, counts in layers.items()}
+    if len(layers) == 1:
+        return next(iter(spread.values()))
+    parts = [
+        f"{site} {sum(counts.values())}" + (f" ({spread[site]})" if counts else "")
+        for site, counts in layers.items()
+    ]
+    return " · ".join(parts)
+
+
+SHOWN_K2_SET = 8  # a k₂ set this small is listed neuron by neuron
+
+
+def _small_set(analysis: dict) -> str:
+    """' — L11·507 L28·17': the neurons of a k₂ set of at most SHOWN_K2_SET, as (layer·channel)."""
+    k2 = analysis["k2"]
+    if k2 is None or k2 > SHOWN_K2_SET:
+        return ""
+    point = next(p for p in analysis["points"] if p["k"] == k2)
+    several = len(analysis["layers"]) > 1
+    names = [
+        f"{site + ' ' if several else ''}L{layer}·{channel}" for site, layer, channel, _ in point["masked_neurons"]
+    ]
+    return " — " + " ".join(names)
+
+
+def _controls_label(analysis: dict) -> str:
+    """'hold' when no control collapses, else which ones do (a collapse is a finding only if they hold)."""
+    collapsed = [c["intervention"] for c in analysis["controls"] if c["stage"] >= 2]
+    if not collapsed:
+        return f"hold ({len(analysis['controls'])})"
+    return "COLLAPSE: " + "; ".join(name.replace(", zero ablation", "") for name in collapsed)
+
+
+def _flat_row(point: dict) -> dict:
+    """A point without its captions, its options merged in as columns (a name clash would lose a value)."""
+    row = {key: value for key, value in point.items() if key not in ("captions", "options")}
+    clashes = set(row) & set(point["options"])
+    if clashes:
+        raise ValueError(f"option names {sorted(clashes)} clash with point fields in the CSV report")
+    return {**row, **point["options"]}
+
+
+def write_reports(
+    rows: list[dict],
+    directory: Path,
+    meta: dict,
+    analyses: list[dict] | None = None,
+    cases: Mapping[tuple, CurveCases] | None = None,
+) -> tuple[Path, Path]:
+    """`collapse.json` (meta, summary, the searched curves' analyses, every point with its captions),
+    `collapse.csv` (one row per point) and, with analyses, `thresholds.csv`. All files are written to
+    temporary names first and renamed into place only when every one of them was written: a failed write
+    (a full disk) leaves the previous report as it was, whole."""
+    directory.mkdir(parents=True, exist_ok=True)
+    points = latest_points(rows)
+    flat = [_flat_row(point) for point in points]  # before writing anything: a clash must not leave half a report
+    json_path, csv_path = directory / "collapse.json", directory / "collapse.csv"
+    document = {"meta": meta, "summary": summarize(points, cases), "analyses": analyses or [], "points": points}
+    with ExitStack() as files:
+        staged = lambda path: files.enter_context(atomic_files.replacing(path))  # noqa: E731
+        staged(json_path).write_text(json.dumps(document, indent=2, allow_nan=False))
+        _write_csv(staged(csv_path), flat)
+        if analyses:  # one row per searched curve: thresholds, cost, metrics at k₂, controls (JSON), layers (JSON)
+            _write_csv(staged(directory / "thresholds.csv"), [_flat_analysis(a) for a in analyses])
+    return json_path, csv_path
+
+
+def check_report_dir(directory: Path) -> None:
+    """Raise ValueError, before any case runs, when reports could not be written to `directory` (a file in the
+    way, a folder without write access): a finished run must not be thrown away at its end."""
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(
+            f"the report folder {directory} cannot be made: {existing} is a file, not a folder; pass "
+            "--can-report-dir a folder (it is created if missing)"
+        )
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise ValueError(
+            f"the report folder {directory} cannot be written ({existing}: {error.strerror or error}); pass "
+            "--can-report-dir a folder you can write"
+        ) from None
+
+
+def _flat_analysis(analysis: dict) -> dict:
+    return {key: value for key, value in analysis.items() if key not in ("points", "options")}
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: json.dumps(v) if isinstance(v, list | dict) else v for k, v in row.items()})

@@ -1,0 +1,83 @@
+"""The collapse curve of one (model, site, category): the points measured so far, and how to show them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from tabulate import tabulate
+
+from harness.core.labels import curve_label
+from harness.core.metrics import format_ppl, format_score
+from harness.runner.experiment import TOP_K_ZERO, CollapsePoint, Experiment
+
+STAGE_NAMES = {0: "intact", 1: "degraded", 2: "collapsed"}
+
+
+class CollapseCurve:
+    """Points of one (model, site, category), measured on demand and kept for the session."""
+
+    def __init__(self, experiment: Experiment, site: str, category: str):
+        self.experiment, self.site, self.category = experiment, site, category
+        self.points: dict[int, CollapsePoint] = {}
+        self.on_point: Callable[[CollapsePoint], None] | None = None  # the plugin records each measured point
+
+    @property
+    def model(self) -> str:
+        return self.experiment.name
+
+    @property
+    def label(self) -> str:
+        return curve_label(self.model, self.site, self.category, self.experiment.settings.ranking.label)
+
+    def measure(self, k: int) -> CollapsePoint:
+        """The point at k, measured once per session and reported to `on_point` every time it is asked for."""
+        point = self.measured(k)
+        if self.on_point is not None:
+            self.on_point(point)
+        return point
+
+    def measured(self, k: int) -> CollapsePoint:
+        """The point at k, measured once per session, not reported: how the threshold search shares the grid's
+        points (and the grid the search's) without turning searched points into grid rows."""
+        return self.measured_many([k])[0]
+
+    def measured_many(self, ks: Sequence[int], *, stage_only: bool = False) -> list[CollapsePoint]:
+        """`measured` of several ks, those not measured yet in one batched pass (a threshold search's pass).
+        `stage_only`: a point measured only as far as its stage needs will do (Experiment.search); without
+        it such a point is measured again in full."""
+        missing = [
+            k for k in dict.fromkeys(ks) if k not in self.points or not (stage_only or self.points[k].generated)
+        ]
+        if missing:
+            variants = [(k, TOP_K_ZERO) for k in missing]
+            measured = self.experiment.measure_many(self.site, self.category, variants, stage_only=stage_only)
+            self.points.update(zip(missing, measured, strict=True))
+        return [self.points[k] for k in ks]
+
+    def point(self, k: int) -> CollapsePoint:
+        if k not in self.points:
+            measured = ", ".join(map(str, sorted(self.points))) or "none"
+            raise KeyError(f"k={k} has not been measured on {self.label} (measured: {measured})")
+        return self.points[k]
+
+    def table(self) -> str:
+        return format_curve(self.points.values())
+
+
+def format_curve(points) -> str:
+    """A small table of a curve, for failure messages and `--can-show-curves`."""
+    rows = [
+        (
+            p.k,
+            format_ppl(p.log10_ppl_ref),
+            f"{p.log10_ppl_ratio:+.2f}",
+            format_score(p.clip),
+            format_score(p.clip_chance),
+            "not generated" if p.degenerate_rate is None else f"{p.degenerate_rate:.0%}",
+            f"{p.stage} {STAGE_NAMES[p.stage]}",
+            (p.captions[0][:40] + "…") if p.captions and len(p.captions[0]) > 40 else (p.captions or [""])[0],
+        )
+        for p in sorted(points, key=lambda p: p.k)
+    ]
+    headers = ("k", "ref PPL", "Δlog10 PPL", "CLIP", "chance", "degenerate", "stage", "first caption")
+    return tabulate(rows, headers=headers, tablefmt="simple")

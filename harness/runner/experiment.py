@@ -1,0 +1,456 @@
+"""One collapse experiment end to end: baseline, ranking, masked evaluation at k, stage, threshold search.
+
+`Experiment` measures points on one loaded model; what the model is given and how its output is observed is its
+kind's own (harness.runner.image_experiment, harness.runner.text_experiment).
+harness.runner.session.HarnessSession, which the pytest plugin keeps as a session fixture, owns what is expensive
+and shared (loaded models, CLIP scorers, images, rankings).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+
+import torch
+
+from harness.core import progress
+from harness.core.errors import UnknownNameError
+from harness.core.metrics import log10_ppl, require_finite
+from harness.core.versions import library_versions
+from harness.models.captioning import Caption, generate_captions
+from harness.models.image_encoding import EncodedImage
+from harness.models.loading import LoadedModel
+from harness.models.masking import JointMask, NeuronMask, mask_neurons
+from harness.models.prompt_prefix import PromptPrefix
+from harness.models.sites import AnySite, JointSite, resolve_any_site
+from harness.runner.ranking_cache import RankingCache, code_fingerprint
+from harness.runner.settings import HarnessSettings, search_parallel_for
+from harness.science.ablation import Intervention, mean_activations, random_selection
+from harness.science.ranking import Ranking, importances
+from harness.science.ranking_options import RankingOptions
+from harness.science.stages import classify_stage
+from harness.science.threshold_search import SEARCH_MODES, ThresholdSearch, search_thresholds
+
+MAX_REPORTED_NEURONS = 64
+TOP_K_ZERO = Intervention()  # the experiment itself: zero the ranking's top-k
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the model (masked or not) does on one category. Unmasked, it is the k = 0 point, and a VLM's captions
+    are its ranking's targets."""
+
+    # generated: captions, or a text model's continuations; None: not generated, because the stage does not need
+    # them (a text model's point evaluated only for a threshold search, harness.runner.text_experiment)
+    captions: list[Caption] | None
+    reference_nll: list[float]  # teacher-forced, per caption (VLM) or per text window (text model)
+    clip: list[float] | None  # per image; None for a text model
+    clip_chance: float | None  # these captions scored against images of the other categories
+    degenerate: list[bool] | None  # per caption (or continuation): no language (harness.core.metrics)
+
+
+@dataclass(frozen=True)
+class CollapsePoint:
+    """One evaluated (model, site, category, k): the row every report and table is built from."""
+
+    model: str
+    site: str
+    category: str
+    k: int
+    n_images: int
+    mean_nll_ref: float
+    mean_nll_self: float | None  # None (and degenerate_rate None, captions []): nothing was generated
+    log10_ppl_ref: float
+    log10_ppl_self: float | None
+    log10_ppl_baseline: float
+    log10_ppl_ratio: float
+    clip: float | None  # None for text-only models
+    clip_baseline: float | None
+    clip_chance: float | None
+    clip_chance_baseline: float | None
+    chance_images: int
+    degenerate_rate: float | None
+    stage: int
+    captions: list[str]
+    masked_neurons: list[tuple[str, int, int, float | None]]  # (site, layer, channel, CAN score) of the first ≤ 64
+    mask_modes: list[str]
+    intervention: str  # Intervention.label: the experiment (top-k) or a control
+    ranking: str  # RankingOptions.label: how the top-k were chosen
+    ranking_key: str | None
+    options: dict = field(default_factory=dict)
+
+    def to_row(self) -> dict:
+        return asdict(self)
+
+    @property
+    def generated(self) -> bool:
+        """Whether captions (continuations) were generated at this point, or only what its stage needs."""
+        return self.degenerate_rate is not None
+
+
+@dataclass
+class ModelState:
+    """What every experiment on one loaded model shares, whatever its ranking: the baselines, resolved sites, mean
+    activations, CLIP image features, image encodings and prompt prefixes, and the experiment of each ranking.
+    Rankings are not in it: each experiment holds its own."""
+
+    baselines: dict[str, Observation] = field(default_factory=dict)
+    sites: dict[str, AnySite] = field(default_factory=dict)
+    means: dict[tuple[str, str, str], torch.Tensor] = field(default_factory=dict)  # (site, category, positions)
+    clip_features: dict[str, torch.Tensor] = field(default_factory=dict)  # per category
+    other_clip_features: dict[str, torch.Tensor] = field(default_factory=dict)  # the other categories'
+    encoded_images: dict[str, list[EncodedImage]] = field(default_factory=dict)
+    prefixes: dict[str, list[PromptPrefix]] = field(default_factory=dict)  # one category at a time
+    experiments: dict[RankingOptions, Experiment] = field(default_factory=dict)
+
+
+class Experiment(ABC):
+    """Measures collapse points on one loaded model, ranked one way: the ranking, the masked points, the threshold
+    search and their records, whatever the model is given. What the model is given and how its output is observed
+    is each kind's own: harness.runner.image_experiment.ImageExperiment (a vision-language model captioning images)
+    and harness.runner.text_experiment.TextExperiment (a causal LM on texts). What does not depend on the ranking
+    lives in its ModelState, shared with the model's experiments of other rankings."""
+
+    def __init__(
+        self, loaded: LoadedModel, settings: HarnessSettings, rankings: RankingCache, state: ModelState | None
+    ):
+        self.loaded, self.settings, self.rankings = loaded, settings, rankings
+        self.state = state if state is not None else ModelState()
+        self.state.experiments.setdefault(settings.ranking, self)
+        self._rankings: dict[tuple[str, str], Ranking] = {}
+
+    @property
+    def name(self) -> str:
+        return self.loaded.spec.name
+
+    def site(self, name: str) -> AnySite:
+        """A site, or several joined by '+' (ranked together as one pool)."""
+        if name not in self.state.sites:
+            self.state.sites[name] = resolve_any_site(self.loaded, name)
+        return self.state.sites[name]
+
+    def with_ranking(self, options: RankingOptions) -> Experiment:
+        """The experiment of this model with neurons ranked another way (one per ranking, on the shared state)."""
+        experiments = self.state.experiments
+        if options not in experiments:
+            experiments[options] = self._sibling(replace(self.settings, ranking=options))
+        return experiments[options]
+
+    @abstractmethod
+    def _sibling(self, settings: HarnessSettings) -> Experiment:
+        """An experiment on this model and state under `settings`, which differ from these in the ranking only."""
+
+    # -- what the model is given, what it does (each kind of experiment its own) --------------------------------
+    @abstractmethod
+    def samples(self, category: str) -> Sequence[object]:
+        """The model's inputs on `category`, one per row of its batches (images, or a text's openings)."""
+
+    @abstractmethod
+    def ranking_data(self, category: str) -> tuple[Sequence[object], list[Caption]]:
+        """The inputs and teacher-forced targets the ranking loss (and mean ablation) is computed on."""
+
+    @abstractmethod
+    def data_record(self, category: str) -> dict[str, object]:
+        """What identifies the data of `category` in a ranking's cache key."""
+
+    @abstractmethod
+    def observe(
+        self, category: str, mask: NeuronMask | JointMask | None = None, *, stage_only: bool = False
+    ) -> Observation:
+        """What the model does on `category` under `mask` (None: unmasked). `stage_only`: no more than the
+        stage reads."""
+
+    @abstractmethod
+    def observe_many(
+        self, category: str, site: AnySite, neuron_sets: Sequence[torch.Tensor], *, stage_only: bool = False
+    ) -> list[Observation]:
+        """`observe` under each zero-ablation neuron set, in batched passes with per-row masks."""
+
+    @abstractmethod
+    def chance_images(self, category: str) -> int:
+        """How many images a chance-level CLIP score of `category` is measured on (0: no CLIP score)."""
+
+    def clip_label(self) -> str | None:
+        """The CLIP model that scores this experiment's captions, for its records; None: no CLIP score."""
+        return None
+
+    def _captions(self, category: str, encoded_images: list[EncodedImage] | None = None) -> list[Caption]:
+        return generate_captions(
+            self.loaded,
+            self.samples(category),
+            max_new_tokens=self.settings.max_new_tokens,
+            batch_size=self.settings.batch_size,
+            encoded_images=encoded_images,
+        )
+
+    def baseline(self, category: str) -> Observation:
+        """The unmasked model on `category` (computed once)."""
+        if category not in self.state.baselines:
+            self.state.baselines[category] = self.observe(category)
+        return self.state.baselines[category]
+
+    # -- ranking ----------------------------------------------------------------------------------------------
+    def ranking(self, site_name: str, category: str) -> Ranking:
+        key = (site_name, category)
+        if key not in self._rankings:
+            site = self.site(site_name)
+            if isinstance(site, JointSite):  # each neuron's score depends on its own site only: merge the parts'
+                self._rank_together([part.name for part in site.parts], category)
+                parts = [self._rankings[part.name, category] for part in site.parts]
+                scores = torch.cat([part.scores.reshape(-1) for part in parts])
+                self._rankings[key] = Ranking(site_name, scores, key="+".join(part.key for part in parts))
+            else:
+                self._rank_together([site_name], category)
+        return self._rankings[key]
+
+    def _rank_together(self, site_names: list[str], category: str) -> None:
+        """Rank the sites not ranked yet, from the cache or computed in the same passes (a joint site's parts)."""
+        todo = [name for name in site_names if (name, category) not in self._rankings]
+        if not todo:
+            return
+        sites = [self.site(name) for name in todo]
+        inputs, targets = self.ranking_data(category)
+        results = self.rankings.load_or_compute_many(
+            [
+                (self.ranking_inputs(name, category), (site.n_layers, site.width))
+                for name, site in zip(todo, sites, strict=True)
+            ],
+            lambda missing: importances(
+                self.loaded,
+                [sites[index] for index in missing],
+                inputs,
+                targets,
+                options=self.settings.ranking,
+                batch_size=self.settings.batch_size,
+            ),
+        )
+        for name, (scores, cache_key) in zip(todo, results, strict=True):
+            self._rankings[name, category] = Ranking(site=name, scores=scores, key=cache_key)
+
+    def mean_activations(self, site_name: str, category: str) -> torch.Tensor:
+        """Mean activation of each neuron over the ranking's inputs, targets and positions (mean ablation), in
+        the shape of the site's scores."""
+        key = (site_name, category, self.settings.ranking.positions)
+        if key not in self.state.means:
+            site = self.site(site_name)
+            if isinstance(site, JointSite):
+                parts = [self.mean_activations(part.name, category).reshape(-1) for part in site.parts]
+                self.state.means[key] = torch.cat(parts)
+                return self.state.means[key]
+            self.state.means[key] = mean_activations(
+                self.loaded,
+                site,
+                *self.ranking_data(category),
+                positions=self.settings.ranking.positions,
+                batch_size=self.settings.batch_size,
+            )
+        return self.state.means[key]
+
+    def selection(self, site_name: str, category: str, k: int, intervention: Intervention) -> torch.Tensor:
+        """Flat indices of the k neurons `intervention` switches off, in rank order for CAN."""
+        if intervention.selection == "random":
+            return random_selection(self.site(site_name), k, intervention.seed)
+        return self.ranking(site_name, category).top_k(k)
+
+    def ranking_inputs(self, site_name: str, category: str) -> dict[str, object]:
+        """Everything a ranking depends on: the cache key is a hash of exactly this."""
+        spec, versions = self.loaded.spec, library_versions()
+        return {
+            **{name: versions[name] for name in ("harness", "torch", "transformers")},
+            "code": code_fingerprint(),
+            "model": spec.name,
+            "checkpoint": self.loaded.checkpoint_id,
+            "weights": self.loaded.weights_digest,
+            "dtype": str(self.loaded.dtype),
+            "device": self.loaded.device.type,
+            "processor_kwargs": dict(spec.processor_kwargs),
+            "prompt": spec.prompt,
+            "max_new_tokens": self.settings.max_new_tokens,
+            "site": site_name,
+            **self.settings.ranking.used(),
+            "category": category,
+            **self.data_record(category),
+        }
+
+    # -- measurement ------------------------------------------------------------------------------------------
+    def measure(
+        self,
+        site_name: str,
+        category: str,
+        k: int,
+        intervention: Intervention = TOP_K_ZERO,
+        *,
+        stage_only: bool = False,
+    ) -> CollapsePoint:
+        """Mask the top-k neurons of `site_name` (ranked on `category` by the configured method), or a control's k
+        neurons, and measure the captions. `stage_only`: what the stage needs, no more (see `observe`)."""
+        site = self.site(site_name)
+        k = site.check_k(k)
+        if k == 0:
+            return self._point(site_name, category, 0, intervention, self.baseline(category), None, [])
+        chosen = self.selection(site_name, category, k, intervention)
+        values = self.mean_activations(site_name, category) if intervention.ablation == "mean" else None
+        mask = mask_neurons(site, chosen, mode=self.settings.mask_mode, values=values)
+        observed = self.observe(category, mask, stage_only=stage_only)
+        return self._point(site_name, category, k, intervention, observed, chosen, sorted(mask.modes))
+
+    def measure_many(
+        self,
+        site_name: str,
+        category: str,
+        variants: Sequence[tuple[int, Intervention]],
+        *,
+        stage_only: bool = False,
+    ) -> list[CollapsePoint]:
+        """`measure` of several (k, intervention) variants of one site and category: the ks of one threshold search
+        pass, or a curve's controls at k₂. The zero-ablation ones share one batched pass, each image once per
+        variant, with per-row masks (harness.models.row_masks); a row equals its variant measured alone up to float
+        rounding (the batches are larger). The others are measured one by one."""
+        site = self.site(site_name)
+        variants = [(site.check_k(k), intervention) for k, intervention in variants]
+        together = [index for index, (k, i) in enumerate(variants) if i.ablation == "zero" and k > 0]
+        points: dict[int, CollapsePoint] = {}
+        if len(together) > 1:
+            chosen = [self.selection(site_name, category, *variants[index]) for index in together]
+            observed = self.observe_many(category, site, chosen, stage_only=stage_only)
+            for index, neurons, observation in zip(together, chosen, observed, strict=True):
+                k, intervention = variants[index]
+                points[index] = self._point(site_name, category, k, intervention, observation, neurons, ["hook"])
+        return [
+            points[index]
+            if index in points
+            else self.measure(site_name, category, k, intervention, stage_only=stage_only)
+            for index, (k, intervention) in enumerate(variants)
+        ]
+
+    def _point(
+        self,
+        site_name: str,
+        category: str,
+        k: int,
+        intervention: Intervention,
+        observed: Observation,
+        chosen: torch.Tensor | None,
+        modes: list[str],
+    ) -> CollapsePoint:
+        """The CollapsePoint of an observation: metrics against the baseline, the stage, the masked neurons."""
+        site, baseline = self.site(site_name), self.baseline(category)
+        neurons, ranking_key = [], None
+        if chosen is not None:
+            shown = chosen[:MAX_REPORTED_NEURONS]
+            ranking = self._rankings.get((site_name, category))
+            scores = ranking.scores.reshape(-1)[shown].tolist() if ranking is not None else [None] * len(shown)
+            neurons = [(n.site, n.layer, n.channel, s) for n, s in zip(site.neurons(shown), scores, strict=True)]
+            ranking_key = ranking.key if intervention.selection == "ranked" else None
+        where = f"{self.name} {site_name} {category} k={k}"
+        captions = observed.captions
+        mean_ref = require_finite(_mean(observed.reference_nll), f"reference NLL of {where}")
+        mean_self = (
+            None
+            if captions is None
+            else require_finite(_mean([c.self_nll for c in captions]), f"self NLL of {where}")
+        )
+        mean_clip = (
+            None if observed.clip is None else require_finite(_mean(observed.clip), f"CLIP score of {where}")
+        )
+        base_log10 = log10_ppl(_mean(baseline.reference_nll))
+        degenerate_rate = None if observed.degenerate is None else _mean([float(f) for f in observed.degenerate])
+        ratio = log10_ppl(mean_ref) - base_log10
+        clip_baseline = None if baseline.clip is None else _mean(baseline.clip)
+        chance = observed.clip_chance
+        return CollapsePoint(
+            model=self.name,
+            site=site_name,
+            category=category,
+            k=k,
+            n_images=len(self.samples(category)),
+            mean_nll_ref=mean_ref,
+            mean_nll_self=mean_self,
+            log10_ppl_ref=log10_ppl(mean_ref),
+            log10_ppl_self=None if mean_self is None else log10_ppl(mean_self),
+            log10_ppl_baseline=base_log10,
+            log10_ppl_ratio=ratio,
+            clip=mean_clip,
+            clip_baseline=clip_baseline,
+            clip_chance=chance,
+            clip_chance_baseline=baseline.clip_chance,
+            chance_images=self.chance_images(category),
+            degenerate_rate=degenerate_rate,
+            stage=classify_stage(
+                k=k,
+                log10_ppl_ratio=ratio,
+                clip=mean_clip,
+                clip_baseline=clip_baseline,
+                clip_chance=chance,
+                degenerate_rate=degenerate_rate,
+                thresholds=self.settings.thresholds,
+                text_only=self.loaded.family.text_only,
+            ),
+            captions=[] if captions is None else [c.text for c in captions],
+            masked_neurons=neurons,
+            mask_modes=list(modes),
+            intervention=intervention.label,
+            ranking=self.settings.ranking.label,
+            ranking_key=ranking_key,
+            options=self.options_record(),
+        )
+
+    def search(
+        self,
+        site_name: str,
+        category: str,
+        *,
+        mode: str | None = None,
+        k_max: int | None = None,
+        measure_many: Callable[[Sequence[int]], list[CollapsePoint]] | None = None,
+    ) -> tuple[ThresholdSearch, dict[int, CollapsePoint]]:
+        """k₁ and k₂ of one curve by the configured search (adaptive, or the papers' linear scan), the settings'
+        `search_parallel` ks in each batched pass, every point measured as far as its stage needs (a text
+        model's continuations are not generated). `measure_many(ks)` replaces that measurement, e.g. by one that
+        reuses points already measured."""
+        mode = mode or self.settings.search
+        if mode not in SEARCH_MODES:
+            raise UnknownNameError("threshold search mode", mode, SEARCH_MODES)
+        site = self.site(site_name)
+        limit = site.check_k(min(k_max or self.settings.k_max, site.size))
+        measure_many = measure_many or (
+            lambda ks: self.measure_many(site_name, category, [(k, TOP_K_ZERO) for k in ks], stage_only=True)
+        )
+        parallel = search_parallel_for(self.settings, self.loaded.device)
+        points: dict[int, CollapsePoint] = {}
+        title = f"{mode} search of {self.name} / {site_name} / {category} (k ≤ {limit}, {parallel} k a pass)"
+        with progress.task(title) as task:
+
+            def stages_at(ks: Sequence[int]) -> list[int]:
+                measured = measure_many(ks)
+                points.update((point.k, point) for point in measured)
+                last = ", ".join(f"k={p.k} stage {p.stage} Δlog10 PPL {p.log10_ppl_ratio:+.2f}" for p in measured)
+                task.step(f"last: {last}", steps=len(measured))
+                return [point.stage for point in measured]
+
+            return search_thresholds(mode, stages_at, limit, parallel), points
+
+    def options_record(self) -> dict:
+        spec = self.loaded.spec
+        return {
+            **self.settings.ranking.used(),
+            "max_new_tokens": self.settings.max_new_tokens,
+            "prompt": spec.prompt,
+            "clip_model": self.clip_label(),
+            "checkpoint": self.loaded.checkpoint_id,
+            "dtype": str(self.loaded.dtype).removeprefix("torch."),
+            "device": str(self.loaded.device),
+            "weights": self.loaded.weights_digest,
+            **self.settings.thresholds.as_dict(),
+        }
+
+
+def set_slices(per_set: int, sets: int) -> list[slice]:
+    """The rows of each neuron set in a set-major batch of `sets` × `per_set` rows."""
+    return [slice(index * per_set, (index + 1) * per_set) for index in range(sets)]
+
+
+def _mean(values: list[float]) -> float:
+    return math.fsum(values) / len(values)
