@@ -28,11 +28,12 @@ from harness.core.paths import default_cache_dir
 from harness.models.captioning import Caption, caption_nll_per_row, generate_captions, teacher_forced_batch
 from harness.models.masking import NeuronMask
 from harness.models.prompts import Prompt
-from harness.models.registry import EmbeddedAsset, get_model_spec, register_model
+from harness.models.registry import get_model_spec, register_model
 from harness.runner.session import HarnessSession
 from harness.runner.settings import HarnessSettings
 from harness.science.ranking import importance
 from harness.zoo import build_tiny_llava
+from harness.zoo.store import EmbeddedAsset
 
 
 def timed(function: Callable[[], object], device: torch.device) -> float:

@@ -118,17 +118,18 @@ def test_joint_mask_equals_the_parts_masks_together_and_restores_the_model(
 
 def test_joint_mask_undoes_the_first_part_when_the_second_cannot_be_entered():
     torch.manual_seed(0)
-    editable = nn.Linear(4, 3)
-    with torch.inference_mode():
-        frozen = nn.Linear(4, 3)  # an inference tensor refuses in-place edits
+    editable, second = nn.Linear(4, 3), nn.Linear(4, 3)
     original = {name: value.clone() for name, value in editable.state_dict().items()}
     joint = JointSite(
         (
             ResolvedSite(spec=SITES["lm.gate_proj"], modules=(editable,), width=3),
-            ResolvedSite(spec=SITES["lm.up_proj"], modules=(frozen,), width=3),
+            ResolvedSite(spec=SITES["lm.up_proj"], modules=(second,), width=3),
         )
     )
-    with pytest.raises(RuntimeError, match="inference tensor"), JointMask(joint, [1, 4], mode="weight"):
+    mask = JointMask(joint, [1, 4], mode="weight")
+    with torch.inference_mode():
+        second.weight = nn.Parameter(torch.zeros(3, 4))  # an inference tensor refuses in-place edits
+    with pytest.raises(RuntimeError, match="inference tensor"), mask:
         pass
     for name, value in editable.state_dict().items():
         assert torch.equal(value, original[name]), name

@@ -33,9 +33,10 @@ from harness.models.loading import (
     parameter_checksums,
     resolve_checkpoint_folder,
 )
-from harness.models.registry import EmbeddedAsset, ModelSpec
+from harness.models.registry import ModelSpec
 from harness.models.weight_digest import folder_digest
 from harness.zoo import ensure_built
+from harness.zoo.store import EmbeddedAsset
 
 LM_WEIGHT = "model.language_model.layers.0.mlp.down_proj.weight"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -554,7 +555,7 @@ def test_an_asset_assembled_on_a_registered_model_is_built_once_from_its_base(sc
         seen.append(base)
         shutil.copytree(base, staging, dirs_exist_ok=True)
 
-    asset = registry.EmbeddedAsset(name="on-tiny", version="1", build=build, base_model="tiny-llama")
+    asset = EmbeddedAsset(name="on-tiny", version="1", build=build, base_model="tiny-llama")
     spec = registry.register_model(
         registry.ModelSpec(name="on-tiny", source="(assembled)", embedded=asset, **registry.CAUSAL_LM)
     )

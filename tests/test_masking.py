@@ -237,7 +237,10 @@ def test_weight_mode_refuses_a_weight_it_cannot_edit_before_touching_any():
     with torch.inference_mode():
         frozen = nn.Linear(4, 3)
     site = ResolvedSite(spec=SITES["lm.gate_proj"], modules=(nn.Linear(4, 3), frozen), width=3)
-    with pytest.raises(MaskError, match=r"cannot edit lm\.layers\.1\..*an inference tensor.*use mask mode hook"):
+    with pytest.raises(
+        MaskError,
+        match=r"cannot edit lm\.gate_proj layer 1 \(mlp\.gate_proj outputs\): .*an inference tensor.*mode hook",
+    ):
         NeuronMask(site, [1, 4], mode="weight")
 
 
@@ -333,10 +336,12 @@ def test_mask_never_reached_is_an_error_only_when_verifying(loaded, sites, prist
     indices = [3, site.width + 3]
     with pytest.raises(MaskError, match="never reached") as error, NeuronMask(site, indices):
         pass
-    assert "layers.0." in str(error.value) and "layers.1." in str(error.value)
+    assert "lm.down_proj layer 0 (" in str(error.value) and "lm.down_proj layer 1 (" in str(error.value)
     with pytest.raises(MaskError, match="never reached") as error, NeuronMask(site, indices), torch.no_grad():
         site.modules[0](torch.randn(2, site.modules[0].in_features))  # reaches layer 0 only
-    assert "layers.0." not in str(error.value) and "layers.1." in str(error.value)
+    assert "layer 0 (" not in str(error.value) and "lm.down_proj layer 1 (mlp.down_proj outputs)" in str(
+        error.value
+    )
     with NeuronMask(site, indices, verify=False):
         pass
     assert_pristine(loaded, sites, pristine)

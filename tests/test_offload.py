@@ -79,7 +79,9 @@ def test_offloaded_layers_are_masked_by_hooks(offloaded):
     both_layers = torch.tensor([0, site.width])
     mask = mask_neurons(site, both_layers, mode="auto")
     assert mask.modes == {"weight", "hook"}
-    with pytest.raises(MaskError, match=r"lm\.layers\.1\..*offloaded.*use mask mode hook"):
+    with pytest.raises(
+        MaskError, match=r"lm\.down_proj layer 1 \(mlp\.down_proj outputs\): .*offloaded.*use mask mode hook"
+    ):
         mask_neurons(site, both_layers, mode="weight")
 
 

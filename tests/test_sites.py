@@ -54,7 +54,7 @@ def test_registered_sites_are_the_ones_described_here():
 @pytest.mark.parametrize("name", sorted(OTHER_LAYOUT))
 def test_vision_and_projector_sites_resolve_to_the_models_modules(name, loaded):
     """Outside the language model too: one Linear per layer (the projector: one layer), widths from the config
-    the component has, hook points named after the component."""
+    the component has, each layer named by the site."""
     layers_of, path, config_name, field = OTHER_LAYOUT[name]
     width = getattr(getattr(loaded.model.config, config_name), field)
     layers = list(layers_of(loaded.model))
@@ -62,7 +62,7 @@ def test_vision_and_projector_sites_resolve_to_the_models_modules(name, loaded):
     assert (site.n_layers, site.width) == (len(layers), width)
     assert all(module is layer.get_submodule(path) for layer, module in zip(layers, site.modules, strict=True))
     assert all(module.out_features == width for module in site.modules)
-    assert site.hook_point(0) == ("projector.out" if name == "projector" else f"vision.layers.0.{path}.out")
+    assert site.location(0) == (f"{name} (outputs)" if name == "projector" else f"{name} layer 0 ({path} outputs)")
 
 
 def test_a_site_the_family_lacks_names_the_components_it_has(loaded):

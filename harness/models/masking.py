@@ -95,7 +95,7 @@ class NeuronMask:
                 continue
             if mode == "weight" and not weight_is_editable(module):
                 raise MaskError(
-                    f"mask mode 'weight' cannot edit {site.hook_point(layer)}: its weight is "
+                    f"mask mode 'weight' cannot edit {site.location(layer)}: its weight is "
                     f"{uneditable_reason(module)}; use mask mode hook or auto (hooks there)"
                 )
             chosen = mode if mode != "auto" else ("weight" if weight_is_editable(module) else "hook")
@@ -129,7 +129,7 @@ class NeuronMask:
     def __exit__(self, exc_type, exc, traceback) -> None:
         self._restore()
         if exc_type is None and self.verify:
-            missed = [self.site.hook_point(layer.layer) for layer in self._layers if not layer.reached]
+            missed = [self.site.location(layer.layer) for layer in self._layers if not layer.reached]
             if missed:
                 raise MaskError(
                     f"mask on {self.site.name} never reached {', '.join(missed)}: no forward pass went through "
@@ -165,7 +165,7 @@ class NeuronMask:
                     try:
                         parameter.index_copy_(dim, layer.channels, original)
                     except RuntimeError as error:
-                        failures.append(f"{self.site.hook_point(layer.layer)}: {error}")
+                        failures.append(f"{self.site.location(layer.layer)}: {error}")
                 layer.saved.clear()
         if failures:
             raise MaskError("could not restore the masked weights; the model is modified: " + "; ".join(failures))
@@ -204,7 +204,7 @@ class NeuronMask:
             )
             if wrong:
                 raise MaskError(
-                    f"mask on {site.hook_point(layer.layer)} did not take effect: {what} of the masked channels "
+                    f"mask on {site.location(layer.layer)} did not take effect: {what} of the masked channels "
                     f"are not {expected} during the forward pass (mode {layer.mode!r}); weights that are "
                     "offloaded or re-materialised per call need mode='hook'"
                 )

@@ -7,25 +7,19 @@ local folder with :func:`use_local_path` / `--can-model-path NAME=PATH`.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from harness.core.errors import UnknownNameError
 
+if TYPE_CHECKING:  # the zoo builds these; a spec only carries one
+    from harness.zoo.store import EmbeddedAsset
+
 LLAVA_15_PROMPT = "USER: <image>\n{instruction} ASSISTANT:"
 CAPTION_INSTRUCTION = "Provide a one-sentence caption for the provided image."
-
-
-@dataclass(frozen=True)
-class EmbeddedAsset:
-    """A checkpoint or data set the harness builds itself, offline, into its cache (tiny models, images)."""
-
-    name: str
-    version: str
-    build: Callable[..., object]  # writes the complete asset into the given (empty) folder
-    base_model: str | None = None  # a registered model whose checkpoint folder `build` gets as second argument
 
 
 @dataclass(frozen=True)

@@ -85,7 +85,7 @@ class RowMask:
             handle.remove()
         self._handles.clear()
         if exc_type is None and self.verify:
-            missed = [self.site.hook_point(layer.layer) for layer in self._layers if not layer.reached]
+            missed = [self.site.location(layer.layer) for layer in self._layers if not layer.reached]
             if missed:
                 raise MaskError(
                     f"mask on {self.site.name} never reached {', '.join(missed)}: no forward pass went through "
@@ -95,7 +95,7 @@ class RowMask:
     def _switch_off(self, layer: _LayerRows, tensor: torch.Tensor) -> torch.Tensor:
         if tensor.shape[0] != self.rows:
             raise MaskError(
-                f"per-row mask on {self.site.hook_point(layer.layer)} has {self.rows} rows but the forward pass "
+                f"per-row mask on {self.site.location(layer.layer)} has {self.rows} rows but the forward pass "
                 f"has a batch of {tensor.shape[0]}: give each batch row its own neuron set"
             )
         layer.reached = True

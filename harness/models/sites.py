@@ -126,11 +126,13 @@ class ResolvedSite:
             return torch.einsum("btw,bt->w", values, text_weights)
         return values.mean(dim=(0, 1)) * images
 
-    def hook_point(self, layer: int) -> str:
-        tensor = "out" if self.spec.unit == "output" else "in"
+    def location(self, layer: int) -> str:
+        """One layer of the site in the names a user gives and reports show: 'lm.down_proj layer 1 (mlp.down_proj
+        outputs)'; a component without layers (the projector) is the site alone."""
+        units = f"{self.spec.unit}s"
         if not self.spec.module:
-            return f"{self.spec.component}.{tensor}"
-        return f"{self.spec.component}.layers.{layer}.{self.spec.module}.{tensor}"
+            return f"{self.name} ({units})"
+        return f"{self.name} layer {layer} ({self.spec.module} {units})"
 
     @contextmanager
     def watched(self, callback: Callable[[int, torch.Tensor], None]) -> Iterator[None]:

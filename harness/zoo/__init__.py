@@ -4,9 +4,8 @@ and the default image set."""
 from pathlib import Path
 
 from harness.data import world
-from harness.models.registry import EmbeddedAsset
 from harness.zoo import smol_llava
-from harness.zoo.store import ensure_built
+from harness.zoo.store import EmbeddedAsset, ensure_built
 from harness.zoo.tiny_causal_lm import build_tiny_llama, build_tiny_qwen2
 from harness.zoo.tiny_clip import build_tiny_clip
 from harness.zoo.tiny_instructblip import build_tiny_instructblip

@@ -5,15 +5,25 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from filelock import FileLock
 
 from harness.core import atomic_files
 from harness.core.errors import CacheError
-from harness.models.registry import EmbeddedAsset
 
 _COMPLETE = ".complete"
+
+
+@dataclass(frozen=True)
+class EmbeddedAsset:
+    """A checkpoint or data set the harness builds itself, offline, into its cache (tiny models, images)."""
+
+    name: str
+    version: str
+    build: Callable[..., object]  # writes the complete asset into the given (empty) folder
+    base_model: str | None = None  # a registered model whose checkpoint folder `build` gets as second argument
 
 
 def ensure_built(asset: EmbeddedAsset, cache_dir: Path, *inputs: Path) -> Path:
