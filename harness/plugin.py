@@ -310,7 +310,10 @@ def _model_config_or_reason(spec, settings):
     from harness.models.loading import load_model_config
 
     try:
-        return load_model_config(spec, cache_dir=settings.cache_dir, allow_download=settings.allow_download), None
+        config = load_model_config(
+            spec, cache_dir=settings.cache_dir, allow_download=settings.allow_download, specs=settings.model_spec
+        )
+        return config, None
     except ModelUnavailableError as error:
         return None, str(error)
 

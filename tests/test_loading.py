@@ -35,6 +35,7 @@ from harness.models.loading import (
 )
 from harness.models.registry import ModelSpec
 from harness.models.weight_digest import folder_digest
+from harness.runner.settings import HarnessSettings
 from harness.zoo import ensure_built
 from harness.zoo.store import EmbeddedAsset
 
@@ -566,3 +567,32 @@ def test_an_asset_assembled_on_a_registered_model_is_built_once_from_its_base(sc
     assert checkpoint_id(spec, folder, tmp_path) == "embedded:on-tiny@v1 on embedded:tiny-llama@v1"
     built_in_order = prepare.packaged_models()
     assert built_in_order.index("smollm2-135m") < built_in_order.index("on-tiny")  # bases are built first
+
+
+def test_an_asset_is_assembled_on_the_base_the_settings_point_at(scratch_registry, tmp_path):
+    """`--can-model-path BASE=…` reaches the build of a model assembled on BASE: it is built on that checkpoint,
+    in a folder of its own (keyed by the base's digest), and its checkpoint id says where the base came from."""
+    seen = []
+
+    def build(staging: Path, base: Path) -> None:
+        seen.append(base)
+        shutil.copytree(base, staging, dirs_exist_ok=True)
+
+    asset = EmbeddedAsset(name="on-tiny", version="1", build=build, base_model="tiny-llama")
+    spec = registry.register_model(
+        registry.ModelSpec(name="on-tiny", source="(assembled)", embedded=asset, **registry.CAUSAL_LM)
+    )
+    registered_base = resolve_checkpoint_folder(registry.get_model_spec("tiny-llama"), tmp_path)
+    local_base = tmp_path / "my-llama"
+    shutil.copytree(registered_base, local_base, ignore=shutil.ignore_patterns(".complete"))
+    config = json.loads((local_base / "config.json").read_text())
+    (local_base / "config.json").write_text(json.dumps({**config, "rms_norm_eps": 1.234e-5}))
+    settings = HarnessSettings(cache_dir=tmp_path, model_paths=(("tiny-llama", local_base),))
+
+    on_local = resolve_checkpoint_folder(spec, tmp_path, specs=settings.model_spec)
+    on_registered = resolve_checkpoint_folder(spec, tmp_path)
+    assert seen == [local_base, registered_base] and on_local != on_registered
+    assert json.loads((on_local / "config.json").read_text())["rms_norm_eps"] == 1.234e-5
+    assert checkpoint_id(spec, on_local, tmp_path, settings.model_spec) == "embedded:on-tiny@v1 on local"
+    assert checkpoint_id(spec, on_registered, tmp_path) == "embedded:on-tiny@v1 on embedded:tiny-llama@v1"
+    assert resolve_checkpoint_folder(spec, tmp_path, specs=settings.model_spec) == on_local and len(seen) == 2

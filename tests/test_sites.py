@@ -145,7 +145,7 @@ def test_model_without_language_layers_lists_probed_paths(loaded):
     target = SimpleNamespace(model=tower, family=loaded.family, text_config=loaded.text_config)
     with pytest.raises(SiteResolutionError, match="no language-model layers found") as error:
         resolve_site(target, "lm.gate_proj")
-    paths = loaded.family.language_layer_paths
+    paths = loaded.family.component("lm").paths
     assert "model.language_model.layers" in paths
     for path in paths:
         assert path in str(error.value)
@@ -311,6 +311,6 @@ def test_transformers_4_llava_layout_is_no_longer_probed(loaded):
     old_style = nn.Module()
     old_style.language_model = language_model
     target = SimpleNamespace(model=old_style, family=loaded.family, text_config=loaded.text_config)
-    assert loaded.family.language_layer_paths == ("model.language_model.layers",)
+    assert loaded.family.component("lm").paths == ("model.language_model.layers",)
     with pytest.raises(SiteResolutionError, match="no language-model layers"):
         resolve_site(target, "lm.down_proj")

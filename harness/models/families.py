@@ -32,10 +32,6 @@ class Family:
     captioning_validated: bool  # prompts, generation and teacher-forced scoring checked on a tiny offline model
     text_only: bool = False  # a causal LM measured on texts (the PCICN setting) instead of captioned images
 
-    @property
-    def language_layer_paths(self) -> tuple[str, ...]:
-        return self.components["lm"].paths
-
     def component(self, name: str) -> Component:
         if name not in self.components:
             raise SiteResolutionError(

@@ -6,6 +6,7 @@ import json
 import shutil
 import tempfile
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,14 +82,23 @@ def parameter_checksums(model: nn.Module) -> dict[str, int]:
     return sums
 
 
-def resolve_checkpoint_folder(spec: ModelSpec, cache_dir: Path, allow_download: bool = False) -> Path:
-    """Local folder holding the checkpoint; `ModelUnavailableError` (cases skip) when it is not on this machine."""
+SpecLookup = Callable[
+    [str], ModelSpec
+]  # a registered name → its spec (HarnessSettings.model_spec: local paths too)
+
+
+def resolve_checkpoint_folder(
+    spec: ModelSpec, cache_dir: Path, allow_download: bool = False, specs: SpecLookup = get_model_spec
+) -> Path:
+    """Local folder holding the checkpoint; `ModelUnavailableError` (cases skip) when it is not on this machine.
+    A model assembled on a base model is built on the base `specs` names, once per base checkpoint (its folder
+    is keyed by the base's weights digest)."""
     if spec.embedded is not None:
         base = spec.embedded.base_model
-        inputs = (
-            () if base is None else (resolve_checkpoint_folder(get_model_spec(base), cache_dir, allow_download),)
-        )
-        return ensure_built(spec.embedded, cache_dir, *inputs)
+        if base is None:
+            return ensure_built(spec.embedded, cache_dir)
+        base_folder = resolve_checkpoint_folder(specs(base), cache_dir, allow_download, specs)
+        return ensure_built(spec.embedded, cache_dir, base_folder, variant=folder_digest(base_folder, cache_dir))
     if spec.gguf is not None:
         return gguf.packaged_checkpoint(spec, cache_dir)
     local = Path(spec.source).expanduser()
@@ -129,7 +139,9 @@ def missing_checkpoint_files(folder: Path) -> list[str]:
     return missing
 
 
-def checkpoint_id(spec: ModelSpec, folder: Path, cache_dir: Path | None = None) -> str:
+def checkpoint_id(
+    spec: ModelSpec, folder: Path, cache_dir: Path | None = None, specs: SpecLookup = get_model_spec
+) -> str:
     """Where the weights came from, for results and cache keys: embedded version (followed by its base model's id
     for one assembled on a registered model, whose checkpoint is looked up in `cache_dir`), GGUF file + sha256,
     hub id + commit, or local."""
@@ -139,8 +151,9 @@ def checkpoint_id(spec: ModelSpec, folder: Path, cache_dir: Path | None = None) 
             return embedded
         if cache_dir is None:
             raise ValueError(f"{spec.name} is assembled on {spec.embedded.base_model}: its id needs the cache_dir")
-        base = get_model_spec(spec.embedded.base_model)  # built already: resolving it again is a lookup
-        return f"{embedded} on {checkpoint_id(base, resolve_checkpoint_folder(base, cache_dir), cache_dir)}"
+        base = specs(spec.embedded.base_model)  # built already: resolving it again is a lookup
+        base_folder = resolve_checkpoint_folder(base, cache_dir, specs=specs)
+        return f"{embedded} on {checkpoint_id(base, base_folder, cache_dir, specs)}"
     record = gguf.conversion_record(folder)
     if record is not None:
         return f"gguf:{record['file']}@sha256:{record['sha256'][:16]}"
@@ -159,13 +172,15 @@ def load_model(
     allow_download: bool = False,
     device_map: DeviceMap | None = None,
     max_memory: tuple[tuple[str, str], ...] = (),
+    specs: SpecLookup = get_model_spec,
 ) -> LoadedModel:
     """Load `spec` with its registered classes; the processor pads on the left for batched generation.
     `device_map` (harness.core.placement) spreads the layers over devices, CPU and disk through accelerate, within
-    `max_memory`, instead of placing the whole model on `device`."""
+    `max_memory`, instead of placing the whole model on `device`. `specs` names a base model's spec (for a
+    model assembled on one)."""
     import transformers
 
-    folder = resolve_checkpoint_folder(spec, cache_dir, allow_download)
+    folder = resolve_checkpoint_folder(spec, cache_dir, allow_download, specs)
     missing = missing_checkpoint_files(folder)
     if missing:
         raise ModelUnavailableError(
@@ -208,7 +223,7 @@ def load_model(
         dtype=torch_dtype,
         path=folder,
         weights_digest=folder_digest(folder, cache_dir),
-        checkpoint_id=checkpoint_id(spec, folder, cache_dir),
+        checkpoint_id=checkpoint_id(spec, folder, cache_dir, specs),
         placement=getattr(model, "hf_device_map", None) if offload_folder is not None else None,
         offload_folder=offload_folder,
     )
@@ -217,11 +232,13 @@ def load_model(
     return loaded
 
 
-def load_model_config(spec: ModelSpec, *, cache_dir: Path, allow_download: bool = False):
+def load_model_config(
+    spec: ModelSpec, *, cache_dir: Path, allow_download: bool = False, specs: SpecLookup = get_model_spec
+):
     """The model's config alone (no weights): enough to size sites when collecting cases."""
     from transformers import AutoConfig
 
-    folder = resolve_checkpoint_folder(spec, cache_dir, allow_download)
+    folder = resolve_checkpoint_folder(spec, cache_dir, allow_download, specs)
     if not (folder / "config.json").is_file():
         raise ModelUnavailableError(f"{spec.name}: no config.json in {folder}; the checkpoint is incomplete")
     return AutoConfig.from_pretrained(folder, local_files_only=True)

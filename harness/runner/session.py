@@ -73,6 +73,7 @@ class HarnessSession:
             allow_download=self.settings.allow_download,
             device_map=self.settings.device_map_argument,
             max_memory=self.settings.max_memory,
+            specs=self.settings.model_spec,
         )
         if loaded.family.text_only:
             return TextExperiment(loaded, self.texts, self.settings, self.rankings)

@@ -26,12 +26,12 @@ class EmbeddedAsset:
     base_model: str | None = None  # a registered model whose checkpoint folder `build` gets as second argument
 
 
-def ensure_built(asset: EmbeddedAsset, cache_dir: Path, *inputs: Path) -> Path:
+def ensure_built(asset: EmbeddedAsset, cache_dir: Path, *inputs: Path, variant: str | None = None) -> Path:
     """Folder holding `asset`, building it under a file lock if absent (`asset.build(staging, *inputs)`);
-    partial builds never show."""
-    return build_once(
-        Path(cache_dir) / "zoo" / f"{asset.name}-v{asset.version}", lambda staging: asset.build(staging, *inputs)
-    )
+    partial builds never show. `variant` (e.g. the digest of the base checkpoint it is assembled on) keys a
+    build that depends on its inputs: one folder per variant."""
+    name = f"{asset.name}-v{asset.version}" + ("" if variant is None else f"-on-{variant[:12]}")
+    return build_once(Path(cache_dir) / "zoo" / name, lambda staging: asset.build(staging, *inputs))
 
 
 def _is_built(target: Path) -> bool:
