@@ -106,6 +106,7 @@ def test_settings_refuse_a_bad_placement_before_anything_loads(settings):
         ("0=70GiB,cpu=200GiB", {0: "70GiB", "cpu": "200GiB"}),
         ("cpu = 512MB", {"cpu": "512MB"}),
         ("1=1000", {1: "1000"}),
+        ("cuda:1=2GiB,xpu:0=1GiB", {1: "2GiB", "xpu:0": "1GiB"}),
     ],
 )
 def test_memory_budget_parses_as_accelerate_takes_it(text, budget):

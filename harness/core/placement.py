@@ -63,7 +63,12 @@ def parse_max_memory(value: str) -> tuple[tuple[str, str], ...]:
 
 
 def max_memory_argument(budget: tuple[tuple[str, str], ...]) -> dict[int | str, str] | None:
-    """The budget as accelerate takes it: GPU indices as ints, sizes as given; None for no budget."""
+    """The budget as accelerate takes it: GPUs by index (`0`, `cuda:0` → 0), sizes as given; None for none."""
     if not budget:
         return None
-    return {int(device) if device.isdigit() else device: size for device, size in budget}
+    return {_budget_key(device): size for device, size in budget}
+
+
+def _budget_key(device: str) -> int | str:
+    index = device.removeprefix("cuda:")
+    return int(index) if index.isdigit() else device

@@ -82,9 +82,8 @@ def parameter_checksums(model: nn.Module) -> dict[str, int]:
     return sums
 
 
-SpecLookup = Callable[
-    [str], ModelSpec
-]  # a registered name → its spec (HarnessSettings.model_spec: local paths too)
+# a registered name → its spec: the registry's, or HarnessSettings.model_spec (which knows local paths)
+SpecLookup = Callable[[str], ModelSpec]
 
 
 def resolve_checkpoint_folder(

@@ -32,7 +32,7 @@ MaskMode = Literal["auto", "weight", "hook"]
 class _LayerMask:
     layer: int
     module: nn.Linear
-    channels: torch.Tensor  # sorted unique channel indices, on the weight's device
+    channels: torch.Tensor  # sorted unique channel indices, on the device the layer computes on
     mode: str = "weight"
     values: torch.Tensor | None = None  # replacement per channel (mean ablation); None: zero
     saved: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # (parameter, original values)
