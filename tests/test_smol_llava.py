@@ -81,7 +81,8 @@ def test_it_loads_like_any_llava_and_names_both_sources(experiment):
         f"embedded:smol-llava@v{get_model_spec(MODEL).embedded.version} on "
         f"gguf:SmolLM2-135M-Instruct.Q4_1.gguf@sha256:{package.sha256[:16]}"
     )
-    assert loaded.path.name.endswith(smol_llava.parts_digest()[:12])  # the cache is keyed by the parts' hash
+    # the cache is keyed by the parts' hash, then by the base checkpoint's digest
+    assert loaded.path.name.startswith(f"smol-llava-v1-{smol_llava.parts_digest()[:12]}-on-")
 
 
 def test_the_prompt_is_smollm2s_chat_format_with_36_image_tokens(experiment, language_folder):
