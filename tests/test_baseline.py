@@ -92,10 +92,16 @@ def test_tolerances_must_be_finite_and_non_negative():
 
 
 # -- a real regression run -------------------------------------------------------------------------------------
-def test_regression_run_passes_unchanged_and_fails_readably_when_moved(pytester, cache_dir, synth_session):
+@pytest.fixture(scope="module")
+def synth_llava_loaded(synth_session):
+    """synth-llava loaded before `pytester` is set up: pytester drops from sys.modules what was imported after
+    its set-up, and the model classes must survive it for the tests that run after this one."""
+    return synth_session.experiment("synth-llava")
+
+
+def test_regression_run_passes_unchanged_and_fails_readably_when_moved(pytester, cache_dir, synth_llava_loaded):
     """The committed baseline of the embedded models: the real threshold case on one curve matches it; moving
     that curve's k₂ in a copy of the file makes the same run fail with the diff."""
-    synth_session.experiment("synth-llava")  # import the model classes before pytester's in-process runs
     pytester.makepyfile(test_thresholds=(ROOT / "cases" / "test_thresholds.py").read_text())
     stored = json.loads(COMMITTED.read_text())
     moved = copy.deepcopy(stored)
