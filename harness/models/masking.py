@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 from torch import nn
@@ -58,6 +58,21 @@ def uneditable_reason(module: nn.Linear) -> str:
     if not isinstance(weight, nn.Parameter) or not weight.is_floating_point():
         return f"not a plain float parameter ({type(weight).__name__}, {weight.dtype}: quantised?)"
     return "an inference tensor, which refuses in-place edits"
+
+
+class _Reached(Protocol):
+    layer: int
+    reached: bool  # set by the mask's verification hook when a forward pass goes through the layer
+
+
+def check_reached(kind: str, site: ResolvedSite, layers: Iterable[_Reached]) -> None:
+    """MaskError naming each layer of `site` that no forward pass went through while the mask was active."""
+    missed = [site.location(layer.layer) for layer in layers if not layer.reached]
+    if missed:
+        raise MaskError(
+            f"{kind} never reached {', '.join(missed)}: no forward pass went through these modules while it was "
+            "active, so the result does not measure it"
+        )
 
 
 class NeuronMask:
@@ -129,12 +144,7 @@ class NeuronMask:
     def __exit__(self, exc_type, exc, traceback) -> None:
         self._restore()
         if exc_type is None and self.verify:
-            missed = [self.site.location(layer.layer) for layer in self._layers if not layer.reached]
-            if missed:
-                raise MaskError(
-                    f"mask on {self.site.name} never reached {', '.join(missed)}: no forward pass went through "
-                    "these modules while the mask was active, so the result does not measure this mask"
-                )
+            check_reached("mask", self.site, self._layers)
 
     # -- weight editing ---------------------------------------------------------------------------------------
     def _zero_weights(self, layer: _LayerMask) -> None:

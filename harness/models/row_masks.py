@@ -21,6 +21,7 @@ from harness.models.devices import execution_device
 from harness.models.masking import (
     PartMasks,
     check_joint_values,
+    check_reached,
     check_site_values,
     checked_flat_indices,
     part_values,
@@ -85,12 +86,7 @@ class RowMask:
             handle.remove()
         self._handles.clear()
         if exc_type is None and self.verify:
-            missed = [self.site.location(layer.layer) for layer in self._layers if not layer.reached]
-            if missed:
-                raise MaskError(
-                    f"mask on {self.site.name} never reached {', '.join(missed)}: no forward pass went through "
-                    "these modules while the mask was active, so the result does not measure this mask"
-                )
+            check_reached("per-row mask", self.site, self._layers)
 
     def _switch_off(self, layer: _LayerRows, tensor: torch.Tensor) -> torch.Tensor:
         if tensor.shape[0] != self.rows:
