@@ -207,10 +207,10 @@ def _settings_from_options(config: pytest.Config):
         from harness.models.devices import check_available
 
         check_available(settings.device)  # a GPU this machine lacks is one error now, not a crash in every case
-    if isinstance(settings.device_map_argument, dict):
+    if settings.device_map is not None:
         from harness.models.devices import check_map_available
 
-        check_map_available(settings.device_map_argument)
+        check_map_available(settings.device_map_argument)  # every GPU a JSON map names
     return settings
 
 

@@ -11,6 +11,7 @@ import torch
 
 from harness.core.errors import MaskError
 from harness.core.placement import max_memory_argument, parse_device_map, parse_max_memory
+from harness.models.devices import map_input_device, mapped_accelerators
 from harness.models.masking import mask_neurons
 from harness.runner.options import OPTIONS
 from harness.runner.session import HarnessSession
@@ -125,6 +126,18 @@ def test_memory_budget_names_what_is_wrong(text, named):
 def test_strategies_pass_through_and_maps_parse():
     assert parse_device_map("balanced") == "balanced"
     assert parse_device_map('{"model": 0, "lm_head": "cuda:1"}') == {"model": 0, "lm_head": "cuda:1"}
+
+
+def test_a_map_computes_first_on_its_first_accelerator():
+    """Known before loading, it decides the auto dtype: the first device of the map that is neither cpu nor
+    disk, a GPU index meaning that CUDA device."""
+    mapping = parse_device_map('{"model.embed_tokens": "cpu", "model.layers": 1, "lm_head": "cuda:0"}')
+    assert mapped_accelerators(mapping) == ["cuda:1", "cuda:0"]
+    assert map_input_device(mapping) == torch.device("cuda", 1)
+    assert map_input_device(parse_device_map('{"model": "cpu", "lm_head": "disk"}')) == torch.device("cpu")
+    assert mapped_accelerators("auto") == []
+    expected = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    assert map_input_device("auto") == expected
 
 
 def test_the_options_reach_the_settings():

@@ -64,13 +64,19 @@ def resolve_dtype(setting: str, device: torch.device) -> torch.dtype:
     return DTYPES[setting]
 
 
+def mapped_accelerators(device_map: DeviceMap) -> list[str]:
+    """The devices other than cpu and disk that a JSON device map names, in its order ("cuda:N" for a GPU
+    index); none for a strategy, which places by what the machine has."""
+    if isinstance(device_map, str):
+        return []
+    places = [place for place in device_map.values() if place not in ("cpu", "disk")]
+    return [f"cuda:{place}" if isinstance(place, int) else place for place in places]
+
+
 def check_map_available(device_map: DeviceMap) -> None:
     """`check_available` for every device a JSON device map names (cpu and disk are always there)."""
-    if isinstance(device_map, str):
-        return
-    for place in device_map.values():
-        if place not in ("cpu", "disk"):
-            check_available(f"cuda:{place}" if isinstance(place, int) else place)
+    for device in mapped_accelerators(device_map):
+        check_available(device)
 
 
 def map_input_device(device_map: DeviceMap) -> torch.device:
@@ -78,12 +84,8 @@ def map_input_device(device_map: DeviceMap) -> torch.device:
     first accelerator of the map (GPU 0 for a strategy, when there is one), else the CPU."""
     if isinstance(device_map, str):
         return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
-    for place in device_map.values():
-        if isinstance(place, int):
-            return torch.device("cuda", place)
-        if place not in ("cpu", "disk"):
-            return torch.device(place)
-    return torch.device("cpu")
+    accelerators = mapped_accelerators(device_map)
+    return torch.device(accelerators[0] if accelerators else "cpu")
 
 
 def execution_device(module: torch.nn.Module) -> torch.device:

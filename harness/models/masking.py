@@ -41,23 +41,19 @@ class _LayerMask:
 
 def weight_is_editable(module: nn.Linear) -> bool:
     """A plain floating-point weight that lives in memory (not meta/offloaded, not quantised)."""
-    weight = module.weight
-    return (
-        isinstance(weight, nn.Parameter)
-        and weight.is_floating_point()
-        and weight.device.type != "meta"
-        and not weight.is_inference()  # inference tensors refuse in-place edits outside inference mode
-    )
+    return uneditable_reason(module) is None
 
 
-def uneditable_reason(module: nn.Linear) -> str:
-    """Why `weight_is_editable` is False, in words for an error."""
+def uneditable_reason(module: nn.Linear) -> str | None:
+    """Why a weight mask cannot edit `module`'s weight, in words for an error; None when it can."""
     weight = module.weight
     if weight.device.type == "meta":
         return "offloaded by accelerate (a meta tensor its hook loads at each forward)"
     if not isinstance(weight, nn.Parameter) or not weight.is_floating_point():
         return f"not a plain float parameter ({type(weight).__name__}, {weight.dtype}: quantised?)"
-    return "an inference tensor, which refuses in-place edits"
+    if weight.is_inference():
+        return "an inference tensor, which refuses in-place edits outside inference mode"
+    return None
 
 
 class _Reached(Protocol):

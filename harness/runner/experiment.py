@@ -168,9 +168,9 @@ class Experiment(ABC):
     ) -> list[Observation]:
         """`observe` under each zero-ablation neuron set, in batched passes with per-row masks."""
 
-    @abstractmethod
     def chance_images(self, category: str) -> int:
-        """How many images a chance-level CLIP score of `category` is measured on (0: no CLIP score)."""
+        """How many images a chance-level CLIP score of `category` is measured on; 0: no CLIP score."""
+        return 0
 
     def clip_label(self) -> str | None:
         """The CLIP model that scores this experiment's captions, for its records; None: no CLIP score."""

@@ -146,6 +146,3 @@ class TextExperiment(Experiment):
         )
         by_index = dict(zip(scored, nll, strict=True))
         return [by_index.get(index) for index in range(len(continuations))]
-
-    def chance_images(self, category: str) -> int:
-        return 0
