@@ -14,7 +14,9 @@ import dataclasses
 
 import pytest
 
+from harness.core.errors import ModelUnavailableError
 from harness.runner.assertions import assert_collapses_within, assert_controls_hold
+from harness.runner.session import HarnessSession
 
 COLLAPSES_WITHIN = {  # (model, ranking with its default options): bound asserted on k₂ — measured k₂
     ("smollm2-135m", "pcicn"): 1,  # 1: layer 11, channel 507 (log10 PPL ratio +3.97, as the authors' stage 2)
@@ -34,3 +36,26 @@ def test_real_llm_collapse_thresholds(collapse_analysis, can_method, can_setting
     # on both models, CAN-max on SmolLM2). Mean-aggregated CAN sets hold under it (measured on both).
     aggregation = dataclasses.replace(can_settings.ranking, method=can_method).aggregation
     assert_controls_hold(collapse_analysis, mean_ablation=aggregation == "mean")
+
+
+def test_smollm2_with_most_of_its_layers_on_disk_measures_as_in_memory(can_session, can_settings):
+    """A model larger than its device (`--can-device-map`) on real weights: SmolLM2-135M spread by accelerate
+    within 300 MB of CPU memory (measured: 14 modules in memory, 20 on disk) gives the in-memory model's
+    reference PPL and continuations at k = 0 and 4 on the built-in paragraph (measured: identical, Δ 0.0; k = 4
+    reaches a layer in memory and one on disk), its masks hooking the layers on disk."""
+    try:
+        in_memory = can_session.experiment("smollm2-135m")
+    except ModelUnavailableError as error:
+        pytest.skip(str(error))
+    if in_memory.loaded.device.type != "cpu":
+        pytest.skip("the CPU-memory budget puts layers on disk only when the model runs on the CPU")
+    budget = dataclasses.replace(can_settings, device="auto", device_map="auto", max_memory=(("cpu", "300MB"),))
+    spread = HarnessSession(budget, texts=can_session.texts).experiment("smollm2-135m")
+    assert "disk" in spread.loaded.placement.values()
+    text = can_session.texts.categories[0]
+    for k in (0, 4):
+        alone, on_disk = in_memory.measure("lm.down_proj", text, k), spread.measure("lm.down_proj", text, k)
+        assert on_disk.log10_ppl_ref == pytest.approx(alone.log10_ppl_ref, abs=1e-6), k
+        assert on_disk.captions == alone.captions and on_disk.stage == alone.stage, k
+        assert k == 0 or set(on_disk.mask_modes) == {"hook", "weight"}
+    spread.loaded.assert_unmodified()
