@@ -13,7 +13,7 @@ from harness.core.errors import MaskError
 from harness.core.placement import max_memory_argument, parse_device_map, parse_max_memory
 from harness.models.devices import map_input_device, mapped_accelerators
 from harness.models.masking import mask_neurons
-from harness.runner.options import OPTIONS
+from harness.runner.options import OPTIONS, given_fields
 from harness.runner.session import HarnessSession
 from harness.runner.settings import HarnessSettings
 
@@ -140,11 +140,14 @@ def test_a_map_computes_first_on_its_first_accelerator():
     assert map_input_device("auto") == expected
 
 
-def test_the_options_reach_the_settings():
+def test_the_command_line_values_become_the_settings_accelerate_gets(tmp_path):
+    """As the plugin builds them: each flag's value through its option's type into the settings field."""
     flags = {option.flag: option for option in OPTIONS}
-    assert flags["--can-device-map"].sets == (HarnessSettings, "device_map")
-    assert flags["--can-max-memory"].sets == (HarnessSettings, "max_memory")
-    assert flags["--can-max-memory"].type("0=1GiB") == (("0", "1GiB"),)
+    given = {"--can-device-map": '{"model": 0, "lm_head": "disk"}', "--can-max-memory": "cuda:0=1GiB, cpu=2GiB"}
+    values = {flags[flag].dest: (flags[flag].type or str)(text) for flag, text in given.items()}
+    settings = HarnessSettings(cache_dir=tmp_path, **given_fields(values, HarnessSettings))
+    assert settings.device_map_argument == {"model": 0, "lm_head": "disk"}
+    assert max_memory_argument(settings.max_memory) == {0: "1GiB", "cpu": "2GiB"}
 
 
 def test_a_text_model_spread_by_accelerate_within_a_budget_measures_the_same(settings, session, tmp_path):
