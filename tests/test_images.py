@@ -181,11 +181,12 @@ def test_unknown_category_lists_valid_ones(tmp_path):
 
 
 def test_images_are_decoded_to_rgb(tmp_path):
-    """RGBA and greyscale files come back as RGB images of the same size and colour."""
+    """RGBA and greyscale files come back as RGB images of the same size; greyscale keeps its grey, and a
+    half-transparent colour is shown over white: c · 128/255 + 255 · 127/255, so (10, 20, 30) → (132, 137, 142)."""
     write_png(tmp_path / "mixed" / "a_rgba.png", (10, 20, 30, 128), mode="RGBA", size=(5, 7))
     write_png(tmp_path / "mixed" / "b_grey.png", 77, mode="L", size=(6, 4))
     rgba, grey = scan_image_root(tmp_path).images("mixed")
-    assert (rgba.mode, rgba.size, rgba.getpixel((0, 0))) == ("RGB", (5, 7), (10, 20, 30))
+    assert (rgba.mode, rgba.size, rgba.getpixel((0, 0))) == ("RGB", (5, 7), (132, 137, 142))
     assert (grey.mode, grey.size, grey.getpixel((0, 0))) == ("RGB", (6, 4), (77, 77, 77))
 
 
