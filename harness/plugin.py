@@ -225,11 +225,13 @@ def _baselines_from_options(config: pytest.Config):
         if option("can_baseline_update"):
             raise ValueError("--can-baseline-update needs --can-baseline PATH (the file to rewrite)")
         return Baselines(tolerances=tolerances)
-    baseline = BaselineFile(path)
-    if not option("can_baseline_update") and not Path(path).is_file():
+    baseline, update = BaselineFile(path), option("can_baseline_update")
+    if not update and not Path(path).is_file():
         raise ValueError(f"--can-baseline {path}: no such file; record one first with --can-baseline-update")
-    baseline.read()  # a broken file is found now, not after the search
-    return Baselines(baseline, update=option("can_baseline_update"), tolerances=tolerances)
+    if update:
+        baseline.check_writable()
+    baseline.read(validate=not update)  # a broken file or entry is found now, not after the search
+    return Baselines(baseline, update=update, tolerances=tolerances)
 
 
 # -- parametrisation ------------------------------------------------------------------------------------------
@@ -421,7 +423,6 @@ def _can_analyses() -> dict:
 def collapse_analysis(
     request,
     can_session,
-    can_settings,
     _can_curves,
     _can_analyses,
     can_model: str,
@@ -439,11 +440,7 @@ def collapse_analysis(
     key = (model, site, can_method, category)
     if key not in _can_analyses:
         _can_analyses[key] = analyse_curve(
-            experiment,
-            site,
-            category,
-            random_seeds=can_settings.control_seeds,
-            curve=_session_curve(_can_curves, experiment, site, category),
+            experiment, site, category, curve=_session_curve(_can_curves, experiment, site, category)
         )
     analysis = _can_analyses[key]
     request.node.user_properties.append((ANALYSIS_PROPERTY, json.dumps(analysis.to_row())))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 from harness.reporting.report import render_thresholds
@@ -16,7 +14,7 @@ SITE = "lm.down_proj"
 
 
 def test_analysis_measures_controls_at_k2_and_the_layer_breakdown(experiment, unmodified):
-    analysis = analyse_curve(experiment, SITE, "circle", random_seeds=2)
+    analysis = analyse_curve(experiment.with_settings(control_seeds=2), SITE, "circle")
     search = analysis.search
     assert set(analysis.points) == set(search.stages)
     if search.k2 is None:
@@ -107,10 +105,8 @@ def test_search_reuses_the_points_a_grid_already_measured(experiment, monkeypatc
 
 
 # -- several ks per pass -----------------------------------------------------------------------------------------
-def analysed_with(experiment, monkeypatch, site: str, category: str, parallel: int) -> CurveAnalysis:
-    settings = dataclasses.replace(experiment.settings, search_parallel=parallel)
-    monkeypatch.setattr(experiment, "settings", settings)
-    return analyse_curve(experiment, site, category, random_seeds=2)
+def analysed_with(experiment, site: str, category: str, parallel: int) -> CurveAnalysis:
+    return analyse_curve(experiment.with_settings(search_parallel=parallel, control_seeds=2), site, category)
 
 
 def without_cost(analysis: CurveAnalysis) -> str:
@@ -119,16 +115,14 @@ def without_cost(analysis: CurveAnalysis) -> str:
 
 
 @pytest.mark.parametrize(("site", "category"), [("lm.down_proj", "circle"), ("lm.gate_proj", "cross")])
-def test_a_k_parallel_search_gives_the_sequential_table_in_fewer_passes(
-    synth_session, monkeypatch, site, category
-):
+def test_a_k_parallel_search_gives_the_sequential_table_in_fewer_passes(synth_session, site, category):
     """An embedded model's curve searched one k a pass and three ks a pass (per-row masks): the same k₁, k₂,
     metrics at k₂, controls and layers — the table is identical but for its cost columns — in fewer batched
     passes; every point both searches evaluated is the same point. (The untrained tiny models' curves are not
     monotone, where two searches that look at different ks may rightly see different onsets.)"""
     experiment = synth_session.experiment("synth-llava")
-    sequential = analysed_with(experiment, monkeypatch, site, category, parallel=1)
-    parallel = analysed_with(experiment, monkeypatch, site, category, parallel=3)
+    sequential = analysed_with(experiment, site, category, parallel=1)
+    parallel = analysed_with(experiment, site, category, parallel=3)
     assert without_cost(parallel) == without_cost(sequential)
     assert len(parallel.search.rounds) < len(sequential.search.rounds) == sequential.search.evaluations
     for k in set(parallel.points) & set(sequential.points):

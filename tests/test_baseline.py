@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from harness.core.errors import BaselineError
-from harness.runner.baseline import BaselineFile, Tolerances, check_against, compare
+from harness.runner.baseline import FORMAT, BaselineFile, Tolerances, check_against, compare
 
 pytest_plugins = ["pytester"]
 
@@ -21,8 +21,8 @@ CURVE = "synth-llava / lm.down_proj / circle"
 
 def entry(**changes) -> dict:
     base = {
-        "k1": 14, "k2": 216, "log10_ppl_baseline": 0.004, "log10_ppl_ratio_at_k2": 2.06, "clip_baseline": 91.8,
-        "clip_at_k2": 16.6, "settings": {"alpha": 1.0, "dtype": "float32"},
+        "format": FORMAT, "k1": 14, "k2": 216, "log10_ppl_baseline": 0.004, "log10_ppl_ratio_at_k2": 2.06,
+        "clip_baseline": 91.8, "clip_at_k2": 16.6, "settings": {"alpha": 1.0, "dtype": "float32"},
         "recorded_with": {"weights": "abc", "torch": "2.13.0"},
     }  # fmt: skip
     for name, value in changes.items():

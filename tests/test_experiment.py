@@ -12,15 +12,13 @@ from pathlib import Path
 import numpy
 import pytest
 import torch
+import transformers
 from PIL import Image
 
-import harness.models.captioning
-import harness.models.prompts
-import harness.models.sites
+import harness
 import harness.runner.experiment
 import harness.runner.session
-import harness.science.ranking
-import harness.science.ranking_options
+from harness.core.code_fingerprint import fingerprint_of
 from harness.core.errors import ModelUnavailableError, UnknownNameError, UnsupportedModelError
 from harness.data.images import scan_image_root
 from harness.models.families import FAMILIES, check_family_supported
@@ -33,16 +31,22 @@ from harness.science.ablation import Intervention
 SITE = "lm.down_proj"
 RANKING_FIELDS = {
     "code",
+    "torch",
+    "transformers",
     "checkpoint",
     "weights",
     "dtype",
     "device",
     "site",
+    "method",
     "alpha",
     "positions",
-    "prompt",
+    "aggregation",
+    "prompt_template",
+    "instruction",
+    "processor_kwargs",
     "max_new_tokens",
-    "images",
+    "data",
     "category",
     "model",
 }
@@ -78,36 +82,57 @@ def test_measure_records_an_integer_k_as_a_python_int(experiment, k):
 
 
 # -- ranking inputs ---------------------------------------------------------------------------------------------
-def ranking_source_hash() -> str:
+def package_source_hash() -> str:
+    """The harness's Python sources, hashed here independently: every module but the reporting layer and the
+    pytest plugin, by path relative to the package."""
+    root = Path(harness.__file__).parent
     digest = hashlib.sha256()
-    # the code that encodes the inputs, scores the captions and computes the scores
-    for module in (
-        harness.science.ranking,
-        harness.science.ranking_options,
-        harness.models.captioning,
-        harness.models.prompts,
-        harness.models.sites,
-    ):
-        digest.update(Path(module.__file__).read_bytes())
+    for path in sorted(root.rglob("*.py")):
+        relative = path.relative_to(root)
+        if relative.parts[0] in ("reporting", "plugin.py"):
+            continue
+        digest.update(relative.as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
 
 
 def test_ranking_inputs_name_everything_a_ranking_depends_on(experiment, loaded, images):
-    """The key covers the ranking code, the checkpoint's identity and weights, dtype, device, site, CAN options,
-    prompt, caption length, category and its images' hashes; source and revision are gone (checkpoint says it)."""
+    """The key covers the harness's code, the libraries, the checkpoint's identity and weights, dtype, device,
+    site, CAN options, prompt, processor, caption length, category and its images' hashes; source and revision
+    are not in it (the checkpoint id and weights say them), nor is anything that only changes measurements."""
     inputs = experiment.ranking_inputs(SITE, "circle")
     assert set(inputs) >= RANKING_FIELDS
-    assert not {"source", "revision"} & set(inputs)
-    assert inputs["code"] == ranking_source_hash()
+    assert not {"source", "revision", "k_max", "stage1_ppl_ratio", "mask_mode", "batch_size"} & set(inputs)
+    assert inputs["code"] == package_source_hash()
+    assert (inputs["torch"], inputs["transformers"]) == (torch.__version__, transformers.__version__)
     assert inputs["checkpoint"] == "embedded:tiny-llava@v2"
     assert inputs["weights"] == loaded.weights_digest
-    assert (inputs["dtype"], inputs["device"]) == ("torch.float32", "cpu")
+    assert (inputs["dtype"], inputs["device"]) == ("float32", "cpu")
     assert (inputs["model"], inputs["site"], inputs["category"]) == ("tiny-llava", SITE, "circle")
-    assert (inputs["alpha"], inputs["positions"]) == (1.0, "all")
-    assert (inputs["prompt"], inputs["max_new_tokens"]) == (PROMPT, 12)
+    assert (inputs["alpha"], inputs["positions"], inputs["aggregation"]) == (1.0, "all", "mean")
+    assert inputs["prompt_template"].format(instruction=inputs["instruction"]) == PROMPT
+    assert (inputs["max_new_tokens"], inputs["processor_kwargs"]) == (12, {"backend": "pil"})
     files = sorted(p for p in (images.root / "circle").iterdir() if p.suffix == ".png")[:4]  # max_images=4
     assert len(files) == 4
-    assert inputs["images"] == [hashlib.sha256(p.read_bytes()).hexdigest() for p in files]
+    assert inputs["data"] == {"images": [hashlib.sha256(p.read_bytes()).hexdigest() for p in files]}
+
+
+def test_the_code_fingerprint_covers_every_module_but_presentation(tmp_path):
+    """Editing any module of the package outside reporting and the plugin (image decoding, which the old
+    hand-kept list missed; a ranking method added in a new module) changes the fingerprint; editing a report
+    module does not."""
+    root = Path(shutil.copytree(Path(harness.__file__).parent, tmp_path / "harness"))
+    before = fingerprint_of(root)
+    assert before == package_source_hash()
+    for edited in ("data/images.py", "runner/text_experiment.py", "science/new_method.py"):
+        copy = Path(shutil.copytree(root, tmp_path / edited.replace("/", "_")))
+        with (copy / edited).open("a") as handle:
+            handle.write("\n# edited\n")
+        assert fingerprint_of(copy) != before, edited
+    for presentation in ("reporting/report.py", "plugin.py"):
+        copy = Path(shutil.copytree(root, tmp_path / presentation.replace("/", "_")))
+        with (copy / presentation).open("a") as handle:
+            handle.write("\n# edited\n")
+        assert fingerprint_of(copy) == before, presentation
 
 
 def experiment_on(experiment: ImageExperiment, root: Path) -> ImageExperiment:
@@ -139,9 +164,10 @@ def test_changing_one_image_changes_its_hash_and_the_ranking_key(experiment, ima
 
     changed = experiment_on(experiment, root)
     after = changed.ranking_inputs(SITE, "circle")
-    assert [i for i, (a, b) in enumerate(zip(before["images"], after["images"], strict=True)) if a != b] == [1]
-    assert after["images"][1] == hashlib.sha256(target.read_bytes()).hexdigest()
-    assert {name for name in before if before[name] != after[name]} == {"images"}
+    hashes_before, hashes_after = before["data"]["images"], after["data"]["images"]
+    assert [i for i, (a, b) in enumerate(zip(hashes_before, hashes_after, strict=True)) if a != b] == [1]
+    assert hashes_after[1] == hashlib.sha256(target.read_bytes()).hexdigest()
+    assert {name for name in before if before[name] != after[name]} == {"data"}
     assert cache_key(after) != cache_key(before)
     assert cache_key(changed.ranking_inputs(SITE, "square")) == cache_key(
         experiment.ranking_inputs(SITE, "square")
@@ -248,7 +274,7 @@ def test_both_paper_families_are_supported_end_to_end():
 def test_search_measures_every_point_it_reports(experiment, unmodified):
     """The adaptive search on the tiny model: every evaluated k is a measured point with the stage the search
     used, and the thresholds are onsets among them."""
-    result, points = experiment.search(SITE, "circle", k_max=32)
+    result, points = experiment.with_settings(k_max=32).search(SITE, "circle")
     assert set(points) == set(result.stages)
     assert all(points[k].stage == stage and points[k].k == k for k, stage in result.stages.items())
     if result.k2 is not None:
@@ -256,8 +282,21 @@ def test_search_measures_every_point_it_reports(experiment, unmodified):
 
 
 def test_search_rejects_an_unknown_mode(experiment):
-    with pytest.raises(UnknownNameError, match="threshold search mode"):
-        experiment.search(SITE, "circle", mode="bisect")
+    with pytest.raises(ValueError, match="unknown search mode 'bisect'; valid: adaptive, linear"):
+        experiment.with_settings(search="bisect")
+
+
+def test_an_experiment_changes_only_settings_its_shared_state_was_not_computed_with(experiment):
+    """Siblings on one model share its baselines: a measurement setting or a ranking may change, a setting the
+    baselines were measured with may not (naming it), so no record claims a setting its numbers did not use."""
+    other = experiment.with_settings(k_max=7, control_seeds=1)
+    assert (other.settings.k_max, other.settings.control_seeds) == (7, 1)
+    assert other.state is experiment.state and experiment.with_settings(k_max=7, control_seeds=1) is other
+    assert other.options_record("circle")["k_max"] == 7
+    with pytest.raises(ValueError, match=r"max_new_tokens cannot change on a loaded experiment"):
+        experiment.with_settings(max_new_tokens=3)
+    with pytest.raises(ValueError, match=r"clip cannot change"):
+        experiment.with_settings(clip=None)
 
 
 def test_one_float_edited_in_a_local_checkpoint_gives_a_new_key_and_a_recomputed_ranking(

@@ -54,7 +54,7 @@ def test_the_layer_is_really_on_disk(offloaded):
 
 def test_cache_key_and_records_do_not_depend_on_where_layers_live(experiment, offloaded):
     assert offloaded.ranking_inputs(SITE, "circle") == experiment.ranking_inputs(SITE, "circle")
-    assert offloaded.options_record() == experiment.options_record()
+    assert offloaded.options_record("circle") == experiment.options_record("circle")
 
 
 def test_ranking_is_the_in_memory_models(experiment, offloaded):

@@ -169,7 +169,7 @@ def test_serial_run_writes_json_with_provenance_and_points(serial):
         options = point["options"]
         assert options["alpha"] == 1.0
         assert options["clip_model"] == "tiny-clip@1"
-        assert options["checkpoint"] == "embedded:tiny-llava@v2"
+        assert point["provenance"]["checkpoint"] == "embedded:tiny-llava@v2"
         assert "clip" not in options  # renamed: it clashed with the point's CLIP score in the CSV
         assert options["max_new_tokens"] == 8
         assert options["stage1_ppl_ratio"] == 2.0
@@ -183,8 +183,8 @@ def test_serial_run_writes_csv_with_one_row_per_point(serial):
     assert [(r["model"], r["category"], r["k"]) for r in rows] == [
         ("tiny-llava", c, str(k)) for c in CATEGORIES for k in KS
     ]
-    assert {"stage", "log10_ppl_ratio", "clip", "alpha", "stage1_ppl_ratio"} <= set(rows[0])
-    assert "captions" not in rows[0] and "options" not in rows[0]
+    assert {"stage", "log10_ppl_ratio", "clip", "alpha", "stage1_ppl_ratio", "weights", "code"} <= set(rows[0])
+    assert not {"captions", "options", "provenance"} & set(rows[0])
     by_key = {(p["category"], p["k"]): p for p in serial.report["points"]}
     assert all(int(r["stage"]) == by_key[(r["category"], int(r["k"]))]["stage"] for r in rows)
 

@@ -4,6 +4,7 @@ and the full-size architectures of the families PCICN studies, on the meta devic
 
 from __future__ import annotations
 
+import hashlib
 import math
 from pathlib import Path
 from types import SimpleNamespace
@@ -248,9 +249,11 @@ def test_pcicn_on_a_text_reproduces_its_definition(text_experiment):
 
 
 def test_a_ranking_is_cached_under_its_text(text_experiment):
+    """A text model's key holds the text's hash and how it is cut (its kind's settings), nothing of images."""
     record = text_experiment.ranking_inputs("lm.down_proj", TEXT)
-    assert record["text"] == load_text_set().content_hash(TEXT) and record["text_window"] == 40
-    assert record["loss"] == "teacher-forced NLL of the given text" and "images" not in record
+    assert record["data"] == {"text": hashlib.sha256(BUILTIN_PARAGRAPH.encode()).hexdigest()}
+    assert (record["text_window"], record["text_max_tokens"]) == (40, 512)
+    assert not {"clip_model", "max_image_pixels", "stage1_clip_fraction"} & set(record)
 
 
 @pytest.fixture
@@ -263,7 +266,8 @@ def unmodified_text_models(text_session):
 def test_text_models_have_no_clip_and_their_stages_rest_on_ppl_and_degenerate_text(text_experiment):
     point = text_experiment.measure("lm.down_proj", TEXT, 2)
     assert point.clip is None and point.clip_chance is None and point.chance_images == 0
-    assert point.options["clip_model"] is None
+    assert not {"clip_model", "stage1_clip_fraction"} & set(point.options)  # image settings: not a text's
+    assert point.options["text_stage2"] == "ppl"
     assert not hasattr(text_experiment, "clip") and not hasattr(text_experiment, "images")
 
 
@@ -363,7 +367,7 @@ def test_a_searched_text_curve_is_tabulated_and_drawn_without_clip(text_session,
     from harness.runner.analysis import analyse_curve
 
     experiment = text_session.experiment("tiny-llama")
-    row = analyse_curve(experiment, "lm.down_proj", TEXT, k_max=8, random_seeds=1).to_row()
+    row = analyse_curve(experiment.with_settings(k_max=8, control_seeds=1), "lm.down_proj", TEXT).to_row()
     assert row["clip_baseline"] is None and row["clip_chance"] is None
     table = render_thresholds([row])
     cells = [cell.strip() for cell in table.splitlines()[2].strip("|").split("|")]
@@ -395,7 +399,7 @@ def test_a_text_search_generates_only_where_the_tables_look(text_experiment, mon
     from harness.runner.analysis import analyse_curve
     from harness.science.threshold_search import search_thresholds
 
-    analysis = analyse_curve(text_experiment, "lm.down_proj", TEXT, k_max=64, random_seeds=1)
+    analysis = analyse_curve(text_experiment.with_settings(k_max=64, control_seeds=1), "lm.down_proj", TEXT)
     shown = {0, analysis.search.k1, analysis.search.k2} - {None}
     for k, point in analysis.points.items():
         assert point.generated == (k in shown), k

@@ -14,6 +14,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from harness.core.errors import UnknownNameError
+from harness.core.recorded import PROVENANCE, RANKING, affects
 
 if TYPE_CHECKING:  # the zoo builds these; a spec only carries one
     from harness.zoo.store import EmbeddedAsset
@@ -69,20 +70,25 @@ class ModelSpec:
     ships. Class names are strings so that the registry imports no transformers.
     """
 
-    name: str
-    source: str
-    family: str = "llava"
-    revision: str | None = None
-    model_class: str = "LlavaForConditionalGeneration"
-    processor_class: str = "AutoProcessor"
-    processor_kwargs: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({"backend": "pil"}))
-    prompt_template: str = LLAVA_15_PROMPT
-    instruction: str = CAPTION_INSTRUCTION
-    dtype: str = "auto"
-    clip: ClipSpec | None = field(default_factory=ClipSpec)  # None for text-only models
-    embedded: EmbeddedAsset | None = None
-    gguf: PackagedGguf | None = None
-    description: str = ""
+    # Each field is tagged with what it changes (harness.core.recorded): what loads and prompts the model changes
+    # rankings; where the weights come from is provenance (they are identified by their digest), and the dtype
+    # and CLIP are recorded as the run's settings resolve them.
+    name: str = field(metadata=affects(PROVENANCE))
+    source: str = field(metadata=affects(PROVENANCE))
+    family: str = field(default="llava", metadata=affects(RANKING))
+    revision: str | None = field(default=None, metadata=affects(PROVENANCE))
+    model_class: str = field(default="LlavaForConditionalGeneration", metadata=affects(RANKING))
+    processor_class: str = field(default="AutoProcessor", metadata=affects(RANKING))
+    processor_kwargs: Mapping[str, object] = field(
+        default_factory=lambda: MappingProxyType({"backend": "pil"}), metadata=affects(RANKING)
+    )
+    prompt_template: str = field(default=LLAVA_15_PROMPT, metadata=affects(RANKING))
+    instruction: str = field(default=CAPTION_INSTRUCTION, metadata=affects(RANKING))
+    dtype: str = field(default="auto", metadata=affects(PROVENANCE))
+    clip: ClipSpec | None = field(default_factory=ClipSpec, metadata=affects(PROVENANCE))  # None: text-only
+    embedded: EmbeddedAsset | None = field(default=None, metadata=affects(PROVENANCE))
+    gguf: PackagedGguf | None = field(default=None, metadata=affects(PROVENANCE))
+    description: str = field(default="", metadata=affects(PROVENANCE))
 
     @property
     def prompt(self) -> str:

@@ -216,12 +216,16 @@ def _controls_label(analysis: dict) -> str:
 
 
 def _flat_row(point: dict) -> dict:
-    """A point without its captions, its options merged in as columns (a name clash would lose a value)."""
-    row = {key: value for key, value in point.items() if key not in ("captions", "options")}
-    clashes = set(row) & set(point["options"])
-    if clashes:
-        raise ValueError(f"option names {sorted(clashes)} clash with point fields in the CSV report")
-    return {**row, **point["options"]}
+    """A point without its captions, its options and provenance merged in as columns (a name clash would lose a
+    value)."""
+    merged = ("options", "provenance")
+    row = {key: value for key, value in point.items() if key not in ("captions", *merged)}
+    for name in merged:
+        clashes = set(row) & set(point.get(name, {}))
+        if clashes:
+            raise ValueError(f"{name} names {sorted(clashes)} clash with point fields in the CSV report")
+        row.update(point.get(name, {}))
+    return row
 
 
 def write_reports(

@@ -91,6 +91,7 @@ class CurveAnalysis:
                 site: {str(layer): n for layer, n in counts.items()} for site, counts in self.layers.items()
             },
             "options": baseline.options,
+            "provenance": baseline.provenance,
             "points": [self.points[k].to_row() for k in sorted(self.points)],  # captions at every evaluated k
         }
 
@@ -110,22 +111,16 @@ def analyse_curve(
     site: str,
     category: str,
     *,
-    mode: str | None = None,
-    k_max: int | None = None,
-    random_seeds: int = 3,
     curve: CollapseCurve | None = None,
 ) -> CurveAnalysis:
-    """Search k₁ and k₂ (by the settings' search unless `mode` says) on `curve`, reusing the points it holds (a
-    fresh curve if None); at k₂, measure `random_seeds` random-k controls (one batched pass) and the
-    mean-ablated CAN set. The search measures what each stage needs; k₁ and k₂, which the tables show, are
-    then measured in full (a text model's continuations)."""
+    """Search k₁ and k₂ by the experiment's settings (search mode, k_max) on `curve`, reusing the points it holds
+    (a fresh curve if None); at k₂, measure the settings' `control_seeds` random-k controls (one batched pass) and
+    the mean-ablated CAN set. Other settings: `analyse_curve(experiment.with_settings(k_max=…), …)`. The search
+    measures what each stage needs; k₁ and k₂, which the tables show, are then measured in full (a text model's
+    continuations)."""
     curve = curve or CollapseCurve(experiment, site, category)
     search, points = experiment.search(
-        site,
-        category,
-        mode=mode,
-        k_max=k_max,
-        measure_many=functools.partial(curve.measured_many, stage_only=True),
+        site, category, measure_many=functools.partial(curve.measured_many, stage_only=True)
     )
     shown = [k for k in (search.k1, search.k2) if k is not None and not points[k].generated]
     if shown:
@@ -135,7 +130,8 @@ def analyse_curve(
     controls, layers = [], {}
     if search.k2 is not None:
         k2 = search.k2
-        interventions = [Intervention(selection="random", seed=seed) for seed in range(random_seeds)]
+        seeds = range(experiment.settings.control_seeds)
+        interventions = [Intervention(selection="random", seed=seed) for seed in seeds]
         interventions.append(Intervention(ablation="mean"))
         with progress.task(
             f"controls at k₂ = {k2} of {experiment.name} / {site} / {category} (the random-k ones in one pass)"

@@ -8,16 +8,20 @@ and shared (loaded models, CLIP scorers, images, rankings).
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from typing import ClassVar
 
 import torch
 
 from harness.core import progress
-from harness.core.errors import UnknownNameError
+from harness.core.code_fingerprint import code_fingerprint
 from harness.core.metrics import log10_ppl, require_finite
+from harness.core.recorded import MEASUREMENT, RANKING, RESULTS, digest_of, recorded, tag_of
 from harness.core.versions import library_versions
 from harness.models.captioning import Caption, generate_captions
 from harness.models.image_encoding import EncodedImage
@@ -25,13 +29,13 @@ from harness.models.loading import LoadedModel
 from harness.models.masking import JointMask, NeuronMask, mask_neurons
 from harness.models.prompt_prefix import PromptPrefix
 from harness.models.sites import AnySite, JointSite, resolve_any_site
-from harness.runner.ranking_cache import RankingCache, code_fingerprint
+from harness.runner.ranking_cache import RankingCache
 from harness.runner.settings import HarnessSettings, search_parallel_for
 from harness.science.ablation import Intervention, mean_activations, random_selection
 from harness.science.ranking import Ranking, importances
 from harness.science.ranking_options import RankingOptions
 from harness.science.stages import classify_stage
-from harness.science.threshold_search import SEARCH_MODES, ThresholdSearch, search_thresholds
+from harness.science.threshold_search import ThresholdSearch, search_thresholds
 
 MAX_REPORTED_NEURONS = 64
 TOP_K_ZERO = Intervention()  # the experiment itself: zero the ranking's top-k
@@ -79,7 +83,11 @@ class CollapsePoint:
     intervention: str  # Intervention.label: the experiment (top-k) or a control
     ranking: str  # RankingOptions.label: how the top-k were chosen
     ranking_key: str | None
+    # every setting the point depends on (harness.core.recorded: rankings and measurements), and the data's digest:
+    # what a baseline compares
     options: dict = field(default_factory=dict)
+    # what computed it: code, libraries, checkpoint, weights, device (recorded, shown when a baseline moved)
+    provenance: dict = field(default_factory=dict)
 
     def to_row(self) -> dict:
         return asdict(self)
@@ -103,7 +111,7 @@ class ModelState:
     other_clip_features: dict[str, torch.Tensor] = field(default_factory=dict)  # the other categories'
     encoded_images: dict[str, list[EncodedImage]] = field(default_factory=dict)
     prefixes: dict[str, list[PromptPrefix]] = field(default_factory=dict)  # one category at a time
-    experiments: dict[RankingOptions, Experiment] = field(default_factory=dict)
+    experiments: dict[HarnessSettings, Experiment] = field(default_factory=dict)
 
 
 class Experiment(ABC):
@@ -113,12 +121,14 @@ class Experiment(ABC):
     and harness.runner.text_experiment.TextExperiment (a causal LM on texts). What does not depend on the ranking
     lives in its ModelState, shared with the model's experiments of other rankings."""
 
+    kind: ClassVar[str]  # which kind-tagged settings it reads ("image", "text"; harness.core.recorded)
+
     def __init__(
         self, loaded: LoadedModel, settings: HarnessSettings, rankings: RankingCache, state: ModelState | None
     ):
         self.loaded, self.settings, self.rankings = loaded, settings, rankings
         self.state = state if state is not None else ModelState()
-        self.state.experiments.setdefault(settings.ranking, self)
+        self.state.experiments.setdefault(settings, self)
         self._rankings: dict[tuple[str, str], Ranking] = {}
 
     @property
@@ -133,14 +143,30 @@ class Experiment(ABC):
 
     def with_ranking(self, options: RankingOptions) -> Experiment:
         """The experiment of this model with neurons ranked another way (one per ranking, on the shared state)."""
+        return self.with_settings(ranking=options)
+
+    def with_settings(self, **changes: object) -> Experiment:
+        """This model's experiment under other settings that leave what the shared state holds valid: another
+        ranking, other stage thresholds, or other measurement settings (k range, search, controls, mask mode);
+        one experiment per distinct settings, on the shared state. A change to what the state was computed with
+        (caption length, dtype, data, CLIP model) needs a session with those settings: it is refused, naming the
+        field, so that no record can claim a setting the measurement did not use."""
+        fixed = sorted(set(changes) - shareable_fields())
+        if fixed:
+            raise ValueError(
+                f"{', '.join(fixed)} cannot change on a loaded experiment (what {self.name}'s shared state holds "
+                f"depends on it); start a HarnessSession with those settings. Changeable here: "
+                f"{', '.join(sorted(shareable_fields()))}"
+            )
+        settings = replace(self.settings, **changes)
         experiments = self.state.experiments
-        if options not in experiments:
-            experiments[options] = self._sibling(replace(self.settings, ranking=options))
-        return experiments[options]
+        if settings not in experiments:
+            experiments[settings] = self._sibling(settings)
+        return experiments[settings]
 
     @abstractmethod
     def _sibling(self, settings: HarnessSettings) -> Experiment:
-        """An experiment on this model and state under `settings`, which differ from these in the ranking only."""
+        """An experiment on this model and state under `settings` (differing only where `with_settings` allows)."""
 
     # -- what the model is given, what it does (each kind of experiment its own) --------------------------------
     @abstractmethod
@@ -255,24 +281,53 @@ class Experiment(ABC):
         return self.ranking(site_name, category).top_k(k)
 
     def ranking_inputs(self, site_name: str, category: str) -> dict[str, object]:
-        """Everything a ranking depends on: the cache key is a hash of exactly this."""
-        spec, versions = self.loaded.spec, library_versions()
+        """Everything a ranking depends on, the cache key is a hash of exactly this: the code and libraries, the
+        model's weights, every setting tagged as changing rankings, the site and the data's content."""
         return {
-            **{name: versions[name] for name in ("harness", "torch", "transformers")},
+            **self.identity(),
+            "model": self.name,
+            "site": site_name,
+            "category": category,
+            **self.settings_record((RANKING,)),
+            "data": self.data_record(category),
+        }
+
+    def settings_record(self, scopes: Collection[str]) -> dict[str, object]:
+        """The model spec's and the settings' fields in `scopes` that this kind of experiment and its ranking
+        method read (their tags say which, harness.core.recorded), with the values resolved at load time."""
+        loaded = self.loaded
+        resolved = {
+            "device": loaded.device.type,  # cuda:0 and cuda:1 compute alike
+            "dtype": str(loaded.dtype).removeprefix("torch."),
+            "clip_model": self.clip_label(),
+            "search_parallel": search_parallel_for(self.settings, loaded.device),
+        }
+        spec = recorded(loaded.spec, scopes)
+        settings = recorded(
+            self.settings, scopes, kind=self.kind, method=self.settings.ranking.method, resolved=resolved
+        )
+        clash = set(spec) & set(settings)
+        if clash:
+            raise TypeError(f"model spec and settings fields share record names: {sorted(clash)}")
+        return {**spec, **settings}
+
+    def options_record(self, category: str) -> dict[str, object]:
+        """What a point of `category` depends on and a baseline compares: every setting that changes results,
+        and the digest of the data (which images or text, byte for byte)."""
+        return {**self.settings_record(RESULTS), "data": digest_of(self.data_record(category))}
+
+    def identity(self) -> dict[str, object]:
+        """What computes the results: the harness's code, the libraries, and the model's checkpoint and weights."""
+        return {
             "code": code_fingerprint(),
-            "model": spec.name,
+            **library_versions(),
             "checkpoint": self.loaded.checkpoint_id,
             "weights": self.loaded.weights_digest,
-            "dtype": str(self.loaded.dtype),
-            "device": self.loaded.device.type,
-            "processor_kwargs": dict(spec.processor_kwargs),
-            "prompt": spec.prompt,
-            "max_new_tokens": self.settings.max_new_tokens,
-            "site": site_name,
-            **self.settings.ranking.used(),
-            "category": category,
-            **self.data_record(category),
         }
+
+    def provenance_record(self) -> dict[str, object]:
+        """What a point was computed by, recorded and never compared: the identity, and the exact device."""
+        return {**self.identity(), "device_used": str(self.loaded.device)}
 
     # -- measurement ------------------------------------------------------------------------------------------
     def measure(
@@ -394,7 +449,8 @@ class Experiment(ABC):
             intervention=intervention.label,
             ranking=self.settings.ranking.label,
             ranking_key=ranking_key,
-            options=self.options_record(),
+            options=self.options_record(category),
+            provenance=self.provenance_record(),
         )
 
     def search(
@@ -402,19 +458,15 @@ class Experiment(ABC):
         site_name: str,
         category: str,
         *,
-        mode: str | None = None,
-        k_max: int | None = None,
         measure_many: Callable[[Sequence[int]], list[CollapsePoint]] | None = None,
     ) -> tuple[ThresholdSearch, dict[int, CollapsePoint]]:
-        """k₁ and k₂ of one curve by the configured search (adaptive, or the papers' linear scan), the settings'
-        `search_parallel` ks in each batched pass, every point measured as far as its stage needs (a text
+        """k₁ and k₂ of one curve by the settings' search (adaptive, or the papers' linear scan) up to their
+        k_max, `search_parallel` ks in each batched pass, every point measured as far as its stage needs (a text
         model's continuations are not generated). `measure_many(ks)` replaces that measurement, e.g. by one that
-        reuses points already measured."""
-        mode = mode or self.settings.search
-        if mode not in SEARCH_MODES:
-            raise UnknownNameError("threshold search mode", mode, SEARCH_MODES)
+        reuses points already measured. Another search or range: `with_settings(search=…, k_max=…)`."""
+        mode = self.settings.search
         site = self.site(site_name)
-        limit = site.check_k(min(k_max or self.settings.k_max, site.size))
+        limit = site.check_k(min(self.settings.k_max, site.size))
         measure_many = measure_many or (
             lambda ks: self.measure_many(site_name, category, [(k, TOP_K_ZERO) for k in ks], stage_only=True)
         )
@@ -432,19 +484,18 @@ class Experiment(ABC):
 
             return search_thresholds(mode, stages_at, limit, parallel), points
 
-    def options_record(self) -> dict:
-        spec = self.loaded.spec
-        return {
-            **self.settings.ranking.used(),
-            "max_new_tokens": self.settings.max_new_tokens,
-            "prompt": spec.prompt,
-            "clip_model": self.clip_label(),
-            "checkpoint": self.loaded.checkpoint_id,
-            "dtype": str(self.loaded.dtype).removeprefix("torch."),
-            "device": str(self.loaded.device),
-            "weights": self.loaded.weights_digest,
-            **self.settings.thresholds.as_dict(),
-        }
+
+@functools.cache
+def shareable_fields() -> frozenset[str]:
+    """The settings fields an experiment's siblings may change on one ModelState: the nested rankings and stage
+    thresholds, and every measurement setting the unmasked baseline is not measured with (harness.core.recorded
+    tags)."""
+    shareable = set()
+    for setting in dataclasses.fields(HarnessSettings):
+        tag = tag_of(HarnessSettings, setting)
+        if tag.nested or (tag.scope == MEASUREMENT and not tag.per_session):
+            shareable.add(setting.name)
+    return frozenset(shareable)
 
 
 def set_slices(per_set: int, sets: int) -> list[slice]:

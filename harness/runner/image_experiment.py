@@ -26,6 +26,8 @@ from harness.runner.settings import HarnessSettings
 class ImageExperiment(Experiment):
     """Measures collapse points of a vision-language model on the run's images."""
 
+    kind = "image"
+
     def __init__(
         self,
         loaded: LoadedModel,
@@ -54,11 +56,8 @@ class ImageExperiment(Experiment):
         return self.samples(category), self.baseline(category).captions
 
     def data_record(self, category: str) -> dict[str, object]:
-        """What identifies the data of `category` in a ranking's cache key."""
-        return {
-            "loss": "teacher-forced NLL of the unmasked model's greedy caption",
-            "images": self.images.content_hashes(category),
-        }
+        """What identifies the data of `category`: the sha256 of every image file, in order."""
+        return {"images": self.images.content_hashes(category)}
 
     def observe(
         self, category: str, mask: NeuronMask | JointMask | None = None, *, stage_only: bool = False

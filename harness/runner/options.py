@@ -99,6 +99,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("--can-max-images", "use at most N images per category", (S, "max_images"), int, shown_default="all"),
     Option("--can-max-image-pixels", "refuse (and name) images with more pixels than this, before decoding them",
            (S, "max_image_pixels"), int, shown_default="4096² = 16777216"),
+    Option("--can-max-image-aspect", "refuse (and name) images whose long side is more than this many times their "
+           "short side, before decoding them (a processor resizing the short side allocates in proportion)",
+           (S, "max_image_aspect"), float),
     Option("--can-texts", "comma-separated text files for text-only models, one category per file stem",
            (S, "texts"), paths, shown_default="the built-in paragraph, category 'paragraph'"),
     Option("--can-text-max-tokens", "one sequence of at most N tokens per text, special tokens included (as "

@@ -94,7 +94,10 @@ def load_image_set(settings: HarnessSettings) -> ImageSet:
     selection checked by name."""
     root = settings.image_root or ensure_built(WORLD_IMAGES, settings.cache_dir)
     images = scan_image_root(
-        Path(root), max_per_category=settings.max_images, max_pixels=settings.max_image_pixels
+        Path(root),
+        max_per_category=settings.max_images,
+        max_pixels=settings.max_image_pixels,
+        max_aspect=settings.max_image_aspect,
     )
     for category in settings.categories or ():
         images.check_category(category)

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 from harness.core.choices import DTYPE_NAMES, MASK_MODES
 from harness.core.paths import default_cache_dir
 from harness.core.placement import DeviceMap, parse_device_map, parse_max_memory
-from harness.data.images import DEFAULT_MAX_PIXELS
+from harness.core.recorded import MEASUREMENT, PROVENANCE, RANKING, affects, nested
+from harness.data.images import DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS
 from harness.models.registry import ClipSpec, ModelSpec, get_model_spec, with_local_path
 from harness.science.ranking_options import RankingOptions
 from harness.science.stages import StageThresholds
@@ -20,40 +21,63 @@ if TYPE_CHECKING:
     import torch
 
 
+R, M, P = RANKING, MEASUREMENT, PROVENANCE
+
+
 @dataclass(frozen=True)
 class HarnessSettings:
-    cache_dir: Path = field(default_factory=default_cache_dir)
-    image_root: Path | None = None  # None: the built-in image set
-    categories: tuple[str, ...] | None = None  # None: every category under image_root
-    max_images: int | None = None  # per category
-    max_image_pixels: int = DEFAULT_MAX_PIXELS  # larger images are refused, named, before anything is decoded
-    texts: tuple[Path, ...] | None = (
-        None  # text-only models' texts, one category per file; None: built-in paragraph
+    """Every option of a run. Each field is tagged once with what it changes (harness.core.recorded): rankings,
+    measurements, or only provenance; the ranking cache key, the record on every point and the baseline
+    comparison are derived from the tags. Data-selecting fields are provenance: the data themselves are
+    identified by their content hashes (Experiment.data_record)."""
+
+    cache_dir: Path = field(default_factory=default_cache_dir, metadata=affects(P))
+    image_root: Path | None = field(default=None, metadata=affects(P))  # None: the built-in image set
+    # None: every category under image_root
+    categories: tuple[str, ...] | None = field(default=None, metadata=affects(P))
+    max_images: int | None = field(default=None, metadata=affects(P))  # per category
+    # larger images are refused, named, before anything is decoded
+    max_image_pixels: int = field(default=DEFAULT_MAX_PIXELS, metadata=affects(P))
+    # … and images whose long side is more than this many times their short side (the processor's allocation)
+    max_image_aspect: float = field(default=DEFAULT_MAX_ASPECT, metadata=affects(P))
+    # text-only models' texts, one category per file; None: built-in paragraph
+    texts: tuple[Path, ...] | None = field(default=None, metadata=affects(P))
+    # a text is scored as one sequence of at most this many tokens (as PCICN)
+    text_max_tokens: int = field(default=512, metadata=affects(R, kinds=("text",)))
+    # cut the text into windows of this many tokens instead
+    text_window: int | None = field(default=None, metadata=affects(R, kinds=("text",)))
+    # rows of one forward pass: the same numbers up to float rounding
+    batch_size: int = field(default=8, metadata=affects(P))
+    # a VLM's caption length (its greedy caption is the ranking's target), a text model's continuations
+    max_new_tokens: int = field(default=64, metadata=affects(R))
+    ranking: RankingOptions = field(default_factory=RankingOptions, metadata=nested())
+    thresholds: StageThresholds = field(default_factory=StageThresholds, metadata=nested())
+    # None: the model's registered CLIP; recorded as the CLIP in effect, which scores the baseline too
+    clip: ClipSpec | None = field(
+        default=None,
+        metadata=affects(M, kinds=("image",), resolved=True, recorded_as="clip_model", per_session=True),
     )
-    text_max_tokens: int = 512  # a text is scored as one sequence of at most this many tokens (as PCICN)
-    text_window: int | None = None  # cut the text into windows of this many tokens instead
-    batch_size: int = 8
-    max_new_tokens: int = 64
-    ranking: RankingOptions = field(default_factory=RankingOptions)
-    thresholds: StageThresholds = field(default_factory=StageThresholds)
-    clip: ClipSpec | None = None  # None: the model's registered CLIP
-    device: str = "auto"
-    dtype: str | None = None  # None: the model's registered dtype
+    device: str = field(default="auto", metadata=affects(R, resolved=True))  # recorded as the device type used
+    # None: the model's registered dtype; recorded as the dtype used
+    dtype: str | None = field(default=None, metadata=affects(R, resolved=True))
     # accelerate's device map (a strategy such as auto, or a JSON object): layers spread over devices, CPU and
-    # disk instead of the whole model on `device`; None: one device
-    device_map: str | None = None
-    max_memory: tuple[tuple[str, str], ...] = ()  # (device, size) budgets of a device map, e.g. (("0", "70GiB"),)
-    mask_mode: str = "auto"
-    allow_download: bool = False
-    k_max: int = 8192
-    k_factor: float = 2.0
-    search: str = "adaptive"  # how collapse_search cases find k₁ and k₂ (harness.science.threshold_search)
+    # disk instead of the whole model on `device`; None: one device. The same numbers (tests/test_offload.py)
+    device_map: str | None = field(default=None, metadata=affects(P))
+    # (device, size) budgets of a device map, e.g. (("0", "70GiB"),)
+    max_memory: tuple[tuple[str, str], ...] = field(default=(), metadata=affects(P))
+    mask_mode: str = field(default="auto", metadata=affects(M))
+    allow_download: bool = field(default=False, metadata=affects(P))
+    k_max: int = field(default=8192, metadata=affects(M))
+    k_factor: float = field(default=2.0, metadata=affects(M))
+    # how collapse_search cases find k₁ and k₂ (harness.science.threshold_search)
+    search: str = field(default="adaptive", metadata=affects(M))
     # ks a threshold search evaluates together in one batched pass; None: by the device's batch room, 1 on a CPU
     # (rows cost about linearly there: no gain measured), ACCELERATOR_SEARCH_PARALLEL on an accelerator
-    search_parallel: int | None = None
-    control_seeds: int = 3  # random-k controls per curve at k₂
-    # (registered name, local checkpoint folder or .gguf file): those models load from there instead
-    model_paths: tuple[tuple[str, Path], ...] = ()
+    search_parallel: int | None = field(default=None, metadata=affects(M, resolved=True))
+    control_seeds: int = field(default=3, metadata=affects(M))  # random-k controls per curve at k₂
+    # (registered name, local checkpoint folder or .gguf file): those models load from there instead; the
+    # weights are identified by their digest
+    model_paths: tuple[tuple[str, Path], ...] = field(default=(), metadata=affects(P))
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "max_new_tokens", "k_max", "max_image_pixels"):
@@ -66,6 +90,8 @@ class HarnessSettings:
             raise ValueError(
                 f"text_max_tokens must be ≥ 2 (a token to condition on, one to score), got {self.text_max_tokens}"
             )
+        if not (math.isfinite(self.max_image_aspect) and self.max_image_aspect >= 1):
+            raise ValueError(f"max_image_aspect must be a finite number ≥ 1, got {self.max_image_aspect!r}")
         if not (math.isfinite(self.k_factor) and self.k_factor > 1):
             raise ValueError(f"k_factor must be a finite number > 1 for the k grid to grow, got {self.k_factor!r}")
         if self.search not in SEARCH_MODES:
@@ -123,12 +149,19 @@ def search_parallel_for(settings: HarnessSettings, device: torch.device) -> int:
 
 
 def k_grid(site_size: int, k_max: int, factor: float = 2.0) -> list[int]:
-    """0 (the baseline), then k growing geometrically from 1 up to min(k_max, site_size), that bound included."""
+    """0 (the baseline), then k growing geometrically from 1 up to min(k_max, site_size), that bound included.
+    Where a factor close to 1 would round to the same k many times over, k skips ahead to the next power of
+    `factor` that rounds higher, so a grid costs one step per point whatever the factor."""
     limit = min(k_max, site_size)
     grid, k = [0], 1.0
     while round(k) <= limit:
         if round(k) != grid[-1]:
             grid.append(round(k))
+        else:  # the next power of factor above grid[-1] + ½ (and one more step where rounding still ties)
+            k *= factor ** max(math.ceil(math.log((grid[-1] + 0.5) / k, factor)), 0)
+            if round(k) == grid[-1]:
+                k *= factor
+            continue
         k *= factor
     if grid[-1] != limit and limit > 0:
         grid.append(limit)

@@ -29,6 +29,8 @@ from harness.runner.settings import HarnessSettings
 class TextExperiment(Experiment):
     """Measures collapse points of a text-only model on the run's texts."""
 
+    kind = "text"
+
     def __init__(
         self,
         loaded: LoadedModel,
@@ -66,12 +68,9 @@ class TextExperiment(Experiment):
         return [window.scoring_prompt for window in windows], targets
 
     def data_record(self, category: str) -> dict[str, object]:
-        return {
-            "loss": "teacher-forced NLL of the given text",
-            "text": self.texts.content_hash(category),
-            "text_max_tokens": self.settings.text_max_tokens,
-            "text_window": self.settings.text_window,
-        }
+        """What identifies the data of `category`: the sha256 of the text (how it is cut into windows are
+        settings, recorded with the others)."""
+        return {"text": self.texts.content_hash(category)}
 
     def observe(
         self, category: str, mask: NeuronMask | JointMask | None = None, *, stage_only: bool = False

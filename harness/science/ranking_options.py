@@ -3,28 +3,37 @@ torch, so that settings and the pytest plugin's options can be built without loa
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from harness.core.errors import UnknownNameError
+from harness.core.recorded import RANKING, RESULTS, affects, recorded
 
 Positions = Literal["all", "scored"]
 POSITIONS = ("all", "scored")
 AGGREGATIONS = ("mean", "max")
 RANKING_METHODS = ("can", "activation", "gradient", "pcicn", "random")
+SCORED_METHODS = ("can", "activation", "gradient", "pcicn")  # the methods that score positions of real activations
 
 
 @dataclass(frozen=True)
 class RankingOptions:
-    """The ranking method and its free choices; the ones the method uses go into the cache key and the results."""
+    """The ranking method and its free choices, each tagged with the methods that read it
+    (harness.core.recorded): those go into the cache key and the results."""
 
-    method: str = "can"
-    alpha: float = 1.0  # can: exponent on |∂L/∂a|
-    positions: Positions = "all"  # 'all' keeps token 0, where massive activations live
-    aggregate: str | None = None  # over positions: 'mean' or 'max'; None: the method's own (max for pcicn)
-    noise_sigma: float = 5.0  # pcicn: std of the noise on the input embeddings (the paper's σ)
-    noise_samples: int = 100  # pcicn: K noisy passes per batch (the paper's K)
-    seed: int = 0  # pcicn noise, random scores
+    method: str = field(default="can", metadata=affects(RANKING))
+    # can: exponent on |∂L/∂a|
+    alpha: float = field(default=1.0, metadata=affects(RANKING, methods=("can",)))
+    # 'all' keeps token 0, where massive activations live
+    positions: Positions = field(default="all", metadata=affects(RANKING, methods=SCORED_METHODS))
+    # over positions: 'mean' or 'max'; None: the method's own (max for pcicn), recorded as the one in effect
+    aggregate: str | None = field(
+        default=None, metadata=affects(RANKING, methods=SCORED_METHODS, recorded_as="aggregation")
+    )
+    # pcicn: std of the noise on the input embeddings (the paper's σ), K noisy passes per batch (the paper's K)
+    noise_sigma: float = field(default=5.0, metadata=affects(RANKING, methods=("pcicn",)))
+    noise_samples: int = field(default=100, metadata=affects(RANKING, methods=("pcicn",)))
+    seed: int = field(default=0, metadata=affects(RANKING, methods=("pcicn", "random")))  # pcicn noise, random
 
     def __post_init__(self) -> None:
         if self.method not in RANKING_METHODS:
@@ -46,15 +55,9 @@ class RankingOptions:
         return self.aggregate or ("max" if self.method == "pcicn" else "mean")
 
     def used(self) -> dict[str, object]:
-        """The options this method reads: what a result records and a cache key hashes."""
-        fields = {
-            "can": ("alpha", "positions", "aggregation"),
-            "activation": ("positions", "aggregation"),
-            "gradient": ("positions", "aggregation"),
-            "pcicn": ("positions", "aggregation", "noise_sigma", "noise_samples", "seed"),
-            "random": ("seed",),
-        }[self.method]
-        return {"method": self.method, **{name: getattr(self, name) for name in fields}}
+        """The options this method reads (their tags say which), by record name: what a result records and a
+        cache key hashes."""
+        return recorded(self, RESULTS, method=self.method)
 
     @property
     def label(self) -> str:

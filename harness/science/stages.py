@@ -14,20 +14,24 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from harness.core.errors import UnknownNameError
+from harness.core.recorded import MEASUREMENT, affects
 
 TEXT_STAGE2 = ("ppl", "ppl+degenerate")
 
 
 @dataclass(frozen=True)
 class StageThresholds:
-    stage1_ppl_ratio: float = 2.0
-    stage1_clip_fraction: float = 0.9
-    stage2_log10_ppl_ratio: float = 1.0
-    stage2_degenerate_rate: float = 0.5
-    text_stage2: str = "ppl"  # text-only models: "ppl" (PCICN's criterion) or "ppl+degenerate"
+    """The criterion's thresholds: each changes stages, never rankings (harness.core.recorded)."""
+
+    stage1_ppl_ratio: float = field(default=2.0, metadata=affects(MEASUREMENT))
+    stage1_clip_fraction: float = field(default=0.9, metadata=affects(MEASUREMENT, kinds=("image",)))
+    stage2_log10_ppl_ratio: float = field(default=1.0, metadata=affects(MEASUREMENT))
+    stage2_degenerate_rate: float = field(default=0.5, metadata=affects(MEASUREMENT))
+    # text-only models: "ppl" (PCICN's criterion) or "ppl+degenerate"
+    text_stage2: str = field(default="ppl", metadata=affects(MEASUREMENT, kinds=("text",)))
 
     def __post_init__(self) -> None:
         if self.text_stage2 not in TEXT_STAGE2:
