@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import multiprocessing
 import os
 import re
 import time
 import warnings
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import torch
@@ -54,6 +57,37 @@ class Counted:
     def __call__(self):
         self.calls += 1
         return self.result.clone()
+
+
+def entry_metadata(scores: torch.Tensor, key: str, fields: Mapping[str, object] = FIELDS) -> dict[str, str]:
+    """The metadata a current cache entry of `scores` carries, worked out here (hashlib over the tensor's bytes),
+    not by the code under test: a file written with it differs from a genuine entry only where a test says."""
+    return {
+        "key": key,
+        "fields": json.dumps(fields, sort_keys=True, default=str),
+        "sha256": hashlib.sha256(scores.contiguous().numpy().tobytes()).hexdigest(),
+        "dtype": str(scores.dtype).removeprefix("torch."),
+        "shape": json.dumps(list(scores.shape)),
+    }
+
+
+T = TypeVar("T")
+
+
+def cache_warnings(call: Callable[[], T]) -> tuple[T, list[str]]:
+    """`call()`'s result and every ranking cache warning it raised (none hidden as already seen)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = call()
+    return result, [str(w.message) for w in caught if str(w.message).startswith("ranking cache")]
+
+
+def assert_unusable(messages: list[str], path: Path, reason: str) -> None:
+    """`messages` is exactly one warning that the file at `path` is unusable for `reason` (a regex, matched at
+    the start of the parenthesis) and is recomputed."""
+    assert len(messages) == 1, messages
+    pattern = re.escape(f"ranking cache file {path} is unusable (") + reason + r".*\); recomputing it"
+    assert re.fullmatch(pattern, messages[0]), messages[0]
 
 
 @pytest.fixture(scope="module")
@@ -127,40 +161,62 @@ def test_float64_results_are_stored_as_float32(tmp_path):
     assert torch.equal(computed, loaded)
 
 
-def _bad_file(kind: str, key: str):
-    """A callable that writes a corrupt cache file of the given kind at a path."""
-    if kind in ("truncated", "empty", "garbage"):
+NAN = GOOD.clone().index_fill_(1, torch.tensor([1]), float("nan"))
+INF = GOOD.clone().index_fill_(0, torch.tensor([0]), float("inf"))
+TRANSPOSED = GOOD.reshape(3, 2)
+# (tensors, metadata) of each corrupt entry, and the reason its warning gives. Each carries a genuine content
+# record of what it holds, so the one defect named is the check that refuses it.
+CORRUPT = {
+    "other key": (lambda key: ({"scores": GOOD}, entry_metadata(GOOD, "0" * 64)), "it holds key '0000"),
+    "no key": (lambda key: ({"scores": GOOD}, None), "it holds key None"),
+    "no scores": (lambda key: ({"other": GOOD}, entry_metadata(GOOD, key)), r"it holds the tensors \['other'\]"),
+    "extra tensor": (
+        lambda key: ({"scores": GOOD, "z": GOOD.clone()}, entry_metadata(GOOD, key)),
+        r"it holds the tensors \['scores', 'z'\], expected one named 'scores'",
+    ),
+    "wrong shape": (
+        lambda key: ({"scores": TRANSPOSED}, entry_metadata(TRANSPOSED, key)),
+        r"shape \(3, 2\) instead of \(2, 3\)",
+    ),
+    "metadata shape": (
+        lambda key: ({"scores": GOOD}, {**entry_metadata(GOOD, key), "shape": "[3, 2]"}),
+        re.escape("its metadata records shape '[3, 2]', but its scores have '[2, 3]'"),
+    ),
+    "metadata dtype": (
+        lambda key: ({"scores": GOOD}, {**entry_metadata(GOOD, key), "dtype": "float64"}),
+        "its metadata records dtype 'float64', but its scores have 'float32'",
+    ),
+    "nan": (lambda key: ({"scores": NAN}, entry_metadata(NAN, key)), r"2 non-finite score\(s\) of 6"),
+    "inf": (lambda key: ({"scores": INF}, entry_metadata(INF, key)), r"3 non-finite score\(s\) of 6"),
+}
+UNREADABLE = {"truncated", "empty", "garbage"}
 
-        def write(path: Path):
-            save_file({"scores": GOOD}, str(path), metadata={"key": key})
-            data = path.read_bytes()
-            contents = {"truncated": data[: len(data) // 2], "empty": b"", "garbage": bytes(range(256)) * 4}
-            path.write_bytes(contents[kind])
 
-        return write
-    tensors, metadata = {
-        "other key": ({"scores": GOOD}, {"key": "0" * 64}),
-        "no key": ({"scores": GOOD}, None),
-        "no scores": ({"other": GOOD}, {"key": key}),
-        "wrong shape": ({"scores": GOOD.reshape(3, 2)}, {"key": key}),
-        "nan": ({"scores": GOOD.clone().index_fill_(1, torch.tensor([1]), float("nan"))}, {"key": key}),
-        "inf": ({"scores": GOOD.clone().index_fill_(0, torch.tensor([0]), float("inf"))}, {"key": key}),
-    }[kind]
-    return lambda path: save_file(tensors, str(path), metadata=metadata)
+def _write_bad_file(kind: str, key: str, path: Path) -> str:
+    """Write a corrupt cache file of the given kind at `path`; the reason (regex) its warning must give."""
+    if kind in UNREADABLE:
+        save_file({"scores": GOOD}, str(path), metadata=entry_metadata(GOOD, key))
+        data = path.read_bytes()
+        contents = {"truncated": data[: len(data) // 2], "empty": b"", "garbage": bytes(range(256)) * 4}
+        path.write_bytes(contents[kind])
+        return "cannot be read: Error while deserializing header"
+    entry, reason = CORRUPT[kind]
+    tensors, metadata = entry(key)
+    save_file(tensors, str(path), metadata=metadata)
+    return reason
 
 
-@pytest.mark.parametrize(
-    "kind", ["truncated", "empty", "garbage", "other key", "no key", "no scores", "wrong shape", "nan", "inf"]
-)
+@pytest.mark.parametrize("kind", sorted(UNREADABLE) + list(CORRUPT))
 def test_corrupt_file_is_reported_and_rebuilt(tmp_path, kind):
-    """An unusable file warns (naming the file), is recomputed, and the rewritten file then loads silently."""
+    """An unusable file warns once (naming the file and what is wrong), is recomputed, and the rewritten file
+    then loads silently."""
     cache, key = RankingCache(tmp_path), cache_key(FIELDS)
     path = cache.path_for(key)
     path.parent.mkdir(parents=True)
-    _bad_file(kind, key)(path)
+    reason = _write_bad_file(kind, key, path)
     compute = Counted(GOOD)
-    with pytest.warns(UserWarning, match=re.escape(str(path))):
-        scores, _ = cache.load_or_compute(FIELDS, SHAPE, compute)
+    (scores, _), messages = cache_warnings(lambda: cache.load_or_compute(FIELDS, SHAPE, compute))
+    assert_unusable(messages, path, reason)
     assert compute.calls == 1
     assert torch.equal(scores, GOOD)
     assert torch.equal(load_file(str(path))["scores"], GOOD)
@@ -213,8 +269,33 @@ def test_concurrent_processes_compute_once(tmp_path):
     assert torch.equal(load_file(str(stored[0]))["scores"], GOOD)
 
 
+def test_each_bad_entry_warns_once_and_all_are_recomputed_together(tmp_path):
+    """Two unusable entries asked for together: one warning per file (the quiet unlocked read does not warn, the
+    locked re-read does), one compute call for both, and both rewritten."""
+    cache = RankingCache(tmp_path)
+    entries = [(FIELDS, SHAPE), ({**FIELDS, "site": "lm.up_proj"}, SHAPE)]
+    paths = [cache.path_for(cache_key(fields)) for fields, _ in entries]
+    paths[0].parent.mkdir(parents=True)
+    reasons = [_write_bad_file("nan", cache_key(entries[0][0]), paths[0]), "cannot be read"]
+    paths[1].write_bytes(b"")
+    calls: list[list[int]] = []
+
+    def compute(missing: list[int]) -> list[torch.Tensor]:
+        calls.append(missing)
+        return [GOOD.clone() for _ in missing]
+
+    results, messages = cache_warnings(lambda: cache.load_or_compute_many(entries, compute))
+    assert len(messages) == 2
+    for path, reason, message in zip(paths, reasons, messages, strict=True):
+        assert_unusable([message], path, reason)
+    assert calls == [[0, 1]]
+    assert all(torch.equal(scores, GOOD) for scores, _ in results)
+    assert all(torch.equal(load_file(str(path))["scores"], GOOD) for path in paths)
+
+
 def test_file_is_safetensors_with_key_and_fields(tmp_path, inputs):
-    """The stored file is plain safetensors (no pickle): one 'scores' tensor, the key and the JSON fields."""
+    """The stored file is plain safetensors (no pickle): one 'scores' tensor; its metadata holds the key, the JSON
+    fields, and the sha256 of the scores' bytes, their dtype and shape."""
     cache = RankingCache(tmp_path)
     _, key = cache.load_or_compute(inputs, SHAPE, Counted(GOOD))
     path = cache.path_for(key)
@@ -228,6 +309,10 @@ def test_file_is_safetensors_with_key_and_fields(tmp_path, inputs):
         metadata = handle.metadata()
     assert metadata["key"] == key
     assert json.loads(metadata["fields"]) == inputs
+    assert metadata["sha256"] == hashlib.sha256(data[-GOOD.numel() * 4 :]).hexdigest()
+    assert metadata["sha256"] == hashlib.sha256(GOOD.numpy().tobytes()).hexdigest()
+    assert (metadata["dtype"], metadata["shape"]) == ("float32", "[2, 3]")
+    assert set(metadata) == {"key", "fields", "sha256", "dtype", "shape"}
 
 
 @pytest.mark.parametrize(
@@ -238,14 +323,20 @@ def test_file_is_safetensors_with_key_and_fields(tmp_path, inputs):
         GOOD.clone().index_fill_(1, torch.tensor([2]), float("nan")),
         GOOD.clone().index_fill_(1, torch.tensor([0]), float("inf")),
         GOOD.clone().index_fill_(1, torch.tensor([0]), float("-inf")),
+        GOOD.clone().index_fill_(1, torch.tensor([1]), -0.5),
     ],
-    ids=["transposed", "flat", "nan", "inf", "-inf"],
+    ids=["transposed", "flat", "nan", "inf", "-inf", "negative"],
 )
 def test_bad_compute_result_raises_and_stores_nothing(tmp_path, result):
-    """A wrong-shaped or non-finite result raises CacheError naming the curve (and how many values are not
-    finite), and leaves no cache file; a later good one is kept."""
+    """A wrong-shaped, non-finite or negative result raises CacheError naming the curve (and how many values are
+    wrong), and leaves no cache file (a negative one would be refused on every read); a later good one is kept."""
     cache = RankingCache(tmp_path)
-    expected = "has shape" if result.shape != SHAPE else r"has 2 non-finite score\(s\) of 6 \(NaN or inf\)"
+    if result.shape != SHAPE:
+        expected = "has shape"
+    elif not torch.isfinite(result).all():
+        expected = r"has 2 non-finite score\(s\) of 6 \(NaN or inf\)"
+    else:
+        expected = r"has 2 negative score\(s\) of 6 \(the lowest -0\.5\): every ranking method scores magnitudes"
     with pytest.raises(CacheError, match=rf"the can ranking of tiny lm\.down_proj {expected}"):
         cache.load_or_compute(FIELDS, SHAPE, lambda: result)
     assert not [p for p in tmp_path.rglob("*") if p.is_file() and not p.name.endswith(".lock")]

@@ -2,15 +2,18 @@
 
 Files are safetensors (loading executes no code), written to a temporary name and renamed into place under a file
 lock, so xdist workers asking for the same key compute it once and never see half a file, and a valid entry is
-read with no lock and no write access (a lab can share a read-only cache). A file that fails to parse, carries
-another key, has the wrong shape or non-finite values is reported and rebuilt.
+read with no lock and no write access (a lab can share a read-only cache).
+
+An entry's content is checked, not trusted: its metadata records the key, the ranking's fields, and the sha256,
+dtype and shape of the scores' raw bytes. A file is used only when it parses, carries the key, holds one float32
+"scores" tensor of the expected shape whose dtype, shape and sha256 match its metadata, all finite and none
+negative. Any other file (corrupt, tampered with, or written before entries carried a digest) is reported and
+rebuilt.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import importlib
 import json
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -19,29 +22,11 @@ from pathlib import Path
 
 import torch
 from filelock import FileLock
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from harness.core import atomic_files
 from harness.core.errors import CacheError
-
-RANKING_CODE = (
-    "harness.science.ranking",
-    "harness.science.ranking_options",
-    "harness.models.captioning",
-    "harness.models.prompts",
-    "harness.models.sites",
-)
-
-
-@functools.cache
-def code_fingerprint() -> str:
-    """Hash of the source of the modules that compute a ranking: editing them (even in an editable install whose
-    version string does not move) invalidates cached rankings."""
-    digest = hashlib.sha256()
-    for name in RANKING_CODE:
-        digest.update(Path(importlib.import_module(name).__file__).read_bytes())
-    return digest.hexdigest()[:16]
 
 
 def cache_key(fields: Mapping[str, object]) -> str:
@@ -123,25 +108,26 @@ class RankingCache:
 
     @staticmethod
     def _read(path: Path, key: str, shape: tuple[int, int]) -> tuple[torch.Tensor | None, str | None]:
+        """(scores, None) for a usable entry, else (None, what makes it unusable) for the warning."""
         try:
-            from safetensors import safe_open
-
             with safe_open(str(path), framework="pt") as handle:
-                stored_key = (handle.metadata() or {}).get("key")
-            scores = load_file(str(path))["scores"]
-        except (SafetensorError, OSError, KeyError, ValueError) as error:
+                metadata, names = handle.metadata() or {}, list(handle.keys())
+                if names != ["scores"]:
+                    return None, f"it holds the tensors {names}, expected one named 'scores'"
+                scores = handle.get_tensor("scores")
+        except (SafetensorError, OSError) as error:
             return None, f"cannot be read: {error}"
-        if stored_key != key:
-            return None, f"it holds key {stored_key!r}, not {key!r}"
-        if tuple(scores.shape) != shape:
-            return None, f"shape {tuple(scores.shape)} instead of {shape}"
-        if not torch.isfinite(scores).all():
-            return None, "non-finite scores"
-        return scores, None
+        problem = _content_problem(scores, metadata, key, shape)
+        return (None, problem) if problem is not None else (scores, None)
 
     @staticmethod
     def _write(path: Path, scores: torch.Tensor, key: str, fields: Mapping[str, object]) -> None:
-        metadata = {"key": key, "fields": json.dumps(fields, sort_keys=True, default=str)}
+        """Store float32 `scores` with their key, fields and content record, renamed into place whole."""
+        metadata = {
+            "key": key,
+            "fields": json.dumps(fields, sort_keys=True, default=str),
+            **_content_record(scores),
+        }
         try:
             with atomic_files.replacing(path) as temporary:
                 save_file({"scores": scores}, str(temporary), metadata=metadata)
@@ -152,8 +138,65 @@ class RankingCache:
             ) from error
 
 
+def _content_record(scores: torch.Tensor) -> dict[str, str]:
+    """What an entry's metadata records of its float32 scores, to check them against on read: the sha256 of their
+    raw bytes (little-endian, as safetensors stores them), their dtype and their shape (JSON)."""
+    raw = scores.contiguous().numpy().astype("<f4", copy=False).tobytes()
+    return {
+        "sha256": hashlib.sha256(raw).hexdigest(),
+        "dtype": _dtype_name(scores.dtype),
+        "shape": json.dumps(list(scores.shape)),
+    }
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    """'float32' for torch.float32: the name an entry's metadata and the warnings use."""
+    return str(dtype).removeprefix("torch.")
+
+
+def _content_problem(
+    scores: torch.Tensor, metadata: Mapping[str, str], key: str, shape: tuple[int, int]
+) -> str | None:
+    """What makes a parsed entry's content unusable, or None when nothing does. Scores of another dtype are
+    refused by name, never converted: int64 or bool "scores" are not a ranking, and float16 ones lost precision."""
+    if metadata.get("key") != key:
+        return f"it holds key {metadata.get('key')!r}, not {key!r}"
+    if "sha256" not in metadata:
+        return "written without a content digest, by a harness older than the digest check"
+    if scores.dtype != torch.float32:
+        return f"its scores are {_dtype_name(scores.dtype)}, expected float32"
+    if tuple(scores.shape) != shape:
+        return f"shape {tuple(scores.shape)} instead of {shape}"
+    record = _content_record(scores)
+    for name in ("dtype", "shape"):
+        if metadata.get(name) != record[name]:
+            return f"its metadata records {name} {metadata.get(name)!r}, but its scores have {record[name]!r}"
+    if metadata["sha256"] != record["sha256"]:
+        return (
+            f"content sha256 {record['sha256']} differs from the {metadata['sha256']} recorded when it was "
+            "written: its data changed since"
+        )
+    bad = int((~torch.isfinite(scores)).sum())
+    if bad:
+        return f"{bad} non-finite score(s) of {scores.numel()}"
+    negatives = _negatives(scores)
+    return None if negatives is None else f"{negatives}, but no ranking method scores below 0"
+
+
+def _negatives(scores: torch.Tensor) -> str | None:
+    """'N negative score(s) of M (the lowest x)', or None when every score is ≥ 0."""
+    # Every method of harness.science.ranking scores a magnitude (can |a|·|∂L/∂a|^α, activation |a|, gradient
+    # |∂L/∂a|, pcicn mean |a_clean − a_noisy|; then a weighted mean or a max over positions, averaged over images)
+    # or draws uniformly from [0, 1) (random): a negative score is damage, never a ranking's.
+    negative = int((scores < 0).sum())
+    if not negative:
+        return None
+    return f"{negative} negative score(s) of {scores.numel()} (the lowest {scores.min().item():.6g})"
+
+
 def _checked(scores: torch.Tensor, shape: tuple[int, int], fields: Mapping[str, object]) -> torch.Tensor:
-    """Refuse to store (or use) a ranking that is not finite or has the wrong shape, naming its curve."""
+    """Refuse to store (or use) a ranking that has the wrong shape, is not finite or has a negative score (which
+    the cache would refuse on every read), naming its curve."""
     curve = f"the {fields.get('method', '?')} ranking of {fields.get('model', '?')} {fields.get('site', '?')}"
     if tuple(scores.shape) != shape:
         raise CacheError(f"{curve} has shape {tuple(scores.shape)}, expected {shape}")
@@ -163,5 +206,11 @@ def _checked(scores: torch.Tensor, shape: tuple[int, int], fields: Mapping[str, 
             f"{curve} has {bad} non-finite score(s) of {scores.numel()} (NaN or inf): the model's "
             "activations or gradients overflowed or its weights are not finite; try --can-dtype float32, or "
             "check the checkpoint"
+        )
+    negatives = _negatives(scores)
+    if negatives is not None:
+        raise CacheError(
+            f"{curve} has {negatives}: every ranking method scores magnitudes or uniform draws in [0, 1), and "
+            "the cache refuses a negative score on every read"
         )
     return scores
