@@ -384,7 +384,7 @@ def test_local_folder_under_a_snapshots_folder_is_local(tmp_path):
 
 def test_checkpoint_from_the_hub_cache_records_id_and_commit(loaded, tmp_path, monkeypatch):
     """A checkpoint found in a (fake, offline) Hugging Face cache loads from its snapshot folder and is
-    identified as hf:<id>@<commit>; its weights digest follows the blob names."""
+    identified as hf:<id>@<commit>; its weights digest is the sha256 of the blobs' bytes, not of their names."""
     hub = tmp_path / "hub"
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
     files = {p.name: p.read_bytes() for p in loaded.path.iterdir() if not p.name.startswith(".")}
@@ -398,7 +398,7 @@ def test_checkpoint_from_the_hub_cache_records_id_and_commit(loaded, tmp_path, m
         {"model.safetensors": files["model.safetensors"]},
         {"model.safetensors": "c" * 64},
     )
-    assert folder_digest(snapshot, None) != hf.weights_digest
+    assert folder_digest(snapshot, None) == hf.weights_digest  # the same bytes under another blob name
 
 
 # -- torchvision workaround ---------------------------------------------------------------------------------------

@@ -1,8 +1,10 @@
 """Exact checkpoint identity: every byte of every weight and config file enters the digest, hashed once per file
-and remembered by (path, size, mtime_ns, inode); Hugging Face blobs are identified by their content-hash name."""
+and remembered by (path, size, mtime_ns, ctime_ns, inode); a Hugging Face blob is hashed like any other file, its
+name is never trusted (tests/test_tamper_weights.py replays the tampering this rules out)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import shutil
@@ -22,19 +24,26 @@ FILE_BYTES = 8 << 20  # twice what a sampling of 64 blocks of 64 KiB would read:
 
 @pytest.fixture
 def checkpoint(tmp_path) -> Path:
+    """A config and 8 MiB of random weights, written just now (so not yet remembered when digested)."""
     folder = tmp_path / "checkpoint"
     folder.mkdir()
     (folder / "config.json").write_text('{"model_type": "llama"}')
     (folder / "model.safetensors").write_bytes(random.Random(0).randbytes(FILE_BYTES))
-    for file in folder.iterdir():
-        age(file)
     return folder
 
 
-def age(path: Path, seconds: int = 60) -> None:
-    """Date the file's mtime back: a file written in the last seconds is hashed but not remembered."""
-    past = time.time_ns() - seconds * 10**9
-    os.utime(path, ns=(past, past))
+@pytest.fixture
+def settled(checkpoint) -> Path:
+    """The checkpoint once its files are old enough for their digests to be remembered."""
+    settle(*checkpoint.iterdir())
+    return checkpoint
+
+
+def settle(*files: Path) -> None:
+    """Wait until no file's mtime or ctime is within the racy window (a file changed in the last two seconds is
+    hashed but not remembered); the ctime cannot be dated back, so this waits."""
+    newest = max(max(file.stat().st_mtime_ns, file.stat().st_ctime_ns) for file in files)
+    time.sleep(max(0, newest + weight_digest.RACY_NS - time.time_ns()) / 1e9 + 0.05)
 
 
 @pytest.fixture
@@ -60,21 +69,21 @@ def rewrite_float(path: Path, offset: int, value: float) -> None:
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(offset=st.integers(0, FILE_BYTES // 4 - 1), value=st.sampled_from([float("nan"), 3.0, -0.0, 1e-30]))
-def test_one_float_changed_anywhere_changes_the_digest(checkpoint, tmp_path_factory, offset, value):
+def test_one_float_changed_anywhere_changes_the_digest(settled, tmp_path_factory, offset, value):
     """Any float of the file, set to NaN or another value, gives another digest, with the memo in use: the
-    edit changes the file's mtime, so the remembered digest is not trusted."""
+    edit changes the file's mtime and ctime, so the remembered digest is not trusted."""
     cache = tmp_path_factory.mktemp("cache")
-    weights = checkpoint / "model.safetensors"
+    weights = settled / "model.safetensors"
     original = weights.read_bytes()
-    before = folder_digest(checkpoint, cache)
+    before = folder_digest(settled, cache)
     try:
         rewrite_float(weights, offset * 4, value)
         if weights.read_bytes() == original:
             return  # the value was already there: nothing changed
-        assert folder_digest(checkpoint, cache) != before
+        assert folder_digest(settled, cache) != before
     finally:
         weights.write_bytes(original)
-    assert folder_digest(checkpoint, cache) == before
+    assert folder_digest(settled, cache) == before
 
 
 def test_the_digest_ignores_location_and_mtimes(checkpoint, tmp_path):
@@ -95,74 +104,85 @@ def test_an_added_or_renamed_weight_file_changes_the_digest(checkpoint, tmp_path
     assert folder_digest(checkpoint, None) not in (before, added)
 
 
-def test_each_file_is_read_once_then_remembered(checkpoint, tmp_path, hash_count):
-    """A second digest reads no byte; a replaced file (new inode, same size and mtime) is re-read, and so is a
-    file written within the last two seconds, whose mtime a second quick write might not move."""
+def test_each_file_is_read_once_then_remembered(settled, tmp_path, hash_count):
+    """A second digest reads no byte; a replaced file (new inode, same size and mtime) is re-read."""
     cache = tmp_path / "cache"
-    first = folder_digest(checkpoint, cache)
+    first = folder_digest(settled, cache)
     assert sorted(p.name for p in hash_count) == ["config.json", "model.safetensors"]
     hash_count.clear()
-    assert folder_digest(checkpoint, cache) == first
+    assert folder_digest(settled, cache) == first
     assert hash_count == []
 
-    weights = checkpoint / "model.safetensors"
+    weights = settled / "model.safetensors"
     stat = weights.stat()
-    replacement = checkpoint / "replacement.tmp"
+    replacement = settled / "replacement.tmp"
     shutil.copy2(weights, replacement)
     os.replace(replacement, weights)  # same bytes, same mtime (copy2), new inode
     os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert weights.stat().st_ino != stat.st_ino
-    assert folder_digest(checkpoint, cache) == first
+    assert folder_digest(settled, cache) == first
     assert [p.name for p in hash_count] == ["model.safetensors"]
 
-    hash_count.clear()
-    (checkpoint / "config.json").write_text('{"model_type": "llama"}')  # same bytes, written just now
-    for _ in range(2):
-        assert folder_digest(checkpoint, cache) == first
-    assert [p.name for p in hash_count] == ["config.json", "config.json"]
+
+@pytest.mark.parametrize("mtime", ["now", "an hour ago"])
+def test_a_freshly_written_file_is_hashed_but_not_remembered(checkpoint, tmp_path, hash_count, mtime):
+    """A file changed within the last two seconds is re-read on every digest: a second quick write might move
+    neither its mtime nor its ctime (git's racy-clean rule). An mtime set back does not make it old: its ctime,
+    which `os.utime` moves to now, is just as recent."""
+    if mtime == "an hour ago":
+        past = time.time_ns() - 3600 * 10**9
+        for file in checkpoint.iterdir():
+            os.utime(file, ns=(past, past))
+    cache = tmp_path / "cache"
+    first = folder_digest(checkpoint, cache)
+    assert folder_digest(checkpoint, cache) == first
+    assert sorted(p.name for p in hash_count) == ["config.json"] * 2 + ["model.safetensors"] * 2
+    assert not (cache / weight_digest.MEMO_FOLDER).exists()
 
 
-def test_an_unwritable_cache_costs_a_rehash_and_a_warning(checkpoint, tmp_path, hash_count):
+def test_an_unwritable_cache_costs_a_rehash_and_a_warning(settled, tmp_path, hash_count):
     """The memo is a saving, not a requirement: a cache that cannot take it still gives the exact digest."""
     blocked = tmp_path / "not-a-folder"
     blocked.write_text("a file where the cache folder would be")
     with pytest.warns(UserWarning, match="cannot remember the weight digest"):
-        digest = folder_digest(checkpoint, blocked)
-    assert digest == folder_digest(checkpoint, None)
+        digest = folder_digest(settled, blocked)
+    assert digest == folder_digest(settled, None)
 
 
-def test_a_corrupt_memo_is_rehashed(checkpoint, tmp_path, hash_count):
+def test_a_corrupt_memo_is_rehashed_with_a_warning(settled, tmp_path, hash_count):
+    """A memo that is not JSON is ignored, naming it; the files are read again and the memos rewritten."""
     cache = tmp_path / "cache"
-    first = folder_digest(checkpoint, cache)
-    for memo in (cache / weight_digest.MEMO_FOLDER).iterdir():
+    first = folder_digest(settled, cache)
+    memos = sorted((cache / weight_digest.MEMO_FOLDER).iterdir())
+    assert len(memos) == 2
+    for memo in memos:
         memo.write_text("{not json")
     hash_count.clear()
-    assert folder_digest(checkpoint, cache) == first
+    with pytest.warns(UserWarning, match="cannot be read as JSON") as caught:
+        assert folder_digest(settled, cache) == first
+    messages = [str(warning.message) for warning in caught]
+    for memo in memos:
+        assert sum(str(memo) in message for message in messages) == 1
     assert len(hash_count) == 2
+    hash_count.clear()
+    assert folder_digest(settled, cache) == first
+    assert hash_count == []
 
 
-def test_hub_cache_files_are_identified_by_their_blob_name(tmp_path, hash_count):
-    """A Hugging Face blob is named by the hash of its content: the name is the digest, no byte is read. By
-    design, a blob rewritten in place behind the hub cache's back is not detected."""
+def test_hub_cache_files_are_identified_by_their_content_not_their_blob_name(tmp_path, hash_count):
+    """A Hugging Face blob is hashed like any other file (its bytes are read through the snapshot symlink): the
+    same bytes under another blob name have the same digest, and a blob whose name is a lie is not believed."""
     blobs, snapshot = tmp_path / "blobs", tmp_path / "snapshots" / "commit"
     blobs.mkdir()
     snapshot.mkdir(parents=True)
-    (blobs / ("a" * 64)).write_bytes(random.Random(1).randbytes(4096))
+    data = random.Random(1).randbytes(4096)
+    (blobs / ("a" * 64)).write_bytes(data)
     (snapshot / "model.safetensors").symlink_to(blobs / ("a" * 64))
     before = folder_digest(snapshot, tmp_path / "cache")
-    assert hash_count == []
-    (blobs / ("b" * 64)).write_bytes((blobs / ("a" * 64)).read_bytes())
+    assert hash_count == [(blobs / ("a" * 64)).resolve()]
+    expected = hashlib.sha256(f"model.safetensors:4096:{hashlib.sha256(data).hexdigest()}\n".encode())
+    assert before == expected.hexdigest()[:16]
+    (blobs / ("b" * 64)).write_bytes(data)
     (snapshot / "model.safetensors").unlink()
     (snapshot / "model.safetensors").symlink_to(blobs / ("b" * 64))
-    assert folder_digest(snapshot, tmp_path / "cache") != before
-
-
-def test_plain_files_in_a_folder_named_blobs_are_hashed(tmp_path):
-    """Only symlinks into blobs/ are identified by name: a regular file in a folder called blobs is hashed."""
-    folder = tmp_path / "blobs"
-    folder.mkdir()
-    weights = folder / "model.safetensors"
-    weights.write_bytes(bytes(4096))
-    before = folder_digest(folder, None)
-    rewrite_float(weights, 2048, 1.0)
-    assert folder_digest(folder, None) != before
+    assert folder_digest(snapshot, tmp_path / "cache") == before

@@ -9,15 +9,20 @@ quantisation entry, and given the loaded state dict (every key checked).
 
 The weights are the file's quantised values (e.g. Q4_1) dequantised to float: real pretrained weights, not the
 original bf16 ones.
+
+A file's sha256 is remembered in the harness cache like a checkpoint file's (`weight_digest.file_digest`: keyed
+by path, size, mtime, ctime and inode). Before the long conversion, the file's header and tensor table are read
+and checked against its size, so a truncated or corrupt file fails at once with a `GgufError` naming it. No
+checkpoint's own code ever runs (`trust_remote_code=False`).
 """
 
 from __future__ import annotations
 
-import functools
 import importlib
 import importlib.metadata
 import importlib.util
 import json
+import struct
 import tempfile
 import time
 from pathlib import Path
@@ -26,26 +31,21 @@ from harness.core import progress
 from harness.core.errors import GgufError, ModelUnavailableError
 from harness.core.versions import library_versions
 from harness.models.registry import ModelSpec, PackagedGguf
+from harness.models.weight_digest import file_digest
 from harness.zoo.store import build_once
 
 RECORD = "gguf-source.json"  # in a converted folder: which file it came from
+# what transformers' GGUF reader raises on a file that is truncated inside its header, or not GGUF at all (found
+# by reading truncated copies of a real file, random bytes, and files with random bytes after a valid header):
+# ValueError (bad magic or version, an empty file, a string that is not UTF-8), struct.error (a header cut
+# short, a length beyond the end), OverflowError (an offset too large to index with)
+UNREADABLE_HEADER = (ValueError, struct.error, OverflowError)
 
 
-def file_sha256(path: Path) -> str:
-    stat = path.stat()
-    return _sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-
-
-@functools.cache
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    """Hashed once per process and file version (size and mtime are part of the cache key)."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
+def file_sha256(path: Path, cache_dir: Path) -> str:
+    """sha256 of every byte of the GGUF file, remembered in `cache_dir` by the weight-digest memo (a later run,
+    or a second worker, does not read a large file again while its path, size, mtime, ctime and inode hold)."""
+    return file_digest(path, cache_dir)
 
 
 def converted_folder(cache_dir: Path, stem: str, sha256: str) -> Path:
@@ -58,9 +58,18 @@ def packaged_checkpoint(spec: ModelSpec, cache_dir: Path) -> Path:
     target = converted_folder(cache_dir, Path(package.file).stem, package.sha256)
 
     def build(staging: Path) -> None:
-        with tempfile.TemporaryDirectory(prefix=".gguf-", dir=staging.parent) as work:  # an assembled file
+        # where a chunked file is assembled; named `.{target}-…` so that the cleanup of a killed build's
+        # leftovers beside the target catches it
+        with tempfile.TemporaryDirectory(prefix=f".{target.name}-gguf-", dir=staging.parent) as work:
             source = _locate(spec.name, package, Path(work))
-            convert(spec, source, staging, expected_sha256=package.sha256, origin=package.requirements[0])
+            convert(
+                spec,
+                source,
+                staging,
+                expected_sha256=package.sha256,
+                origin=package.requirements[0],
+                cache_dir=cache_dir,
+            )
 
     return build_once(target, build)
 
@@ -72,10 +81,12 @@ def file_checkpoint(spec: ModelSpec, path: Path, cache_dir: Path) -> Path:
             f"{spec.name}: GGUF file {str(path)!r} does not exist; point the model at an existing file with "
             f"--can-model-path {spec.name}=/path/to/model.gguf"
         )
-    sha256 = file_sha256(path)
+    sha256 = file_sha256(path, cache_dir)
     return build_once(
         converted_folder(cache_dir, path.stem, sha256),
-        lambda staging: convert(spec, path, staging, expected_sha256=sha256, origin=str(path)),
+        lambda staging: convert(
+            spec, path, staging, expected_sha256=sha256, origin=str(path), cache_dir=cache_dir
+        ),
     )
 
 
@@ -102,9 +113,11 @@ def _locate(model: str, package: PackagedGguf, workdir: Path) -> Path:
     return path
 
 
-def convert(spec: ModelSpec, path: Path, staging: Path, *, expected_sha256: str, origin: str) -> None:
+def convert(
+    spec: ModelSpec, path: Path, staging: Path, *, expected_sha256: str, origin: str, cache_dir: Path
+) -> None:
     """Dequantise `path` through transformers' GGUF loader and save model and tokenizer into `staging`."""
-    sha256 = file_sha256(path)
+    sha256 = file_sha256(path, cache_dir)
     if sha256 != expected_sha256:
         raise GgufError(
             f"{spec.name}: {path} has sha256 {sha256}, but {expected_sha256} is expected: it is another file "
@@ -115,6 +128,7 @@ def convert(spec: ModelSpec, path: Path, staging: Path, *, expected_sha256: str,
         raise GgufError(
             f"loading a GGUF file needs the packages {' and '.join(missing)}: pip install {' '.join(missing)}"
         )
+    _check_complete(spec, path)
     import torch
     import transformers
 
@@ -126,8 +140,12 @@ def convert(spec: ModelSpec, path: Path, staging: Path, *, expected_sha256: str,
     started = time.monotonic()
     model_class = getattr(transformers, spec.model_class)
     with progress.passthrough():  # transformers' own bar shows the dequantisation tensor by tensor
-        from_gguf = model_class.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        from_gguf = model_class.from_pretrained(
+            path.parent, gguf_file=path.name, dtype=torch.float32, trust_remote_code=False
+        )
+        tokenizer = transformers.AutoTokenizer.from_pretrained(
+            path.parent, gguf_file=path.name, trust_remote_code=False
+        )
     config = from_gguf.config
     del config.quantization_config
     plain = type(from_gguf)(config)
@@ -146,6 +164,34 @@ def convert(spec: ModelSpec, path: Path, staging: Path, *, expected_sha256: str,
     }
     (staging / RECORD).write_text(json.dumps(record, indent=2) + "\n")
     progress.announce(f"{spec.name}: converted {path.name} in {seconds:.0f} s")
+
+
+def _check_complete(spec: ModelSpec, path: Path) -> None:
+    """Raise a GgufError naming `path` unless transformers' GGUF reader parses its header and tensor table and
+    every tensor ends within the file: a truncated or corrupt file fails here, in well under a second, rather
+    than with a bare numpy or struct error in the middle of the conversion."""
+    from transformers.integrations.gguf import GgufHeader
+
+    size = path.stat().st_size
+    remedy = (
+        f"reinstall it: {spec.gguf.install_command} --force-reinstall"
+        if spec.gguf is not None
+        else f"download or copy {path.name} again, and check its sha256 against the one its publisher gives"
+    )
+    try:
+        header = GgufHeader.from_file(str(path))
+    except UNREADABLE_HEADER as error:
+        raise GgufError(
+            f"{spec.name}: transformers' GGUF reader cannot read the header of {path} ({size} bytes): "
+            f"{type(error).__name__}: {error}. A truncated or corrupt file, or one that is not GGUF, fails this "
+            f"way; {remedy}"
+        ) from error
+    end = max((header.data_start + tensor.offset + tensor.nbytes for tensor in header.tensors), default=0)
+    if end > size:
+        raise GgufError(
+            f"{spec.name}: {path} is {size} bytes, but its tensor table places tensor data up to byte {end}: "
+            f"the file is truncated (an interrupted download or copy); {remedy}"
+        )
 
 
 def conversion_record(folder: Path) -> dict | None:
