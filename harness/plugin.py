@@ -76,8 +76,11 @@ def pytest_configure(config: pytest.Config) -> None:
             check_report_dir(report_dir(config))
         except ValueError as error:
             raise pytest.UsageError(f"harness option --can-report-dir: {error}") from None
+        recorder = CollapseRecorder(config)
+        if _distributed(config):  # its workers collect: nothing tells the controller which cases they hold
+            recorder.claim_report_dir()
         _interrupt_on_sigterm(config)
-        config.pluginmanager.register(CollapseRecorder(config), "can-collapse-recorder")
+        config.pluginmanager.register(recorder, "can-collapse-recorder")
     else:
         _share_cores(int(worker.get("workercount", 1)))
 
@@ -94,6 +97,11 @@ def _share_cores(workers: int) -> None:
 
 def report_dir(config: pytest.Config) -> Path:
     return Path(config.getoption("can_report_dir") or config.rootpath / "can-results")
+
+
+def _distributed(config: pytest.Config) -> bool:
+    """Whether this is the controller of an xdist run (`-n N`, N ≥ 1)."""
+    return config.getoption("dist", "no") != "no" and bool(config.getoption("tx", None))
 
 
 def _interrupt_on_sigterm(config: pytest.Config) -> None:
@@ -466,7 +474,14 @@ class CollapseRecorder:
     """Collects the points recorded by cases (from workers too, via report.user_properties) and how every
     collected case ended, then writes the reports and prints the tables on the controller. A run that was
     interrupted, had errors or left cases unfinished writes its report marked incomplete to `incomplete/`, so
-    the last complete report stays as it was."""
+    the last complete report stays as it was; a complete report removes the plots it did not draw and the
+    superseded `incomplete/`.
+
+    The report folder is held by one run at a time, from before its first case to its end: a second run asking
+    for it meanwhile is a usage error naming the other run. A serial run takes it once collection found collapse
+    cases (a run of other tests — the harness's own test suite, with the default folder — writes no report and
+    takes nothing, so such runs never refuse each other); an xdist controller, which never sees its workers'
+    collected items, takes it at configure time."""
 
     def __init__(self, config: pytest.Config):
         from harness.core.run_outcome import RunOutcome
@@ -478,9 +493,27 @@ class CollapseRecorder:
         self.case_curves: dict[tuple, set[str]] = defaultdict(set)  # curve → node-id curve parts of its cases
         self.reports: tuple[Path, Path] | None = None
         self.write_error: str | None = None
+        self.holds_report_dir = False
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         self.outcome.collected = [item.nodeid for item in session.items]
+        if any(item.get_closest_marker(name) for item in session.items for name in MARKERS):
+            self.claim_report_dir()
+
+    def claim_report_dir(self) -> None:
+        """Hold the report folder until the run ends (released at unconfigure; by the OS if the run dies); once
+        (`-n N --collect-only` collects on the controller after taking it at configure time)."""
+        from harness.reporting.report import claim_report_dir
+
+        if self.holds_report_dir:
+            return
+        command = " ".join(["pytest", *self.config.invocation_params.args])
+        try:
+            release = claim_report_dir(report_dir(self.config), command)
+        except (ValueError, OSError) as error:
+            raise pytest.UsageError(f"harness option --can-report-dir: {error}") from None
+        self.config.add_cleanup(release)
+        self.holds_report_dir = True
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_node_collection_finished(self, node, ids: list[str]) -> None:
@@ -517,7 +550,7 @@ class CollapseRecorder:
             self.outcome.interrupted = "interrupted"
         if not self.rows and not self.analyses:
             return
-        from harness.reporting.report import provenance, write_reports
+        from harness.reporting.report import clear_stale, provenance, write_reports
 
         config = self.config
         directory = report_dir(config) / ("" if self.outcome.complete else "incomplete")
@@ -527,11 +560,10 @@ class CollapseRecorder:
         try:
             analyses = list(self.analyses.values())
             self.reports = write_reports(self.rows, directory, meta, analyses, self.curve_cases())
-            if self.analyses:
-                from harness.reporting.plots import plot_analysis, plot_file_name
+            from harness.reporting.plots import plot_analysis, plot_file_name
 
-                for row in self.analyses.values():
-                    plot_analysis(row, directory / "plots" / plot_file_name(row))
+            plots = [plot_analysis(row, directory / "plots" / plot_file_name(row)) for row in analyses]
+            clear_stale(directory, plots, complete=self.outcome.complete)
         except OSError as error:  # a full disk, a folder removed during the run: say so, keep the tables
             self.write_error = (
                 f"the report could not be written to {directory} ({error}); the previous report there is "

@@ -22,7 +22,7 @@ from huggingface_hub import constants
 from safetensors import SafetensorError
 
 from harness.core._torchvision_compat import ensure_torchvision_importable
-from harness.core.errors import MaskError, ModelUnavailableError, UnknownNameError
+from harness.core.errors import CorruptCheckpointError, MaskError, ModelUnavailableError, UnknownNameError
 from harness.models import registry
 from harness.models.devices import resolve_device, resolve_dtype, xdist_worker_index
 from harness.models.loading import (
@@ -211,14 +211,20 @@ def test_sharded_checkpoint_missing_a_shard_is_incomplete(checkpoint_copy, tmp_p
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])
 def test_corrupt_weights_raise_the_loading_error_not_unavailable(checkpoint_copy, tmp_path, damage):
-    """A weight file that is present but unreadable raises the underlying error: a broken checkpoint must fail
-    the run, never be skipped as "unavailable"."""
+    """A weight file that is present but unreadable raises a CorruptCheckpointError naming the folder and the
+    file, chained from the loader's own error: a broken checkpoint must fail the run, never be skipped as
+    "unavailable"."""
     weights = checkpoint_copy / "model.safetensors"
     data = weights.read_bytes()
     weights.write_bytes(random.Random(0).randbytes(4096) if damage == "garbage" else data[: len(data) // 2])
-    with pytest.raises(SafetensorError) as error:
+    with pytest.raises(CorruptCheckpointError) as error:
         load_on_cpu(ModelSpec(name="broken", source=str(checkpoint_copy)), tmp_path)
     assert not isinstance(error.value, ModelUnavailableError)
+    assert isinstance(error.value.__cause__, SafetensorError)
+    message = str(error.value)
+    assert f"the checkpoint in {checkpoint_copy} has a corrupt or truncated weight file (model.safetensors" in (
+        message
+    )
 
 
 def write_index(folder: Path, name: str, shards: list[str]) -> None:

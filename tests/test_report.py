@@ -42,7 +42,8 @@ def point(category: str = "circle", k: int = 0, stage: int = 0, **changes) -> di
         "intervention": "top-k, zero ablation",
         "ranking": "CAN, α=1, mean over all positions",
         "ranking_key": "ab" * 32 if k else None,
-        "options": {"alpha": 1.0, "clip_model": "tiny-clip@1", "checkpoint": "embedded:tiny-llava@v2"},
+        "options": {"alpha": 1.0, "clip_model": "tiny-clip@1", "data": "cd" * 8},
+        "provenance": {"checkpoint": "embedded:tiny-llava@v2", "weights": "ef" * 8},
     }
     return {**row, **changes}
 
@@ -124,21 +125,23 @@ def test_summary_chance_is_the_baseline_chance_even_without_the_k0_point():
 
 
 def test_flat_row_merges_options_and_drops_captions():
-    """A CSV row is the point without captions and options, the options merged in as columns."""
+    """A CSV row is the point without captions, options and provenance, those two merged in as columns."""
     row = _flat_row(point("circle", 2, 1))
-    assert "captions" not in row and "options" not in row
+    assert not {"captions", "options", "provenance"} & set(row)
     assert row["clip"] == 30.25
     assert row["clip_model"] == "tiny-clip@1"
     assert row["checkpoint"] == "embedded:tiny-llava@v2"
-    assert len(row) == len(point()) - 2 + 3
+    assert len(row) == len(point()) - 3 + 3 + 2
 
 
+@pytest.mark.parametrize("record", ["options", "provenance"])
 @pytest.mark.parametrize("clash", [["clip"], ["k", "stage"]])
-def test_flat_row_refuses_options_that_clash_with_point_fields(clash):
-    """An option named like a point field would overwrite it in the CSV: a ValueError naming the fields."""
+def test_flat_row_refuses_records_that_clash_with_point_fields(record, clash):
+    """An option or provenance entry named like a point field would overwrite it in the CSV: a ValueError naming
+    the fields."""
     row = point("circle", 1, 1)
-    row["options"] = {**row["options"], **{name: "from options" for name in clash}}
-    with pytest.raises(ValueError, match=re.escape(f"option names {clash!r} clash with point fields")):
+    row[record] = {**row[record], **{name: "from the record" for name in clash}}
+    with pytest.raises(ValueError, match=re.escape(f"{record} names {clash!r} clash with point fields")):
         _flat_row(row)
 
 

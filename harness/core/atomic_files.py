@@ -2,8 +2,10 @@
 
 A temporary name in the destination's folder is written, then renamed onto the destination: a reader (another
 xdist worker, a later run) sees the old file or the new one, never half of one, and an interrupted or failed
-write leaves the old file as it was. `tempfile` creates its files 0600 and folders 0700; they are opened up to
-what the umask allows, so a lab can share one cache through a group.
+write leaves the old file as it was. `tempfile` creates its files 0600 and folders 0700 (and so does
+safetensors ≥ 0.8's writer, which `save_pretrained` uses: it writes through a Rust `NamedTempFile` and renames it,
+safetensors/safetensors#782); they are opened up to what the umask allows, so a lab can share one cache through a
+group.
 """
 
 from __future__ import annotations
@@ -38,6 +40,20 @@ def replacing(path: Path) -> Iterator[Path]:
     finally:
         if temporary.exists():
             temporary.unlink()
+
+
+def follow_umask(folder: Path) -> None:
+    """Give `folder` and everything in it the mode the umask allows a new file (0666 minus the umask) or folder
+    (0777 minus the umask), whatever mode the code that wrote them chose; symbolic links are left alone (their own
+    mode means nothing, and their target is not ours)."""
+    mask = umask()
+    folder = Path(folder)
+    os.chmod(folder, 0o777 & ~mask)
+    for root, folders, files in os.walk(folder):
+        for name in folders + files:
+            path = Path(root) / name
+            if not path.is_symlink():
+                os.chmod(path, (0o777 if name in folders else 0o666) & ~mask)
 
 
 def write_text(path: Path, text: str) -> None:

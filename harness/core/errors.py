@@ -22,6 +22,11 @@ class ModelUnavailableError(HarnessError):
     """The checkpoint is not on this machine and downloading was not allowed: cases skip with this message."""
 
 
+class CorruptCheckpointError(HarnessError):
+    """A checkpoint's weight file is there but cannot be read (truncated, overwritten): an error that fails the
+    cases, never a skip — a regression run must not hide a broken checkpoint."""
+
+
 class UnsupportedModelError(HarnessError):
     """A registered model whose family the harness cannot run experiments on yet."""
 

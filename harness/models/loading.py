@@ -1,8 +1,10 @@
-"""Load a registered model through the real `from_pretrained` path, never downloading unless allowed."""
+"""Load a registered model through the real `from_pretrained` path, never downloading unless allowed, and never
+running code a checkpoint ships (`trust_remote_code=False` everywhere: no prompt under `pytest -s` either)."""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import tempfile
 import weakref
@@ -13,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from harness.core.errors import MaskError, ModelUnavailableError
+from harness.core.errors import CorruptCheckpointError, MaskError, ModelUnavailableError
 from harness.core.placement import DeviceMap, max_memory_argument
 from harness.models import gguf
 from harness.models.devices import execution_device, map_input_device, resolve_device, resolve_dtype
@@ -21,6 +23,7 @@ from harness.models.families import Family, get_family
 from harness.models.registry import ModelSpec, get_model_spec
 from harness.models.weight_digest import folder_digest
 from harness.zoo import ensure_built
+from harness.zoo.store import COMPLETE_MARKER
 
 
 @dataclass
@@ -178,6 +181,7 @@ def load_model(
     `max_memory`, instead of placing the whole model on `device`. `specs` names a base model's spec (for a
     model assembled on one)."""
     import transformers
+    from safetensors import SafetensorError
 
     folder = resolve_checkpoint_folder(spec, cache_dir, allow_download, specs)
     missing = missing_checkpoint_files(folder)
@@ -193,7 +197,7 @@ def load_model(
     spread, offload_folder = {}, None
     if device_map is not None:
         (cache_dir / "offload").mkdir(parents=True, exist_ok=True)
-        offload_folder = Path(tempfile.mkdtemp(prefix=f"{spec.name}-", dir=cache_dir / "offload"))
+        offload_folder = Path(tempfile.mkdtemp(prefix=offload_prefix(spec.name), dir=cache_dir / "offload"))
         spread = {
             "device_map": device_map,
             "max_memory": max_memory_argument(max_memory),
@@ -201,12 +205,18 @@ def load_model(
         }
     # a present-but-broken checkpoint raises here: an error, never a skip, so regression runs cannot hide it
     try:
-        model = model_cls.from_pretrained(folder, dtype=torch_dtype, local_files_only=True, **spread)
-    except BaseException:
+        model = model_cls.from_pretrained(
+            folder, dtype=torch_dtype, local_files_only=True, trust_remote_code=False, **spread
+        )
+    except BaseException as error:
         if offload_folder is not None:
             shutil.rmtree(offload_folder, ignore_errors=True)
+        if isinstance(error, SafetensorError):  # what a truncated or overwritten .safetensors file raises
+            raise CorruptCheckpointError(corrupt_weights_message(spec, folder, error)) from error
         raise
-    processor = processor_cls.from_pretrained(folder, local_files_only=True, **dict(spec.processor_kwargs))
+    processor = processor_cls.from_pretrained(
+        folder, local_files_only=True, trust_remote_code=False, **dict(spec.processor_kwargs)
+    )
     if offload_folder is None:
         model.to(torch_device)
     else:
@@ -240,4 +250,48 @@ def load_model_config(
     folder = resolve_checkpoint_folder(spec, cache_dir, allow_download, specs)
     if not (folder / "config.json").is_file():
         raise ModelUnavailableError(f"{spec.name}: no config.json in {folder}; the checkpoint is incomplete")
-    return AutoConfig.from_pretrained(folder, local_files_only=True)
+    return AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+
+
+_UNSAFE_IN_FILE_NAME = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def offload_prefix(name: str) -> str:
+    """The `mkdtemp` prefix of a model's offload folder: its name with every character outside [A-Za-z0-9._-]
+    (`/` included) replaced by `_`, a leading '.' too, at most 64 characters, so that no model name ("../evil",
+    "org/model") places the folder outside `<cache>/offload` or hides it there."""
+    safe = _UNSAFE_IN_FILE_NAME.sub("_", name)[:64]
+    return ("_" + safe[1:] if safe.startswith(".") else safe) + "-"
+
+
+def unreadable_weight_files(folder: Path) -> list[str]:
+    """'name (what safetensors says)' for each `.safetensors` file of `folder` whose header or length is wrong
+    (reading a header maps the file and parses a few kilobytes: cheap even for large shards)."""
+    from safetensors import SafetensorError, safe_open
+
+    broken = []
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except SafetensorError as error:
+            broken.append(f"{path.name} ({error})")
+    return broken
+
+
+def corrupt_weights_message(spec: ModelSpec, folder: Path, error: Exception) -> str:
+    """Which weight file of `folder` is unreadable, the loader's own error, and how to get a good copy: a folder
+    the harness built is deleted and built again, a hub snapshot downloaded again, any other folder copied
+    again."""
+    broken = unreadable_weight_files(folder)
+    found = f" ({', '.join(broken)})" if broken else ""
+    if (folder / COMPLETE_MARKER).is_file():  # built by the harness: an embedded model, a GGUF conversion
+        remedy = f"delete the folder {folder}: the harness builds it again on the next run"
+    elif folder.parent.name == "snapshots":
+        remedy = f"download it again (`hf download {spec.source} --force-download`)"
+    else:
+        remedy = f"copy it again from its source, or point --can-model-path {spec.name}=… at a good copy"
+    return (
+        f"{spec.name}: the checkpoint in {folder} has a corrupt or truncated weight file{found}: "
+        f"{type(error).__name__}: {error}; {remedy}"
+    )

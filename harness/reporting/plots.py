@@ -4,6 +4,7 @@ continuations) against k, the two stages shaded, the controls at k₂ overlaid. 
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 
@@ -14,10 +15,22 @@ STAGE_COLOURS = {1: "#f6d55c", 2: "#ed553b"}
 CONTROL_MARKERS = {"random": ("x", "random-k controls"), "mean": ("^", "mean ablation of the top-k")}
 
 
+# anything but (Unicode) letters, digits, '_', '-' and single dots: separators, spaces, control characters, '..'
+_UNSAFE = re.compile(r"[^\w.-]+|\.{2,}|^\.")
+_LONGEST_STEM = 200  # bytes of UTF-8: file names are limited to 255
+
+
 def plot_file_name(row: dict) -> str:
-    """`model__site__category.png` (and the ranking, if not the default) with anything unsafe replaced."""
-    name = curve_label(row["model"], row["site"], row["category"], row.get("ranking"), separator="__")
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name) + ".png"
+    """`model__site__category.png` (and the ranking, if not the default), letters and digits of any script kept
+    (a category `猫` gives `…__猫.png`). Anything else is replaced by `_`, and then (or when a very long name is
+    shortened) a short hash of the exact label is appended, so that two curves never share a file: `a/b` and
+    `a_b`, or `猫` and `狗` with their letters replaced, would otherwise."""
+    label = curve_label(row["model"], row["site"], row["category"], row.get("ranking"), separator="__")
+    stem = _UNSAFE.sub("_", label)
+    shortened = stem.encode()[:_LONGEST_STEM].decode(errors="ignore")
+    if shortened != label:
+        stem = f"{shortened}-{hashlib.sha256(label.encode()).hexdigest()[:10]}"
+    return stem + ".png"
 
 
 def plot_analysis(row: dict, path: Path) -> Path:

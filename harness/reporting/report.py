@@ -1,18 +1,26 @@
-"""Summary table of the two-stage thresholds, and JSON/CSV reports stamped with versions and the git commit."""
+"""Summary table of the two-stage thresholds, and JSON/CSV reports stamped with versions and the git commit.
+
+A report folder holds one run's report: a run takes it (an OS file lock, released when the run ends or dies)
+before its first case, and a second run asking for it meanwhile is refused; a complete report replaces the
+previous one whole, plots and thresholds.csv of curves it did not draw included, and supersedes `incomplete/`.
+"""
 
 from __future__ import annotations
 
 import csv
 import datetime as dt
 import json
+import os
 import platform
+import shutil
 import subprocess
 import tempfile
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
+from filelock import FileLock, Timeout
 from tabulate import tabulate
 
 from harness.core import atomic_files
@@ -21,6 +29,9 @@ from harness.core.run_outcome import CurveCases
 from harness.science.stages import first_k_at_stage, is_monotone
 
 GROUP_KEYS = ("model", "site", "ranking", "category")
+THRESHOLDS_FILE = "thresholds.csv"
+LOCK_FILE = ".can-report.lock"  # held (flock) by the run writing the folder
+OWNER_FILE = ".can-report.owner.json"  # which run that is, for the message refusing a second one
 
 
 def provenance(root: Path | None = None) -> dict[str, object]:
@@ -249,8 +260,62 @@ def write_reports(
         staged(json_path).write_text(json.dumps(document, indent=2, allow_nan=False))
         _write_csv(staged(csv_path), flat)
         if analyses:  # one row per searched curve: thresholds, cost, metrics at k₂, controls (JSON), layers (JSON)
-            _write_csv(staged(directory / "thresholds.csv"), [_flat_analysis(a) for a in analyses])
+            _write_csv(staged(directory / THRESHOLDS_FILE), [_flat_analysis(a) for a in analyses])
+    if not analyses:  # an earlier run's thresholds must not pass for this run's
+        (directory / THRESHOLDS_FILE).unlink(missing_ok=True)
     return json_path, csv_path
+
+
+def clear_stale(directory: Path, plots: Collection[Path], *, complete: bool) -> None:
+    """After a report was written to `directory` with the plot files `plots`: remove every other file in
+    `directory/plots` (curves of an earlier run that this one did not draw) and, for a complete report, the
+    `incomplete/` folder it supersedes. An incomplete report is written to `incomplete/` itself, so it never
+    removes anything of the last complete report."""
+    kept = {Path(plot).name for plot in plots}
+    plot_folder = directory / "plots"
+    if plot_folder.is_dir():
+        for path in plot_folder.iterdir():
+            if path.name not in kept and (path.is_file() or path.is_symlink()):
+                path.unlink()
+    if complete and (directory / "incomplete").is_dir():
+        shutil.rmtree(directory / "incomplete")
+
+
+def claim_report_dir(directory: Path, command: str) -> Callable[[], None]:
+    """Take `directory` for this run until the returned function is called; ValueError, naming the folder and
+    the run holding it (pid, host, command), when another run has it. The lock is an OS file lock (flock): the
+    OS releases it when its process ends, however it ends, so a crashed run never blocks the folder."""
+    directory.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(directory / LOCK_FILE), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise ValueError(
+            f"the report folder {directory} is in use by another run ({_owner(directory)}); wait until it ends, "
+            "or pass --can-report-dir a folder of this run's own"
+        ) from None
+    owner = directory / OWNER_FILE
+    try:
+        record = {"pid": os.getpid(), "host": platform.node(), "command": command}
+        atomic_files.write_text(owner, json.dumps(record) + "\n")
+    except BaseException:
+        lock.release()
+        raise
+
+    def release() -> None:
+        owner.unlink(missing_ok=True)
+        lock.release()
+
+    return release
+
+
+def _owner(directory: Path) -> str:
+    """'pid 123 on host: `pytest …`', from the owner file of a held report folder."""
+    try:
+        record = json.loads((directory / OWNER_FILE).read_text())
+        return f"pid {record['pid']} on {record['host']}: `{record['command']}`"
+    except (OSError, ValueError, KeyError) as error:  # it is writing the file this very moment
+        return f"which one cannot be told: {OWNER_FILE} is unreadable ({error})"
 
 
 def check_report_dir(directory: Path) -> None:

@@ -49,7 +49,7 @@ def image_tokenizer(language_folder: Path):
     from tokenizers import Tokenizer
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    tokenizer = AutoTokenizer.from_pretrained(language_folder)
+    tokenizer = AutoTokenizer.from_pretrained(language_folder, trust_remote_code=False)
     token_id = tokenizer.convert_tokens_to_ids(RESERVED_TOKEN)
     state = json.loads(tokenizer.backend_tokenizer.to_str())
     for added in state["added_tokens"]:
@@ -160,7 +160,7 @@ def load_parts(folder: Path, language_folder: Path):
     from transformers import AutoConfig, LlavaConfig
 
     stored = json.loads((folder / "config.json").read_text())
-    stored["text_config"] = AutoConfig.from_pretrained(language_folder).to_dict()
+    stored["text_config"] = AutoConfig.from_pretrained(language_folder, trust_remote_code=False).to_dict()
     config = LlavaConfig(**{k: v for k, v in stored.items() if k not in ("model_type", "transformers_version")})
     settings = json.loads((folder / "processor_config.json").read_text())
     return load_file(str(folder / PARTS_WEIGHTS)), config, settings

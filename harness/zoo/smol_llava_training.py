@@ -65,7 +65,7 @@ def initial_model(lm_folder: Path, seed: int, vision_feature_layer: int):
     reads the tower's `vision_feature_layer`."""
     from transformers import AutoConfig
 
-    synth = AutoConfig.from_pretrained(SYNTH_LLAVA)
+    synth = AutoConfig.from_pretrained(SYNTH_LLAVA, trust_remote_code=False)
     synth_processor = json.loads((SYNTH_LLAVA / "processor_config.json").read_text())
     tokenizer = smol_llava.image_tokenizer(lm_folder)
     patches = (synth.vision_config.image_size // synth.vision_config.patch_size) ** 2
@@ -76,7 +76,7 @@ def initial_model(lm_folder: Path, seed: int, vision_feature_layer: int):
         "image_seq_length": patches,
     }
     config = smol_llava.llava_config(
-        AutoConfig.from_pretrained(lm_folder),
+        AutoConfig.from_pretrained(lm_folder, trust_remote_code=False),
         {
             k: v
             for k, v in synth.vision_config.to_dict().items()
