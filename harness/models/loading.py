@@ -128,6 +128,29 @@ def resolve_checkpoint_folder(
     return folder
 
 
+def unavailable_reason(
+    spec: ModelSpec, cache_dir: Path, allow_download: bool = False, specs: SpecLookup = get_model_spec
+) -> str | None:
+    """Why `spec`'s checkpoint cannot be had on this machine (None: it can), found without building, assembling
+    or converting anything: collecting cases of a model costs no conversion of it, whether or not the run then
+    selects them (`-k smollm2` converts no Gemma)."""
+    try:
+        if spec.embedded is not None:
+            base = spec.embedded.base_model
+            return None if base is None else unavailable_reason(specs(base), cache_dir, allow_download, specs)
+        if spec.gguf is not None:
+            gguf.check_installed(spec.name, spec.gguf)
+            return None
+        local = Path(spec.source).expanduser()
+        if local.suffix == ".gguf":
+            gguf.check_file(spec, local)
+            return None
+        resolve_checkpoint_folder(spec, cache_dir, allow_download, specs)  # a local folder or a hub cache lookup
+    except ModelUnavailableError as error:
+        return str(error)
+    return None
+
+
 def missing_checkpoint_files(folder: Path) -> list[str]:
     """What a loadable checkpoint lacks: config.json, or weights (a single file, or every shard of an index)."""
     missing = [] if (folder / "config.json").is_file() else ["config.json"]
