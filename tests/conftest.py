@@ -93,6 +93,22 @@ def images(session):
 
 
 @pytest.fixture
+def hashed_files(monkeypatch) -> list[Path]:
+    """The files whose bytes the weight digest read to hash them, in order (a remembered digest reads none)."""
+    from harness.models import weight_digest
+
+    read: list[Path] = []
+    original = weight_digest.stream_sha256
+
+    def counting(path: Path, task=None) -> str:
+        read.append(path)
+        return original(path, task)
+
+    monkeypatch.setattr(weight_digest, "stream_sha256", counting)
+    return read
+
+
+@pytest.fixture
 def unmodified(loaded):
     """Fails the test if it leaves any parameter of the shared tiny model changed."""
     yield loaded

@@ -27,7 +27,7 @@ from harness.data.texts import BUILTIN_CATEGORY, TextSet
 from harness.models.registry import ClipSpec, ModelSpec
 from harness.runner.baseline import BaselineFile, Tolerances, check_against, entry_of
 from harness.runner.image_experiment import ImageExperiment
-from harness.runner.ranking_cache import cache_key
+from harness.runner.ranking_cache import RankingCache, cache_key
 from harness.runner.session import HarnessSession
 from harness.runner.settings import HarnessSettings
 from harness.runner.text_experiment import TextExperiment
@@ -194,6 +194,27 @@ def test_changing_a_result_setting_changes_the_record_and_fails_the_baseline(
         assert key_after != key_before
     else:
         assert scope == MEASUREMENT and key_after == key_before
+
+
+MEASUREMENT_FIELDS = sorted(
+    name for name, (_, _, tag) in result_fields().items() if tag.scope == MEASUREMENT and not tag.per_session
+)
+
+
+@pytest.mark.parametrize("name", MEASUREMENT_FIELDS)
+def test_a_measurement_setting_never_reaches_a_ranking(name, experiment, text_base, tmp_path):
+    """Why a measurement setting may stay out of the cache key: the ranking computed afresh (an empty cache, a
+    new model state: captions or text windows recomputed too) is bit for bit the same with it changed. (The CLIP
+    model, fixed for a session, scores captions but never makes them.)"""
+    base = base_for(name, experiment, text_base)
+    category = TEXT if isinstance(base, TextExperiment) else CATEGORY
+
+    def fresh_scores(source, folder: str) -> torch.Tensor:
+        alone = rebuilt(source)  # a new ModelState: nothing computed before is reused
+        alone.rankings = RankingCache(tmp_path / folder)
+        return alone.ranking(SITE, category).scores
+
+    assert torch.equal(fresh_scores(changed(base, name), "changed"), fresh_scores(base, "base"))
 
 
 def test_settings_of_another_kind_or_method_change_nothing(experiment, text_base):

@@ -111,20 +111,6 @@ def memos(cache: Path) -> dict[str, dict]:
 
 
 @pytest.fixture
-def reads(monkeypatch) -> list[Path]:
-    """The files whose bytes were read to hash them, in order."""
-    read: list[Path] = []
-    original = weight_digest.stream_sha256
-
-    def counting(path: Path, task=None) -> str:
-        read.append(path)
-        return original(path, task)
-
-    monkeypatch.setattr(weight_digest, "stream_sha256", counting)
-    return read
-
-
-@pytest.fixture
 def checkpoint(tmp_path) -> Path:
     """A plain checkpoint folder (no symlinks): a real safetensors file and a config."""
     folder = tmp_path / "checkpoint"
@@ -135,7 +121,7 @@ def checkpoint(tmp_path) -> Path:
 
 
 # -- Hugging Face blobs are hashed, not named -------------------------------------------------------------------
-def test_a_blob_edited_in_place_through_its_snapshot_symlink_changes_the_digest(tmp_path, reads):
+def test_a_blob_edited_in_place_through_its_snapshot_symlink_changes_the_digest(tmp_path, hashed_files):
     """Weights scaled in place through the snapshot symlink, then a same-length config.json edit: each gives a
     new digest (the blobs keep their now false names), with the memo in use before each edit."""
     weights_file(tmp_path / "weights")
@@ -159,11 +145,11 @@ def test_a_blob_edited_in_place_through_its_snapshot_symlink_changes_the_digest(
     files["config.json"] = (snapshot / "config.json").read_bytes()
     assert len(files["config.json"]) == len(CONFIG)
     assert folder_digest(snapshot, cache) == expected_digest(files) not in (original, edited_weights)
-    assert (snapshot / "config.json").resolve() in reads
+    assert (snapshot / "config.json").resolve() in hashed_files
 
 
 # -- the memo: ctime, and a checksum of itself ------------------------------------------------------------------
-def test_a_file_rewritten_in_place_with_its_mtime_restored_is_hashed_again(checkpoint, tmp_path, reads):
+def test_a_file_rewritten_in_place_with_its_mtime_restored_is_hashed_again(checkpoint, tmp_path, hashed_files):
     """Same path, size, inode and mtime: only the ctime moves, and the memo no longer matches. The memo is
     shown to be written and used before the rewrite, so the new digest is not the racy-window rule's doing."""
     weights = checkpoint / "model.safetensors"
@@ -173,9 +159,9 @@ def test_a_file_rewritten_in_place_with_its_mtime_restored_is_hashed_again(check
     cache = tmp_path / "cache"
     original = folder_digest(checkpoint, cache)
     assert original == expected_digest({p.name: p.read_bytes() for p in checkpoint.iterdir()})
-    reads.clear()
+    hashed_files.clear()
     assert folder_digest(checkpoint, cache) == original
-    assert reads == []  # the memo is in use
+    assert hashed_files == []  # the memo is in use
 
     before = weights.stat()
     scale_floats_in_place(weights, tensor_offset(weights, DOWN_PROJ), 1024, 50.0)
@@ -185,11 +171,11 @@ def test_a_file_rewritten_in_place_with_its_mtime_restored_is_hashed_again(check
     assert after.st_ctime_ns != before.st_ctime_ns
     edited = folder_digest(checkpoint, cache)
     assert edited == expected_digest({p.name: p.read_bytes() for p in checkpoint.iterdir()}) != original
-    assert reads == [weights.resolve()]
+    assert hashed_files == [weights.resolve()]
 
 
 @pytest.mark.parametrize("edit", ["sha256", "identity"])
-def test_an_edited_memo_is_ignored_with_a_warning_and_rewritten(checkpoint, tmp_path, reads, edit):
+def test_an_edited_memo_is_ignored_with_a_warning_and_rewritten(checkpoint, tmp_path, hashed_files, edit):
     """`sha256`: the memo of an unchanged file given another digest. `identity`: the file rewritten, and its
     memo's identity edited to the new file's stat so that the old digest would still be used. Either way the
     memo fails its checksum: a warning names it, the file is read again and the digest is the true one."""
@@ -208,17 +194,17 @@ def test_an_edited_memo_is_ignored_with_a_warning_and_rewritten(checkpoint, tmp_
             size=stat.st_size, mtime_ns=stat.st_mtime_ns, ctime_ns=stat.st_ctime_ns, inode=stat.st_ino
         )
     memo.write_text(json.dumps(record))
-    reads.clear()
+    hashed_files.clear()
     with pytest.warns(UserWarning, match="fails its checksum") as caught:
         digest = folder_digest(checkpoint, cache)
     assert [str(memo) in str(warning.message) for warning in caught] == [True]
     assert digest == expected_digest({p.name: p.read_bytes() for p in checkpoint.iterdir()})
-    assert reads == [weights.resolve()]
+    assert hashed_files == [weights.resolve()]
     if edit == "sha256":  # the file is old enough to be remembered: the memo was rewritten, and is believed
         assert json.loads(memo.read_text())["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
-        reads.clear()
+        hashed_files.clear()
         assert folder_digest(checkpoint, cache) == digest
-        assert reads == []
+        assert hashed_files == []
 
 
 # -- GGUF files -------------------------------------------------------------------------------------------------

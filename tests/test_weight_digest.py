@@ -46,20 +46,6 @@ def settle(*files: Path) -> None:
     time.sleep(max(0, newest + weight_digest.RACY_NS - time.time_ns()) / 1e9 + 0.05)
 
 
-@pytest.fixture
-def hash_count(monkeypatch) -> list[Path]:
-    """The files whose bytes were read to hash them, in order."""
-    read: list[Path] = []
-    original = weight_digest.stream_sha256
-
-    def counting(path: Path, task=None) -> str:
-        read.append(path)
-        return original(path, task)
-
-    monkeypatch.setattr(weight_digest, "stream_sha256", counting)
-    return read
-
-
 def rewrite_float(path: Path, offset: int, value: float) -> None:
     """Overwrite the 4 bytes at `offset` with a float32 in place (same size, same inode)."""
     data = bytearray(path.read_bytes())
@@ -104,14 +90,14 @@ def test_an_added_or_renamed_weight_file_changes_the_digest(checkpoint, tmp_path
     assert folder_digest(checkpoint, None) not in (before, added)
 
 
-def test_each_file_is_read_once_then_remembered(settled, tmp_path, hash_count):
+def test_each_file_is_read_once_then_remembered(settled, tmp_path, hashed_files):
     """A second digest reads no byte; a replaced file (new inode, same size and mtime) is re-read."""
     cache = tmp_path / "cache"
     first = folder_digest(settled, cache)
-    assert sorted(p.name for p in hash_count) == ["config.json", "model.safetensors"]
-    hash_count.clear()
+    assert sorted(p.name for p in hashed_files) == ["config.json", "model.safetensors"]
+    hashed_files.clear()
     assert folder_digest(settled, cache) == first
-    assert hash_count == []
+    assert hashed_files == []
 
     weights = settled / "model.safetensors"
     stat = weights.stat()
@@ -121,11 +107,11 @@ def test_each_file_is_read_once_then_remembered(settled, tmp_path, hash_count):
     os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert weights.stat().st_ino != stat.st_ino
     assert folder_digest(settled, cache) == first
-    assert [p.name for p in hash_count] == ["model.safetensors"]
+    assert [p.name for p in hashed_files] == ["model.safetensors"]
 
 
 @pytest.mark.parametrize("mtime", ["now", "an hour ago"])
-def test_a_freshly_written_file_is_hashed_but_not_remembered(checkpoint, tmp_path, hash_count, mtime):
+def test_a_freshly_written_file_is_hashed_but_not_remembered(checkpoint, tmp_path, hashed_files, mtime):
     """A file changed within the last two seconds is re-read on every digest: a second quick write might move
     neither its mtime nor its ctime (git's racy-clean rule). An mtime set back does not make it old: its ctime,
     which `os.utime` moves to now, is just as recent."""
@@ -136,11 +122,11 @@ def test_a_freshly_written_file_is_hashed_but_not_remembered(checkpoint, tmp_pat
     cache = tmp_path / "cache"
     first = folder_digest(checkpoint, cache)
     assert folder_digest(checkpoint, cache) == first
-    assert sorted(p.name for p in hash_count) == ["config.json"] * 2 + ["model.safetensors"] * 2
+    assert sorted(p.name for p in hashed_files) == ["config.json"] * 2 + ["model.safetensors"] * 2
     assert not (cache / weight_digest.MEMO_FOLDER).exists()
 
 
-def test_an_unwritable_cache_costs_a_rehash_and_a_warning(settled, tmp_path, hash_count):
+def test_an_unwritable_cache_costs_a_rehash_and_a_warning(settled, tmp_path, hashed_files):
     """The memo is a saving, not a requirement: a cache that cannot take it still gives the exact digest."""
     blocked = tmp_path / "not-a-folder"
     blocked.write_text("a file where the cache folder would be")
@@ -149,7 +135,7 @@ def test_an_unwritable_cache_costs_a_rehash_and_a_warning(settled, tmp_path, has
     assert digest == folder_digest(settled, None)
 
 
-def test_a_corrupt_memo_is_rehashed_with_a_warning(settled, tmp_path, hash_count):
+def test_a_corrupt_memo_is_rehashed_with_a_warning(settled, tmp_path, hashed_files):
     """A memo that is not JSON is ignored, naming it; the files are read again and the memos rewritten."""
     cache = tmp_path / "cache"
     first = folder_digest(settled, cache)
@@ -157,19 +143,19 @@ def test_a_corrupt_memo_is_rehashed_with_a_warning(settled, tmp_path, hash_count
     assert len(memos) == 2
     for memo in memos:
         memo.write_text("{not json")
-    hash_count.clear()
+    hashed_files.clear()
     with pytest.warns(UserWarning, match="cannot be read as JSON") as caught:
         assert folder_digest(settled, cache) == first
     messages = [str(warning.message) for warning in caught]
     for memo in memos:
         assert sum(str(memo) in message for message in messages) == 1
-    assert len(hash_count) == 2
-    hash_count.clear()
+    assert len(hashed_files) == 2
+    hashed_files.clear()
     assert folder_digest(settled, cache) == first
-    assert hash_count == []
+    assert hashed_files == []
 
 
-def test_hub_cache_files_are_identified_by_their_content_not_their_blob_name(tmp_path, hash_count):
+def test_hub_cache_files_are_identified_by_their_content_not_their_blob_name(tmp_path, hashed_files):
     """A Hugging Face blob is hashed like any other file (its bytes are read through the snapshot symlink): the
     same bytes under another blob name have the same digest, and a blob whose name is a lie is not believed."""
     blobs, snapshot = tmp_path / "blobs", tmp_path / "snapshots" / "commit"
@@ -179,7 +165,7 @@ def test_hub_cache_files_are_identified_by_their_content_not_their_blob_name(tmp
     (blobs / ("a" * 64)).write_bytes(data)
     (snapshot / "model.safetensors").symlink_to(blobs / ("a" * 64))
     before = folder_digest(snapshot, tmp_path / "cache")
-    assert hash_count == [(blobs / ("a" * 64)).resolve()]
+    assert hashed_files == [(blobs / ("a" * 64)).resolve()]
     expected = hashlib.sha256(f"model.safetensors:4096:{hashlib.sha256(data).hexdigest()}\n".encode())
     assert before == expected.hexdigest()[:16]
     (blobs / ("b" * 64)).write_bytes(data)

@@ -16,10 +16,10 @@ is declared; a field without a tag is an error, not a silent omission.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from types import MappingProxyType
 
 RANKING, MEASUREMENT, PROVENANCE = "ranking", "measurement", "provenance"
@@ -156,13 +156,9 @@ def plain(value: object) -> object:
         return {str(key): plain(item) for key, item in sorted(value.items(), key=lambda kv: str(kv[0]))}
     if isinstance(value, list | tuple):
         return [plain(item) for item in value]
-    if isinstance(value, Path):
-        return str(value)
     return str(value)
 
 
 def digest_of(value: object) -> str:
     """A short sha256 of a JSON value: how a large record (every image's hash) is compared in one field."""
-    import hashlib
-
     return hashlib.sha256(json.dumps(plain(value), sort_keys=True).encode()).hexdigest()[:16]
