@@ -22,7 +22,6 @@ import importlib
 import importlib.metadata
 import importlib.util
 import json
-import struct
 import tempfile
 import time
 from pathlib import Path
@@ -30,16 +29,15 @@ from pathlib import Path
 from harness.core import progress
 from harness.core.errors import GgufError, ModelUnavailableError
 from harness.core.versions import library_versions
+from harness.models.gguf_header import tensor_data_end
 from harness.models.registry import ModelSpec, PackagedGguf
 from harness.models.weight_digest import file_digest
 from harness.zoo.store import build_once
 
 RECORD = "gguf-source.json"  # in a converted folder: which file it came from
-# what transformers' GGUF reader raises on a file that is truncated inside its header, or not GGUF at all (found
-# by reading truncated copies of a real file, random bytes, and files with random bytes after a valid header):
-# ValueError (bad magic or version, an empty file, a string that is not UTF-8), struct.error (a header cut
-# short, a length beyond the end), OverflowError (an offset too large to index with)
-UNREADABLE_HEADER = (ValueError, struct.error, OverflowError)
+# what harness.models.gguf_header raises on a file that ends inside its header (EOFError) or is not GGUF
+# (ValueError, a name that is not UTF-8 included)
+UNREADABLE_HEADER = (ValueError, EOFError)
 
 
 def file_sha256(path: Path, cache_dir: Path) -> str:
@@ -187,11 +185,9 @@ def convert(
 
 
 def _check_complete(spec: ModelSpec, path: Path) -> None:
-    """Raise a GgufError naming `path` unless transformers' GGUF reader parses its header and tensor table and
-    every tensor ends within the file: a truncated or corrupt file fails here, in well under a second, rather
-    than with a bare numpy or struct error in the middle of the conversion."""
-    from transformers.integrations.gguf import GgufHeader
-
+    """Raise a GgufError naming `path` unless its header parses and every tensor ends within the file
+    (harness.models.gguf_header): a truncated or corrupt file fails here, in well under a second, rather than
+    with a bare numpy or struct error in the middle of the conversion."""
     size = path.stat().st_size
     remedy = (
         f"reinstall it: {spec.gguf.install_command} --force-reinstall"
@@ -199,14 +195,12 @@ def _check_complete(spec: ModelSpec, path: Path) -> None:
         else f"download or copy {path.name} again, and check its sha256 against the one its publisher gives"
     )
     try:
-        header = GgufHeader.from_file(str(path))
+        end = tensor_data_end(path)
     except UNREADABLE_HEADER as error:
         raise GgufError(
-            f"{spec.name}: transformers' GGUF reader cannot read the header of {path} ({size} bytes): "
-            f"{type(error).__name__}: {error}. A truncated or corrupt file, or one that is not GGUF, fails this "
-            f"way; {remedy}"
+            f"{spec.name}: the GGUF header of {path} ({size} bytes) cannot be read: {type(error).__name__}: "
+            f"{error}. A truncated or corrupt file, or one that is not GGUF, fails this way; {remedy}"
         ) from error
-    end = max((header.data_start + tensor.offset + tensor.nbytes for tensor in header.tensors), default=0)
     if end > size:
         raise GgufError(
             f"{spec.name}: {path} is {size} bytes, but its tensor table places tensor data up to byte {end}: "
