@@ -25,6 +25,7 @@ import torch
 from tabulate import tabulate
 
 from harness.core.paths import default_cache_dir
+from harness.core.store import EmbeddedAsset
 from harness.models.captioning import Caption, caption_nll_per_row, generate_captions, teacher_forced_batch
 from harness.models.masking import NeuronMask
 from harness.models.prompts import Prompt
@@ -33,7 +34,6 @@ from harness.runner.session import HarnessSession
 from harness.runner.settings import HarnessSettings
 from harness.science.ranking import importance
 from harness.zoo import build_tiny_llava
-from harness.zoo.store import EmbeddedAsset
 
 
 def timed(function: Callable[[], object], device: torch.device) -> float:

@@ -23,6 +23,7 @@ from safetensors import SafetensorError
 
 from harness.core._torchvision_compat import ensure_torchvision_importable
 from harness.core.errors import CorruptCheckpointError, MaskError, ModelUnavailableError, UnknownNameError
+from harness.core.store import EmbeddedAsset, ensure_built
 from harness.models import registry
 from harness.models.devices import resolve_device, resolve_dtype, xdist_worker_index
 from harness.models.loading import (
@@ -36,8 +37,6 @@ from harness.models.loading import (
 from harness.models.registry import ModelSpec
 from harness.models.weight_digest import folder_digest
 from harness.runner.settings import HarnessSettings
-from harness.zoo import ensure_built
-from harness.zoo.store import EmbeddedAsset
 
 LM_WEIGHT = "model.language_model.layers.0.mlp.down_proj.weight"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

@@ -414,7 +414,7 @@ def test_a_full_disk_is_a_clear_error_and_leaves_nothing(tmp_path, monkeypatch):
 def test_stored_files_and_built_folders_follow_the_umask(tmp_path):
     """With a group-sharing umask (002) a ranking entry is 0664 and a built cache folder 0775, not tempfile's
     0600 / 0700: a lab can share one cache through a group."""
-    from harness.zoo.store import build_once
+    from harness.core.store import build_once
 
     previous = os.umask(0o002)
     try:
@@ -433,7 +433,7 @@ def test_building_into_a_read_only_cache_is_a_clear_error(tmp_path, run_read_onl
     the lock file."""
     code = (
         "from pathlib import Path\nfrom harness.core.errors import CacheError\n"
-        "from harness.zoo.store import build_once\n"
+        "from harness.core.store import build_once\n"
         f"try:\n    build_once(Path({str(tmp_path / 'zoo' / 'asset')!r}), lambda staging: None)\n"
         "except CacheError as error:\n    print('CACHE ERROR:', error)\n"
     )

@@ -17,7 +17,7 @@ from harness.science.ablation import Intervention, rank_correlation, single_neur
 from harness.science.ranking import importance
 from harness.science.ranking_options import RankingOptions
 from harness.zoo import SYNTH_FOLDER
-from harness.zoo.synth_quality import caption_quality, clip_quality
+from training.synth_quality import caption_quality, clip_quality
 
 RECORD = json.loads((SYNTH_FOLDER / "quality.json").read_text())
 PLANT = RECORD["planted"]

@@ -108,7 +108,7 @@ def test_missing_parts_are_named_with_the_command_that_writes_them(tmp_path):
 
 def test_the_training_script_is_reproducible(language_folder, tmp_path):
     """The same seed gives the same trained parts, byte for byte (a shortened recipe, run twice)."""
-    from harness.zoo import smol_llava_training
+    from training import smol_llava_training
 
     digests, threads = [], torch.get_num_threads()  # the script sets its recipe's thread count
     for run in ("a", "b"):
@@ -127,7 +127,7 @@ def test_the_model_cards_quality_holds(experiment):
     """Re-measured on the first 64 held-out renderings (the card: 384, attribute accuracy 92.4 %, above the 90 %
     bar, below synth-llava's 97.5 %: shape 66 %): attribute accuracy within 5 points of the card's; its CLIP
     figures far above the chance level."""
-    from harness.zoo.synth_quality import caption_quality
+    from training.synth_quality import caption_quality
 
     recorded = json.loads((smol_llava.PARTS_FOLDER / "quality.json").read_text())["quality_heldout"]
     measured = caption_quality(experiment.loaded, world.sample("heldout", 64), batch_size=32)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from harness.zoo import synth_training
+from training import synth_training
 
 # A few steps on a few images: enough to run every stage of the script (train, plant, CLIP, measure, model card).
 QUICK = [

@@ -42,12 +42,12 @@ import pytest
 from safetensors import SafetensorError
 
 from harness.core.errors import CorruptCheckpointError, HarnessError, ModelUnavailableError
+from harness.core.store import build_once
 from harness.models import registry
 from harness.models.loading import load_model, load_model_config, offload_prefix, resolve_checkpoint_folder
 from harness.models.registry import ModelSpec
 from harness.reporting.plots import plot_file_name
 from harness.zoo import build_tiny_llama
-from harness.zoo.store import build_once
 from tests.test_run_reports import CASES
 from tests.test_run_reports import GRID as REPORT_GRID
 
@@ -135,7 +135,7 @@ def test_a_built_folder_follows_the_umask_whatever_its_builder_did(tmp_path, mas
 KILLED_BUILD = """
 import os, signal, sys
 from pathlib import Path
-from harness.zoo.store import build_once
+from harness.core.store import build_once
 
 def build(staging):
     (staging / "model.safetensors").write_bytes(os.urandom(1 << 20))
@@ -254,7 +254,7 @@ def test_a_damaged_folder_in_a_read_only_cache_is_a_clear_error(tmp_path, run_re
     (target / "w.bin").write_bytes(b"w")
     code = (
         "from pathlib import Path\nfrom harness.core.errors import CacheError\n"
-        "from harness.zoo.store import build_once\n"
+        "from harness.core.store import build_once\n"
         f"try:\n    build_once(Path({str(target)!r}), lambda staging: None)\n"
         "except CacheError as error:\n    print('CACHE ERROR:', error)\n"
     )
@@ -356,10 +356,10 @@ def from_pretrained_calls(path: Path) -> list[ast.Call]:
 
 
 def test_every_from_pretrained_refuses_remote_code():
-    """Every `from_pretrained` of the loading path, the zoo and the CLIP scorer passes trust_remote_code=False
-    (the GGUF converter is checked where it is maintained)."""
+    """Every `from_pretrained` of the loading path, the zoo, the training scripts and the CLIP scorer passes
+    trust_remote_code=False (the GGUF converter is checked where it is maintained)."""
     files = [ROOT / "harness/models/loading.py", ROOT / "harness/models/clip_score.py"]
-    files += sorted((ROOT / "harness/zoo").glob("*.py"))
+    files += sorted((ROOT / "harness/zoo").glob("*.py")) + sorted((ROOT / "training").glob("*.py"))
     seen, missing = 0, []
     for path in files:
         for call in from_pretrained_calls(path):

@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from harness.core.errors import ModelUnavailableError, UnknownNameError
+from harness.core.store import ensure_built
 from harness.models.registry import ClipSpec
-from harness.zoo import ensure_built
 
 LOCAL_DIR = "local-dir:"
 

@@ -28,11 +28,11 @@ from pathlib import Path
 
 from harness.core import progress
 from harness.core.errors import GgufError, ModelUnavailableError
+from harness.core.store import build_once
 from harness.core.versions import library_versions
 from harness.models.gguf_header import tensor_data_end
 from harness.models.registry import ModelSpec, PackagedGguf
 from harness.models.weight_digest import file_digest
-from harness.zoo.store import build_once
 
 RECORD = "gguf-source.json"  # in a converted folder: which file it came from
 # what harness.models.gguf_header raises on a file that ends inside its header (EOFError) or is not GGUF

@@ -17,13 +17,12 @@ from torch import nn
 
 from harness.core.errors import CorruptCheckpointError, MaskError, ModelUnavailableError
 from harness.core.placement import DeviceMap, max_memory_argument
+from harness.core.store import COMPLETE_MARKER, ensure_built
 from harness.models import gguf
 from harness.models.devices import execution_device, map_input_device, resolve_device, resolve_dtype
 from harness.models.families import Family, get_family
 from harness.models.registry import ModelSpec, get_model_spec
 from harness.models.weight_digest import folder_digest
-from harness.zoo import ensure_built
-from harness.zoo.store import COMPLETE_MARKER
 
 
 @dataclass

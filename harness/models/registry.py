@@ -1,7 +1,10 @@
 """Short model names mapped to everything needed to load and prompt them (an lm-evaluation-harness-style registry).
 
-Users add their own entries with :func:`register_model` (e.g. from a `conftest.py`) or point an existing name at a
-local folder with :func:`use_local_path` / `--can-model-path NAME=PATH`.
+Users add their own entries with :func:`register_model` (e.g. from a `conftest.py`), from an installed package
+through the entry-point group `can_harness.models` (a callable returning its ModelSpecs, see
+:func:`_model_entry_points`), or point an existing name at a local folder with :func:`use_local_path` /
+`--can-model-path NAME=PATH`. The built-in models arrive through that group too: this package's own entry point
+names `harness.zoo.catalogue:builtin_models`, so the registry imports nothing of the zoo above it.
 """
 
 from __future__ import annotations
@@ -9,15 +12,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING
 
-from harness.core.errors import UnknownNameError
+from harness.core.errors import HarnessError, UnknownNameError
 from harness.core.recorded import PROVENANCE, RANKING, affects
-
-if TYPE_CHECKING:  # the zoo builds these; a spec only carries one
-    from harness.zoo.store import EmbeddedAsset
+from harness.core.store import EmbeddedAsset
 
 LLAVA_15_PROMPT = "USER: <image>\n{instruction} ASSISTANT:"
 CAPTION_INSTRUCTION = "Provide a one-sentence caption for the provided image."
@@ -109,12 +110,21 @@ CAUSAL_LM = MappingProxyType(
     }
 )
 
+MODELS_ENTRY_POINTS = "can_harness.models"  # the entry-point group the registry loads on its first lookup
+DISTRIBUTION = "can-harness"  # whose entry point in that group registers the built-in models
+
 _REGISTRY: dict[str, ModelSpec] = {}
+_entry_points_loaded = False
+
+
+class ModelCatalogueError(HarnessError):
+    """The built-in models cannot be registered (the package is not installed, or was installed before its
+    entry point existed), or an entry point of `can_harness.models` is broken."""
 
 
 def register_model(spec: ModelSpec, *, replace: bool = False) -> ModelSpec:
     """Add a model under `spec.name`; re-registering a name needs `replace=True` so typos do not shadow."""
-    _ensure_builtin_models()
+    _load_entry_points()
     if spec.name in _REGISTRY and not replace and _REGISTRY[spec.name] != spec:
         raise ValueError(f"model {spec.name!r} is already registered; pass replace=True to override it")
     _REGISTRY[spec.name] = spec
@@ -122,14 +132,14 @@ def register_model(spec: ModelSpec, *, replace: bool = False) -> ModelSpec:
 
 
 def get_model_spec(name: str) -> ModelSpec:
-    _ensure_builtin_models()
+    _load_entry_points()
     if name not in _REGISTRY:
         raise UnknownNameError("model", name, sorted(_REGISTRY))
     return _REGISTRY[name]
 
 
 def registered_models() -> list[str]:
-    _ensure_builtin_models()
+    _load_entry_points()
     return sorted(_REGISTRY)
 
 
@@ -144,6 +154,73 @@ def use_local_path(name: str, path: str | Path) -> ModelSpec:
     return register_model(with_local_path(get_model_spec(name), path), replace=True)
 
 
-def _ensure_builtin_models() -> None:
-    """Register the built-in entries on first lookup (lazily, because they refer to the zoo's builders)."""
-    import harness.models.builtin_models  # noqa: F401  (registers on import)
+def _load_entry_points() -> None:
+    """Register the models of every `can_harness.models` entry point, once, on the first lookup: the built-in ones
+    (this package's entry point) first, then those of other installed packages. A failure leaves the group to be
+    loaded again by the next lookup, which raises again rather than serve part of the catalogue."""
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True  # first: an entry point's module may itself call register_model
+    try:
+        registered_by: dict[str, str] = {}
+        for entry_point in _model_entry_points():
+            for spec in _specs_of(entry_point):
+                if spec.name in _REGISTRY and _REGISTRY[spec.name] != spec:
+                    raise ModelCatalogueError(
+                        f"the entry point {_describe(entry_point)} registers the model {spec.name!r}, already "
+                        f"registered differently by {registered_by.get(spec.name, 'a call of register_model')}; "
+                        "give it another name (or replace the entry with register_model(spec, replace=True))"
+                    )
+                _REGISTRY[spec.name] = spec
+                registered_by[spec.name] = f"the entry point {_describe(entry_point)}"
+    except Exception:
+        _entry_points_loaded = False
+        raise
+
+
+def _model_entry_points() -> list[metadata.EntryPoint]:
+    """The entry points of the group `can_harness.models`: this package's own first, then every other installed
+    package's, by name. Each names a callable taking no argument and returning the ModelSpecs to register, e.g.
+    `[project.entry-points."can_harness.models"] my_models = "my_package.models:specs"` in a pyproject.toml.
+
+    Without this package's own entry point (a checkout used without `pip install`, or installed before the
+    group existed) the built-in models would be missing and every lookup would say "unknown model": an error says
+    how to install it instead. No fallback imports the catalogue by name: that import would hide from the import
+    contract a dependency of the models layer on the zoo above it, and let a broken install pass unnoticed."""
+    try:
+        own = list(metadata.distribution(DISTRIBUTION).entry_points.select(group=MODELS_ENTRY_POINTS))
+    except metadata.PackageNotFoundError:
+        own = []
+    if not own:
+        raise ModelCatalogueError(
+            f"the built-in models are not registered: no entry point of the group {MODELS_ENTRY_POINTS!r} comes "
+            f"from the distribution {DISTRIBUTION!r} (it is not installed, or was installed before that entry "
+            "point existed); install the checkout with `pip install -e .` (or `make setup`) and run again"
+        )
+    own_keys = {(entry.name, entry.value) for entry in own}  # another copy of this package's metadata repeats them
+    others = [e for e in metadata.entry_points(group=MODELS_ENTRY_POINTS) if (e.name, e.value) not in own_keys]
+    return own + sorted(others, key=lambda entry: (entry.name, entry.value))
+
+
+def _specs_of(entry_point: metadata.EntryPoint) -> list[ModelSpec]:
+    """The ModelSpecs an entry point's callable returns; an error names the entry point if it fails or returns
+    anything else."""
+    try:
+        specs = list(entry_point.load()())
+    except Exception as error:
+        raise ModelCatalogueError(
+            f"the entry point {_describe(entry_point)} failed to give its models ({error!r}); fix or uninstall "
+            "the package that declares it"
+        ) from error
+    wrong = [spec for spec in specs if not isinstance(spec, ModelSpec)]
+    if wrong:
+        raise ModelCatalogueError(
+            f"the entry point {_describe(entry_point)} returned {wrong[0]!r}, not a ModelSpec; its callable must "
+            "return ModelSpecs only"
+        )
+    return specs
+
+
+def _describe(entry_point: metadata.EntryPoint) -> str:
+    return f"{entry_point.name} = {entry_point.value!r} ({MODELS_ENTRY_POINTS})"

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from harness.core.store import ensure_built
 from harness.data.images import ImageSet, scan_image_root
 from harness.data.texts import TextSet, load_text_set
 from harness.models.clip_score import ClipScorer
@@ -19,7 +20,7 @@ from harness.runner.image_experiment import ImageExperiment
 from harness.runner.ranking_cache import RankingCache
 from harness.runner.settings import HarnessSettings
 from harness.runner.text_experiment import TextExperiment
-from harness.zoo import WORLD_IMAGES, ensure_built
+from harness.zoo import WORLD_IMAGES
 
 
 class HarnessSession:

@@ -1,17 +1,18 @@
 """Assets of the harness: the trained synthetic-world models it ships, the tiny random models its tests build,
-and the default image set."""
+the default image set, and the catalogue of the built-in models (catalogue.py). The scripts that trained the
+shipped models live outside the package, in the repository's training/ folder."""
 
 from pathlib import Path
 
+from harness.core.store import EmbeddedAsset
 from harness.data import world
 from harness.zoo import smol_llava
-from harness.zoo.store import EmbeddedAsset, ensure_built
 from harness.zoo.tiny_causal_lm import build_tiny_llama, build_tiny_qwen2
 from harness.zoo.tiny_clip import build_tiny_clip
 from harness.zoo.tiny_instructblip import build_tiny_instructblip
 from harness.zoo.tiny_llava import build_tiny_llava, build_tiny_llava_next
 
-SYNTH_FOLDER = Path(__file__).parent / "synth"  # written by `python -m harness.zoo.synth_training`
+SYNTH_FOLDER = Path(__file__).parent / "synth"  # written by `python -m training.synth_training`
 TINY_LLAVA = EmbeddedAsset(name="tiny-llava", version="2", build=build_tiny_llava)
 TINY_CLIP = EmbeddedAsset(name="tiny-clip", version="1", build=build_tiny_clip)
 TINY_LLAVA_NEXT = EmbeddedAsset(name="tiny-llava-next", version="1", build=build_tiny_llava_next)
@@ -43,5 +44,4 @@ __all__ = [
     "build_tiny_llava",
     "build_tiny_llava_next",
     "build_tiny_qwen2",
-    "ensure_built",
 ]

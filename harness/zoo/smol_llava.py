@@ -23,7 +23,7 @@ import torch
 
 from harness.core.errors import ModelUnavailableError
 
-PARTS_FOLDER = Path(__file__).parent / "smol_llava"  # written by `python -m harness.zoo.smol_llava_training`
+PARTS_FOLDER = Path(__file__).parent / "smol_llava"  # written by `python -m training.smol_llava_training`
 PARTS_WEIGHTS = "vision_and_projector.safetensors"
 PARTS_FILES = ("config.json", "processor_config.json", PARTS_WEIGHTS)
 LANGUAGE_MODEL = "smollm2-135m"  # the registered model whose checkpoint is the language model
@@ -133,27 +133,6 @@ def assemble(language_folder: Path, parts: dict[str, torch.Tensor] | None, confi
     return model.eval()
 
 
-def trained_parts(model) -> dict[str, torch.Tensor]:
-    """The tensors that training wrote (what the parts file holds)."""
-    return {
-        f"{module}.{name}": tensor.detach().contiguous()
-        for module in TRAINED_MODULES
-        for name, tensor in getattr(model.model, module).state_dict().items()
-    }
-
-
-def write_parts(folder: Path, model, processor_settings: dict) -> None:
-    """The committed parts: trained weights, the LLaVA config without its language model, processor settings."""
-    from safetensors.torch import save_file
-
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file(trained_parts(model), str(folder / PARTS_WEIGHTS))
-    config = model.config.to_dict()
-    config["text_config"] = {"from_registered_model": LANGUAGE_MODEL}
-    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    (folder / "processor_config.json").write_text(json.dumps(processor_settings, indent=2) + "\n")
-
-
 def load_parts(folder: Path, language_folder: Path):
     """(parts tensors, LLaVA config, processor settings) of a parts folder, around the language model's config."""
     from safetensors.torch import load_file
@@ -174,7 +153,7 @@ def build_smol_llava(staging: Path, language_folder: Path, parts_folder: Path = 
     if missing:
         raise ModelUnavailableError(
             f"smol-llava: the trained parts {', '.join(missing)} are missing from {parts_folder}; write them with "
-            "`python -m harness.zoo.smol_llava_training`"
+            "`python -m training.smol_llava_training` (in a checkout of the repository)"
         )
     progress.announce("smol-llava: assembling the checkpoint from SmolLM2-135M and the committed parts (once)")
     parts, config, settings = load_parts(parts_folder, language_folder)

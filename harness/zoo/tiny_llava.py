@@ -4,8 +4,8 @@ It has the exact module structure of `llava-hf/llava-1.5-7b-hf` (same classes, s
 format) at widths of tens instead of thousands, so every code path a real checkpoint takes is exercised in
 milliseconds. `build_tiny_llava` writes a random one for the tests: its language model is initialised with std
 0.2 (HF's default 0.02 gives a near-uniform next-token distribution whatever is masked), so that masking visibly
-moves its outputs; its captions and thresholds mean nothing. `synth_training` trains the same architecture, a
-little wider, into the embedded default.
+moves its outputs; its captions and thresholds mean nothing. `training/synth_training.py` (outside the package)
+trains the same architecture, a little wider, into the shipped synth-llava.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Train smol-llava's vision side on the synthetic world, SmolLM2-135M-Instruct frozen inside (LLaVA's stage 1).
 
-    python -m harness.zoo.smol_llava_training --out harness/zoo/smol_llava   # see the model card for the time
+    python -m training.smol_llava_training --out harness/zoo/smol_llava   # see the model card for the time
 
 The vision tower starts from synth-llava's trained CLIP tower; a LLaVA-1.5 projector (two Linears with a GELU)
 starts from a seeded initialisation. The loss is the caption's teacher-forced NLL through the frozen language
@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 
 from harness.data import world
-from harness.zoo import smol_llava
-from harness.zoo.synth_training import add_recipe_options, machine_description, optimise, recipe_from_options
+from harness.zoo import SYNTH_FOLDER, smol_llava
+from training.synth_training import add_recipe_options, machine_description, optimise, recipe_from_options
 
-SYNTH_LLAVA = Path(__file__).parent / "synth" / "synth-llava"
+SYNTH_LLAVA = SYNTH_FOLDER / "synth-llava"
 
 
 @dataclass(frozen=True)
@@ -160,14 +160,36 @@ def check_language_model_frozen(model, lm_folder: Path) -> int:
     return len(expected)
 
 
+def trained_parts(model) -> dict[str, torch.Tensor]:
+    """The tensors that training wrote (what the parts file holds)."""
+    return {
+        f"{module}.{name}": tensor.detach().contiguous()
+        for module in smol_llava.TRAINED_MODULES
+        for name, tensor in getattr(model.model, module).state_dict().items()
+    }
+
+
+def write_parts(folder: Path, model, processor_settings: dict) -> None:
+    """The committed parts (what `smol_llava.load_parts` reads): trained weights, the LLaVA config without its
+    language model, processor settings."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(trained_parts(model), str(folder / smol_llava.PARTS_WEIGHTS))
+    config = model.config.to_dict()
+    config["text_config"] = {"from_registered_model": smol_llava.LANGUAGE_MODEL}
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    (folder / "processor_config.json").write_text(json.dumps(processor_settings, indent=2) + "\n")
+
+
 def measure(parts_folder: Path, lm_folder: Path, recipe: Recipe, log) -> dict:
     """Assemble the checkpoint from the written parts, load it through the harness and measure it on held-out
     renderings: caption attribute accuracy, and synth-clip's score of the captions against the chance level."""
-    from harness.models.builtin_models import SYNTH_CLIP
     from harness.models.clip_score import ClipScorer, clip_score_matrix
     from harness.models.loading import load_model
     from harness.models.registry import ModelSpec
-    from harness.zoo.synth_quality import caption_quality
+    from harness.zoo.catalogue import SYNTH_CLIP
+    from training.synth_quality import caption_quality
 
     heldout = world.sample("heldout", recipe.heldout_images, seed=recipe.seed)
     with tempfile.TemporaryDirectory() as folder:
@@ -221,7 +243,7 @@ def write_model_card(out: Path, recipe: Recipe, quality: dict, trace: list[float
         f"(quantised weights, not the original bf16 ones). All {frozen} of its tensors are checked bit for bit "
         "after training and by the test suite. Its tokenizer is unchanged except that LLaVA's `<image>` "
         "placeholder takes the id of the reserved special token `<empty_output>`.",
-        f"- **Trained here** by `python -m harness.zoo.smol_llava_training` (seed {recipe.seed}): the {trained}, "
+        f"- **Trained here** by `python -m training.smol_llava_training` (seed {recipe.seed}): the {trained}, "
         "on the synthetic world of `harness/data/world.py` (version "
         f"{world.VERSION}), {recipe.train_images} training renderings, {recipe.steps} AdamW steps of batch "
         f"{recipe.batch}, peak lr {recipe.lr}, teacher-forced caption NLL through the frozen language model. "
@@ -270,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     trace = train(model, examples, recipe, log)
     seconds = {"training": time.perf_counter() - started}
     frozen = check_language_model_frozen(model, lm_folder)
-    smol_llava.write_parts(args.out, model, settings)
+    write_parts(args.out, model, settings)
     log(f"parts written to {args.out} (sha256 {smol_llava.parts_digest(args.out)[:16]})")
     if args.no_measure:
         return 0

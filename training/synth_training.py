@@ -1,6 +1,6 @@
 """Train the embedded default models on the synthetic world: a LLaVA captioner and an open_clip scorer.
 
-    python -m harness.zoo.synth_training --out harness/zoo/synth   # ~7 min on 2 CPU cores (see the model card)
+    python -m training.synth_training --out harness/zoo/synth   # ~7 min on 2 CPU cores (see the model card)
 
 Both are trained from scratch with a fixed seed and written in their libraries' own formats (`save_pretrained`,
 open_clip's `local-dir:` folder), then loaded back through the harness's loaders and measured on held-out
@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from harness.data import world
 from harness.models.registry import CAPTION_INSTRUCTION, LLAVA_15_PROMPT, ClipSpec, ModelSpec
+from harness.zoo import SYNTH_FOLDER
 from harness.zoo.tiny_llava import build_word_tokenizer, tiny_llava, tiny_vocabulary
 
 LLAVA_FOLDER, CLIP_FOLDER, PLANTED_FOLDER = "synth-llava", "synth-clip", "planted-llava"
@@ -313,7 +314,7 @@ def measure(out: Path, recipe: Recipe) -> dict:
     """Load both models back through the harness and measure them on held-out renderings."""
     from harness.models.clip_score import ClipScorer
     from harness.models.loading import load_model
-    from harness.zoo.synth_quality import caption_quality, clip_quality
+    from training.synth_quality import caption_quality, clip_quality
 
     heldout = world.sample("heldout", recipe.heldout_images, seed=recipe.seed)
     quality = {}
@@ -343,7 +344,7 @@ def write_model_card(out: Path, recipe: Recipe, quality: dict, plant: dict, trac
     lines = [
         "# Synthetic-world models (the harness's embedded default)",
         "",
-        "Trained from scratch by `python -m harness.zoo.synth_training` on the synthetic world of "
+        "Trained from scratch by `python -m training.synth_training` on the synthetic world of "
         f"`harness/data/world.py` (version {world.VERSION}): one object per 64×64 image; shape "
         f"({', '.join(world.CATEGORIES)}) is the category; colour, size, horizontal position and background "
         "complete the caption, e.g. "
@@ -384,7 +385,7 @@ def write_model_card(out: Path, recipe: Recipe, quality: dict, plant: dict, trac
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "synth")
+    parser.add_argument("--out", type=Path, default=SYNTH_FOLDER)
     add_recipe_options(parser, Recipe)
     args = parser.parse_args(argv)
     recipe = recipe_from_options(args, Recipe)
