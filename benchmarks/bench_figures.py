@@ -172,12 +172,13 @@ def ranking_section(args) -> list[Figure]:
 HARNESS_STAGE_1 = """
 import sys, torch
 from harness.runner.session import HarnessSession
-from harness.science.ranking_options import RankingOptions
 from harness.runner.settings import HarnessSettings
 from harness.data.texts import BUILTIN_CATEGORY
 torch.set_num_threads({threads})
-options = RankingOptions(method="pcicn", noise_samples={k}, seed=42, noise_sigma=5.0)
-settings = HarnessSettings(cache_dir=sys.argv[1], device="cpu", dtype="float32", ranking=options)
+settings = HarnessSettings.from_options(
+    {{"cache_dir": sys.argv[1], "device": "cpu", "dtype": "float32", "method": "pcicn", "noise_samples": {k},
+     "seed": 42, "noise_sigma": 5.0}}
+)
 HarnessSession(settings).experiment("{model}").ranking("lm.all_linear", BUILTIN_CATEGORY)
 """
 

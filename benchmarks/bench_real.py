@@ -11,7 +11,6 @@ Usage: python benchmarks/bench_real.py [--models smollm2-135m,gemma-3-270m] [--m
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import platform
 import tempfile
 import time
@@ -27,7 +26,6 @@ from harness.models.registry import get_model_spec
 from harness.runner.analysis import analyse_curve
 from harness.runner.session import HarnessSession
 from harness.runner.settings import HarnessSettings
-from harness.science.ranking_options import RankingOptions
 
 
 def conversion_rows(models: list[str]) -> list[list[object]]:
@@ -51,8 +49,10 @@ def curve_rows(models: list[str], methods: list[str]) -> list[list[object]]:
             with tempfile.TemporaryDirectory(prefix="can-bench-") as rankings:
                 cache = Path(rankings)
                 (cache / "checkpoints").symlink_to(default_cache_dir() / "checkpoints")
-                settings = HarnessSettings(cache_dir=cache, device="cpu", dtype="float32")
-                session = HarnessSession(dataclasses.replace(settings, ranking=RankingOptions(method=method)))
+                settings = HarnessSettings.from_options(
+                    {"cache_dir": cache, "device": "cpu", "dtype": "float32", "method": method}
+                )
+                session = HarnessSession(settings)
                 experiment = session.experiment(name)  # loading is not the curve's cost
                 start = time.perf_counter()
                 analysis = analyse_curve(experiment, "lm.down_proj", BUILTIN_CATEGORY)

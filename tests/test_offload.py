@@ -13,7 +13,7 @@ from harness.core.errors import MaskError
 from harness.core.placement import max_memory_argument, parse_device_map, parse_max_memory
 from harness.models.devices import map_input_device, mapped_accelerators
 from harness.models.masking import mask_neurons
-from harness.runner.options import OPTIONS, given_fields
+from harness.plugin.options import OPTIONS, given_fields
 from harness.runner.session import HarnessSession
 from harness.runner.settings import HarnessSettings
 

@@ -6,6 +6,7 @@ code needs import from `harness` itself."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import subprocess
 import sys
 import textwrap
@@ -14,7 +15,9 @@ from pathlib import Path
 import pytest
 
 from harness.core.errors import UnknownNameError
-from harness.runner.options import OPTIONS, Option, given_fields
+from harness.core.recorded import tags
+from harness.plugin.options import OPTIONS, Option, given_fields, settings_values
+from harness.runner.baseline import Tolerances
 from harness.runner.settings import HarnessSettings
 
 HEAVY = ("torch", "transformers", "open_clip")
@@ -50,6 +53,23 @@ def test_options_left_out_keep_the_dataclass_defaults():
     assert given_fields({"can_batch_size": 3, "can_k_max": None}, HarnessSettings) == {"batch_size": 3}
 
 
+def test_option_values_reach_the_settings_by_record_name():
+    """What HarnessSettings.from_options takes: nested fields by their record names, `--can-aggregate` as
+    `aggregation`; options left out, and options of the baselines or of the plugin itself, are not there."""
+    values = {"can_aggregate": "max", "can_alpha": 0.5, "can_stage1_ppl_ratio": 3.0, "can_k_max": None}
+    values |= {"can_baseline_k_rtol": 0.2, "can_models": ("tiny-llava",)}
+    assert settings_values(values) == {"aggregation": "max", "alpha": 0.5, "stage1_ppl_ratio": 3.0}
+
+
+@pytest.mark.parametrize(
+    "option", [o for o in FIELD_OPTIONS if o.sets[0] is not Tolerances], ids=lambda option: option.flag
+)
+def test_every_settings_option_sets_its_own_field_through_its_record_name(option: Option):
+    [name] = settings_values({option.dest: "given"})
+    owner, field, _ = tags(HarnessSettings)[name]
+    assert (owner, field.name) == option.sets
+
+
 def run_python(code: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=300, cwd=cwd
@@ -60,7 +80,7 @@ def test_importing_the_plugin_loads_no_torch(tmp_path):
     result = run_python(
         f"""
         import sys
-        import harness.plugin, harness.runner.options
+        import harness.plugin, harness.plugin.options
         print(sorted(m for m in {HEAVY!r} if m in sys.modules))
         """,
         tmp_path,
@@ -96,6 +116,25 @@ def test_an_unrelated_pytest_run_loads_no_torch(tmp_path):
         capture_output=True, text=True, timeout=300, cwd=tmp_path,
     )  # fmt: skip
     assert plugins.returncode == 0, plugins.stdout + plugins.stderr  # the plugin was loaded: its option parses
+
+
+def test_the_root_conftest_registers_the_plugin_where_entry_points_are_not_loaded(tmp_path):
+    """A bare checkout gets the plugin from the root conftest's `pytest_plugins = ["harness.plugin"]`: with
+    entry-point plugins off, a run in the repository knows the harness's options, a run elsewhere does not."""
+    (tmp_path / "test_plain.py").write_text("def test_plain():\n    pass\n")
+    command = [sys.executable, "-m", "pytest", "--co", "-q", "-p", "no:cacheprovider", "--can-k-max=4"]
+    command += ["--can-report-dir", str(tmp_path / "reports")]
+    env = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    root = Path(__file__).resolve().parent.parent
+    in_checkout = subprocess.run(
+        [*command, "conftest.py"], capture_output=True, text=True, timeout=300, cwd=root, env=env
+    )
+    assert in_checkout.returncode == pytest.ExitCode.NO_TESTS_COLLECTED, in_checkout.stdout + in_checkout.stderr
+    elsewhere = subprocess.run(
+        [*command, str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env
+    )
+    assert elsewhere.returncode == pytest.ExitCode.USAGE_ERROR, elsewhere.stdout + elsewhere.stderr
+    assert "unrecognized arguments: --can-k-max=4" in elsewhere.stderr
 
 
 def test_the_first_torchvision_import_is_repaired_after_a_torch_free_harness_import(tmp_path):

@@ -23,6 +23,8 @@ import pytest
 import torch
 import transformers
 
+from harness.data.world import write_category_folders
+
 pytest_plugins = ["pytester"]
 
 CASES = Path(__file__).resolve().parents[1] / "cases" / "test_collapse.py"
@@ -552,13 +554,55 @@ def test_grid_marker_needs_models_and_sites(run_cases, pytester, kwargs, got):
     assert f"got {got}" in text, text
 
 
+def test_a_category_with_dashes_and_unicode_keeps_its_curve_whole(run_cases, pytester):
+    """A category `café-k1`: pytest shows its case ids escaped (`caf\\xe9-k1-k0`), and each case is still matched
+    to its own curve and k — a failed case is noted on its row alone, and every planned k is known."""
+    root = write_category_folders(pytester.path / "images", per_category=4)
+    (root / "circle").rename(root / "café-k1")
+    pytester.makepyfile(
+        test_unicode=f"""
+        import pytest
+
+        {GRID_MARK}
+        def test_grid(collapse_curve, can_category, k):
+            collapse_curve.measure(k)
+            assert (can_category, k) != ("café-k1", 1), "planted failure"
+        """
+    )
+    args = ("test_unicode.py", "--can-images", str(root), "--can-categories", "café-k1,square", "--can-k-max", "2")
+    run = run_cases(*args, "--can-max-new-tokens", "8")
+    assert run.outcomes == {"passed": 5, "failed": 1}, "\n".join(run.lines)
+    assert "FAILED test_unicode.py::test_grid[tiny-llava-lm.down_proj-caf\\xe9-k1-k1]" in "\n".join(run.lines)
+    notes = {cells(row)[2]: cells(row)[-1] for row in summary_table(run.lines)[2:]}
+    assert notes.keys() == {"café-k1", "square"}, notes
+    assert "1 case(s) FAILED" in notes["café-k1"] and "not measured" not in notes["café-k1"], notes
+    assert "FAILED" not in notes["square"] and "not measured" not in notes["square"], notes
+    assert run.report["meta"]["complete"] is True
+
+
+def test_case_ids_that_would_not_parse_back_fail_collection_naming_them(run_cases, pytester):
+    """A model listed twice gives two cases one id, which pytest would number apart; a search case's category
+    ending like a k would read as a grid case. Both stop collection, naming the id or the category."""
+    twice = run_cases("--can-models", "tiny-llava,tiny-llava", "--can-sites", "lm.down_proj", *ONE_CELL, "--co")
+    assert twice.ret == pytest.ExitCode.INTERRUPTED
+    expected = "two cases would have the id 'tiny-llava-lm.down_proj-circle-k0'"
+    assert any(expected in line for line in twice.lines), twice.lines
+    root = write_category_folders(pytester.path / "images", per_category=1)
+    (root / "circle").rename(root / "run-k2")
+    pytester.makepyfile(test_search=f"import pytest\n\n{SEARCH_MARK}\ndef test_search(can_category):\n    pass\n")
+    search = run_cases("test_search.py", "--can-images", str(root), "--can-categories", "run-k2", "--co", "-q")
+    assert search.ret == pytest.ExitCode.INTERRUPTED
+    expected = "category 'run-k2' ends like a k: the search case 'tiny-llava-lm.down_proj-run-k2' would read as"
+    assert any(expected in line for line in search.lines), search.lines
+
+
 def test_session_uses_the_image_set_scanned_at_collection(run_cases, pytester):
     """The session fixture gets the very ImageSet collection scanned, holding every category even when only
     circle is selected."""
     pytester.makepyfile(
         test_shared=f"""
         import pytest
-        from harness.plugin import IMAGES
+        from harness.plugin.stash import IMAGES
 
         {GRID_MARK}
         def test_grid(can_model, can_site, can_category, k):

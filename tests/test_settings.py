@@ -1,4 +1,5 @@
-"""Option validation: HarnessSettings and StageThresholds refuse values a run could not use, naming them."""
+"""Option validation: HarnessSettings and StageThresholds refuse values a run could not use, naming them; settings
+from values by record name (HarnessSettings.from_options), as the plugin, scripts and benchmarks build them."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ import re
 import pytest
 import torch
 
+from harness.core.recorded import tags
+from harness.models.registry import ClipSpec
 from harness.runner.settings import HarnessSettings
+from harness.science.ranking_options import RankingOptions
 from harness.science.stages import StageThresholds
 
 NAN, INF = float("nan"), float("inf")
@@ -90,3 +94,51 @@ def test_a_local_model_path_is_carried_by_the_settings_not_written_into_the_regi
 def test_a_model_given_two_local_paths_is_refused(tmp_path):
     with pytest.raises(ValueError, match="names a model twice: tiny-llava, tiny-llava"):
         HarnessSettings(cache_dir=tmp_path, model_paths=(("tiny-llava", tmp_path), ("tiny-llava", tmp_path)))
+
+
+def test_settings_from_record_names_fill_the_nested_options(tmp_path):
+    settings = HarnessSettings.from_options(
+        {"alpha": 0.5, "k_max": 16, "stage1_ppl_ratio": 3.0, "device": "cpu", "cache_dir": tmp_path}
+    )
+    assert settings == HarnessSettings(
+        cache_dir=tmp_path,
+        k_max=16,
+        device="cpu",
+        ranking=RankingOptions(alpha=0.5),
+        thresholds=StageThresholds(stage1_ppl_ratio=3.0),
+    )
+    assert HarnessSettings.from_options({"cache_dir": tmp_path}) == HarnessSettings(cache_dir=tmp_path)
+
+
+def test_fields_recorded_under_another_name_are_given_under_it(tmp_path):
+    """`aggregation` sets RankingOptions.aggregate and `clip_model` HarnessSettings.clip, each with the field's
+    own value; the field names themselves are unknown, with a hint."""
+    clip = ClipSpec(model_name="ViT-B-32", pretrained="openai")
+    settings = HarnessSettings.from_options({"aggregation": "max", "clip_model": clip, "cache_dir": tmp_path})
+    assert (settings.ranking.aggregate, settings.clip) == ("max", clip)
+    with pytest.raises(ValueError, match=r"give 'aggregate' as 'aggregation'; valid: .*\balpha\b"):
+        HarnessSettings.from_options({"aggregate": "max"})
+
+
+def test_every_record_name_sets_the_field_it_names(tmp_path):
+    """Each name reaches its own field: the field's default given under its name changes nothing, and a value
+    given under it lands there."""
+    default = HarnessSettings(cache_dir=tmp_path)
+    owners = {HarnessSettings: default, RankingOptions: default.ranking, StageThresholds: default.thresholds}
+    for name, (owner, field, _) in tags(HarnessSettings).items():
+        value = getattr(owners[owner], field.name)
+        assert HarnessSettings.from_options({name: value, "cache_dir": tmp_path}) == default, name
+    given = HarnessSettings.from_options({"noise_sigma": 2.5, "text_stage2": "ppl+degenerate", "batch_size": 3})
+    assert given.ranking.noise_sigma == 2.5
+    assert (given.thresholds.text_stage2, given.batch_size) == ("ppl+degenerate", 3)
+
+
+def test_unknown_setting_names_are_an_error_listing_the_valid_ones():
+    with pytest.raises(ValueError, match=r"unknown setting\(s\) 'k-max', 'ranking'; valid: .*k_max") as error:
+        HarnessSettings.from_options({"k-max": 16, "ranking": RankingOptions()})
+    assert all(name in str(error.value) for name in tags(HarnessSettings))
+
+
+def test_a_bad_value_is_the_dataclass_s_own_error():
+    with pytest.raises(ValueError, match=re.escape("CAN alpha must be in [0, 1], got 2.0")):
+        HarnessSettings.from_options({"alpha": 2.0})

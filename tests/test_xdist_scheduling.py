@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 
 from harness.models import registry
-from harness.runner.xdist_scheduling import CollapseCaseScheduling, curve_of_case, model_of_case
+from harness.plugin.scheduling import CollapseCaseScheduling, curve_of_case, model_of_case
 
 pytest_plugins = ["pytester"]
 

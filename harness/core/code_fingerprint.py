@@ -14,7 +14,7 @@ from pathlib import Path
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # harness/
 # what only presents or schedules results, never changes a number: relative to the package root
-PRESENTATION = ("reporting", "plugin.py")
+PRESENTATION = ("reporting", "plugin")
 
 
 def fingerprinted_sources(root: Path = PACKAGE_ROOT) -> list[Path]:

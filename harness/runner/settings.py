@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from harness.core.choices import DTYPE_NAMES, MASK_MODES
 from harness.core.paths import default_cache_dir
 from harness.core.placement import DeviceMap, parse_device_map, parse_max_memory
-from harness.core.recorded import MEASUREMENT, PROVENANCE, RANKING, affects, nested
+from harness.core.recorded import MEASUREMENT, PROVENANCE, RANKING, affects, nested, tag_of, tags
 from harness.data.images import DEFAULT_MAX_ASPECT, DEFAULT_MAX_PIXELS
 from harness.models.registry import ClipSpec, ModelSpec, get_model_spec, with_local_path
 from harness.science.ranking_options import RankingOptions
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
 
 
 R, M, P = RANKING, MEASUREMENT, PROVENANCE
+SettingsClass = TypeVar("SettingsClass")
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,32 @@ class HarnessSettings:
                     f"invalid device {self.device!r} (e.g. auto, cpu, cuda, cuda:1): {error}"
                 ) from None
 
+    @classmethod
+    def from_options(cls, values: Mapping[str, object]) -> HarnessSettings:
+        """Settings from values by record name (the names `harness.core.recorded.tags(HarnessSettings)` lists, as
+        every result record uses them), nested fields included: `{"alpha": 0.5, "k_max": 16,
+        "stage1_ppl_ratio": 3.0, "device": "cpu"}` sets RankingOptions.alpha, HarnessSettings.k_max,
+        StageThresholds.stage1_ppl_ratio and HarnessSettings.device. Values left out keep the dataclass defaults.
+
+        Each value is the field's own, not its recorded form. Two fields are recorded under another name, and are
+        given under that name only: `aggregation` sets RankingOptions.aggregate ("mean", "max", or None for the
+        method's own) and `clip_model` sets HarnessSettings.clip (a ClipSpec, or None for the model's registered
+        CLIP). An unknown name — `aggregate` and `clip` included — is a ValueError listing the valid ones; a bad
+        value is the dataclass's own error."""
+        fields = tags(cls)
+        unknown = [name for name in values if name not in fields]
+        if unknown:
+            renamed = {declared.name: name for name, (_, declared, _) in fields.items() if declared.name != name}
+            hints = "".join(f"; give {name!r} as {renamed[name]!r}" for name in unknown if name in renamed)
+            raise ValueError(
+                f"unknown setting(s) {', '.join(map(repr, unknown))}{hints}; valid: {', '.join(sorted(fields))}"
+            )
+        by_owner: dict[type, dict[str, object]] = {}
+        for name, value in values.items():
+            owner, declared, _ = fields[name]
+            by_owner.setdefault(owner, {})[declared.name] = value
+        return _built(cls, by_owner)
+
     @property
     def device_map_argument(self) -> DeviceMap | None:
         """The device map as accelerate takes it (a strategy name or a dict), None for one device."""
@@ -136,6 +165,16 @@ class HarnessSettings:
         spec = get_model_spec(name)
         path = dict(self.model_paths).get(name)
         return spec if path is None else with_local_path(spec, path)
+
+
+def _built(owner: type[SettingsClass], by_owner: Mapping[type, Mapping[str, object]]) -> SettingsClass:
+    """An `owner` with the given field values, each nested settings dataclass built the same way (its type read
+    from the field's default factory)."""
+    given = dict(by_owner.get(owner, {}))
+    for declared in dataclasses.fields(owner):
+        if tag_of(owner, declared).nested:
+            given[declared.name] = _built(type(declared.default_factory()), by_owner)
+    return owner(**given)
 
 
 ACCELERATOR_SEARCH_PARALLEL = 3

@@ -3,6 +3,9 @@ field's own default in the dataclass it sets (HarnessSettings, RankingOptions, S
 the choices are the library's own constants, so neither is ever written twice; an option that is not given
 leaves the field's default in place.
 
+The options that set a field of HarnessSettings (or of its nested RankingOptions and StageThresholds) reach it
+through HarnessSettings.from_options, by the fields' record names (`settings_values`).
+
 Free of torch: the pytest plugin declares these options on every pytest run of every environment it is
 installed in.
 """
@@ -18,13 +21,14 @@ from pathlib import Path
 from harness.core.choices import DTYPE_NAMES, MASK_MODES
 from harness.core.placement import parse_max_memory
 from harness.core.progress import DEFAULT_INTERVAL
+from harness.core.recorded import tags
 from harness.runner.baseline import Tolerances
 from harness.runner.settings import HarnessSettings
 from harness.science.ranking_options import AGGREGATIONS, POSITIONS, RANKING_METHODS, RankingOptions
 from harness.science.stages import TEXT_STAGE2, StageThresholds
 from harness.science.threshold_search import SEARCH_MODES
 
-DIST_GROUPS = ("model", "curve")  # harness.runner.xdist_scheduling: one worker per model, or per curve
+DIST_GROUPS = ("model", "curve")  # harness.plugin.scheduling: one worker per model, or per curve
 
 
 def names(value: str) -> tuple[str, ...]:
@@ -185,4 +189,15 @@ def given_fields(values: Mapping[str, object], owner: type) -> dict[str, object]
         option.sets[1]: values[option.dest]
         for option in OPTIONS
         if option.sets is not None and option.sets[0] is owner and values.get(option.dest) is not None
+    }
+
+
+def settings_values(values: Mapping[str, object]) -> dict[str, object]:
+    """The given option values that set a HarnessSettings field, nested ones included, by the field's record name:
+    what HarnessSettings.from_options takes (`--can-aggregate` sets `aggregation`, RankingOptions.aggregate)."""
+    record_names = {(owner, field.name): name for name, (owner, field, _) in tags(HarnessSettings).items()}
+    return {
+        record_names[option.sets]: values[option.dest]
+        for option in OPTIONS
+        if option.sets in record_names and values.get(option.dest) is not None
     }

@@ -2,33 +2,24 @@
 
 from __future__ import annotations
 
-import re
-
 from xdist.scheduler import LoadScopeScheduling
 
 from harness.models.registry import registered_models
-
-# `…::test_collapse[tiny-llava-lm.down_proj-circle-k4]`, possibly followed by xdist's `@group` suffix
-_CASE_ID = re.compile(r"\[(?P<id>[^\[\]]+)\](?:@[^\[\]]*)?$")
-_K_SUFFIX = re.compile(r"-k\d+$")
+from harness.plugin.case_ids import model_of, parse_node_id
 
 
 def model_of_case(nodeid: str) -> str | None:
     """The registered model a collapse case's id starts with; None for any other test."""
-    match = _CASE_ID.search(nodeid)
-    if match is None:
-        return None
-    for name in sorted(registered_models(), key=len, reverse=True):  # longest first: 'a-b' before 'a'
-        if match.group("id").startswith(name + "-"):
-            return name
-    return None
+    parsed = parse_node_id(nodeid)
+    return None if parsed is None else model_of(parsed.curve, registered_models())
 
 
 def curve_of_case(nodeid: str) -> str | None:
-    """`model-site-category` of a collapse case (its id without `-k<k>`); None for any other test."""
-    if model_of_case(nodeid) is None:
+    """`model-site[-method]-category` of a collapse case (its id without `-k<k>`); None for any other test."""
+    parsed = parse_node_id(nodeid)
+    if parsed is None or model_of(parsed.curve, registered_models()) is None:
         return None
-    return _K_SUFFIX.sub("", _CASE_ID.search(nodeid).group("id"))
+    return parsed.curve
 
 
 class CollapseCaseScheduling(LoadScopeScheduling):
