@@ -52,7 +52,7 @@ def test_site_size_is_the_sum_of_the_parts(loaded):
 
 
 def test_joint_site_addresses_each_neuron_in_its_own_site(loaded):
-    """Flat index = offset of the part + index in the part; neurons() and split() agree with the parts."""
+    """Flat index = offset of the part + index in the part; neurons() and the hook points agree with the parts."""
     joint = resolve_any_site(loaded, DOWN_AND_GATE)
     down, gate = resolve_site(loaded, "lm.down_proj"), resolve_site(loaded, "lm.gate_proj")
     assert isinstance(joint, JointSite) and joint.name == DOWN_AND_GATE
@@ -64,13 +64,17 @@ def test_joint_site_addresses_each_neuron_in_its_own_site(loaded):
         *gate.neurons(torch.tensor([gate.size - 1])),
         *down.neurons(torch.tensor([down.size - 1])),
     ]
-    (first, first_offset, first_local), (second, second_offset, second_local) = joint.split(chosen)
-    assert (first.name, first_offset, sorted(first_local.tolist())) == ("lm.down_proj", 0, [3, down.size - 1])
-    assert (second.name, second_offset, sorted(second_local.tolist())) == (
-        "lm.gate_proj",
-        down.size,
-        [5, gate.size - 1],
-    )
+    expected_points = [
+        *(
+            (module, "lm.down_proj", layer, layer * down.width, down.width)
+            for layer, module in enumerate(down.modules)
+        ),
+        *(
+            (module, "lm.gate_proj", layer, down.size + layer * gate.width, gate.width)
+            for layer, module in enumerate(gate.modules)
+        ),
+    ]
+    assert [(p.module, p.site, p.layer, p.start, p.width) for p in joint.hook_points] == expected_points
     assert isinstance(resolve_any_site(loaded, "lm.down_proj"), ResolvedSite)
 
 
@@ -114,6 +118,15 @@ def test_joint_mask_equals_the_parts_masks_together_and_restores_the_model(
     assert torch.equal(masked, reference)
     assert not torch.equal(masked, unmasked)
     assert torch.equal(logits(loaded, prompt_inputs), unmasked)
+
+
+def test_joint_mask_never_reached_names_the_layers_of_every_part(loaded):
+    joint = resolve_any_site(loaded, DOWN_AND_GATE)
+    down, gate = joint.parts
+    chosen = [3, down.size + gate.width + 1]  # down_proj layer 0, gate_proj layer 1
+    with pytest.raises(MaskError, match="never reached") as error, JointMask(joint, chosen):
+        pass
+    assert f"{down.location(0)}, {gate.location(1)}:" in str(error.value)
 
 
 def test_joint_mask_undoes_the_first_part_when_the_second_cannot_be_entered():

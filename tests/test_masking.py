@@ -11,9 +11,9 @@ from torch import nn
 import harness.models.masking
 from harness.core.errors import MaskError
 from harness.models.captioning import generate_captions, teacher_forced_batch
-from harness.models.masking import NeuronMask
+from harness.models.masking import MaskPlan, NeuronMask
 from harness.models.prompts import encode_prompts
-from harness.models.sites import SITES, ResolvedSite, resolve_site, sites_of
+from harness.models.sites import SITES, JointSite, ResolvedSite, resolve_site, sites_of
 
 MAX_NEW_TOKENS = 8
 LM_SITES = [name for name, spec in SITES.items() if spec.component == "lm"]
@@ -212,6 +212,29 @@ def test_output_mask_also_zeroes_the_bias(mode):
     assert torch.equal(output[:, [0, 2]], nn.functional.linear(x, original["weight"], original["bias"])[:, [0, 2]])
     for name, value in linear.state_dict().items():
         assert torch.equal(value.view(torch.int32), original[name].view(torch.int32))
+
+
+def test_a_plan_marks_each_rows_channels_at_the_hook_points_it_touches():
+    """Over down_proj's output rows and input units (2 layers each: flat 0-7, then 8-19), duplicates folded: the
+    plan holds only the touched hook points, in flat order, and the replacement values of each."""
+    layers = (nn.Linear(6, 4), nn.Linear(6, 4))
+    rows = ResolvedSite(spec=SITES["lm.down_proj"], modules=layers, width=4)
+    hidden = ResolvedSite(spec=SITES["lm.mlp_hidden"], modules=layers, width=6)
+    values = torch.arange(20.0)
+    plan = MaskPlan.build(JointSite((rows, hidden)), [[1, 9], [9, 9, 19]], values, per_row=True)
+    assert (plan.rows, plan.per_row, plan.replacing) == (2, True, True)
+    assert [part.point.location for part in plan.points] == [
+        "lm.down_proj layer 0 (mlp.down_proj outputs)",
+        "lm.mlp_hidden layer 0 (mlp.down_proj inputs)",
+        "lm.mlp_hidden layer 1 (mlp.down_proj inputs)",
+    ]
+    switched = [part.switched_off.nonzero().tolist() for part in plan.points]
+    assert switched == [[[0, 1]], [[0, 1], [1, 1]], [[1, 5]]]
+    assert [part.replacement.tolist() for part in plan.points] == [
+        [0.0, 1.0, 2.0, 3.0],
+        [8.0, 9.0, 10.0, 11.0, 12.0, 13.0],
+        [14.0, 15.0, 16.0, 17.0, 18.0, 19.0],
+    ]
 
 
 def test_restored_after_normal_exit(loaded, sites, prompt, pristine):

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from harness.core.errors import MaskError
 from harness.models.captioning import generate_captions
-from harness.models.masking import NeuronMask, mask_neurons
+from harness.models.masking import MaskPlan, NeuronMask, SiteMask, mask_neurons
 from harness.models.prompts import encode_prompts
 from harness.models.row_masks import RowMask, mask_rows
-from harness.models.sites import resolve_any_site, resolve_site
+from harness.models.sites import ResolvedSite, get_site_spec, resolve_any_site, resolve_site
 
 MAX_NEW_TOKENS = 8
 SITES = ["lm.down_proj", "lm.mlp_hidden", "vision.fc2", "projector", "lm.down_proj+lm.gate_proj"]
@@ -93,3 +94,25 @@ def test_bad_rows_are_rejected_before_anything_is_hooked(loaded):
         RowMask(site, [])
     with pytest.raises(MaskError, match=r"replacement values for lm\.down_proj have shape"):
         RowMask(site, [[0]], values=torch.zeros(3))
+
+
+def test_a_per_row_mask_needs_hooks():
+    site = ResolvedSite(spec=get_site_spec("lm.down_proj"), modules=(nn.Linear(6, 4),), width=4)
+    with pytest.raises(MaskError, match="a per-row mask needs mask mode 'hook' or 'auto'"):
+        SiteMask(MaskPlan.build(site, [[0], [1]], per_row=True), mode="weight")
+
+
+def test_a_per_row_mask_is_verified_like_any_mask():
+    """Each row's switched-off channels are checked in the first forward (here the switching hook disappears
+    behind the mask's back), and a mask no forward pass went through is an error on exit."""
+    linear = nn.Linear(6, 4)
+    site = ResolvedSite(spec=get_site_spec("lm.down_proj"), modules=(linear,), width=4)
+    mask = RowMask(site, [[1], [], [2, 3]], values=torch.full((1, 4), 9.0))
+    with (
+        pytest.raises(MaskError, match=r"per-row mask on lm\.down_proj layer 0 .* are not their replacement"),
+        mask,
+    ):
+        mask._handles[0].remove()  # the replacing hook; the verification hook stays
+        linear(torch.randn(3, 6))
+    with pytest.raises(MaskError, match=r"per-row mask never reached lm\.down_proj layer 0"), RowMask(site, [[1]]):
+        pass

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import itertools
+import math
 from types import SimpleNamespace
 
 import numpy
@@ -12,7 +14,17 @@ from torch import nn
 
 from harness.core.errors import InvalidKError, SiteResolutionError, UnknownNameError
 from harness.models.families import get_family
-from harness.models.sites import SITES, Neuron, resolve_site, site_size, sites_of
+from harness.models.prompts import encode_prompts
+from harness.models.sites import (
+    SITES,
+    Neuron,
+    Site,
+    inside_language_model,
+    resolve_any_site,
+    resolve_site,
+    site_size,
+    sites_of,
+)
 
 # (attribute below each decoder layer, counts output channels?, the width from the language model's config)
 HEAD_DIM = lambda c: c.hidden_size // c.num_attention_heads  # noqa: E731  (the tiny models set no head_dim)
@@ -125,6 +137,42 @@ def test_neurons_maps_flat_index_to_layer_and_channel(name, loaded):
     neurons = resolve_site(loaded, name).neurons(flat)
     assert neurons == [Neuron(name, layer, channel) for layer, channel in cases]
     assert all(type(n.layer) is int and type(n.channel) is int for n in neurons)
+
+
+ANY_SITES = ["lm.down_proj", "lm.mlp_hidden", "projector", "vision.fc1+lm.gate_proj", "lm.all_linear"]
+
+
+@pytest.mark.parametrize("name", ANY_SITES)
+def test_single_and_joint_sites_are_one_protocol_whose_hook_points_tile_the_flat_indices(name, loaded):
+    """Every site is a Site: one hook point per part and layer, in that order, on that layer's own Linear, their
+    channels laid end to end over 0..size-1 (the scores' flat order); neurons() names each point's last neuron."""
+    site = resolve_any_site(loaded, name)
+    assert isinstance(site, Site)
+    points = site.hook_points
+    expected = [
+        (part.name, layer, module, part.spec.unit, part.width, part.location(layer))
+        for part in site.parts
+        for layer, module in enumerate(part.modules)
+    ]
+    assert [(p.site, p.layer, p.module, p.unit, p.width, p.location) for p in points] == expected
+    assert [p.start for p in points] == list(itertools.accumulate((p.width for p in points[:-1]), initial=0))
+    assert site.size == sum(p.width for p in points) == math.prod(site.score_shape)
+    last = torch.tensor([p.start + p.width - 1 for p in points])
+    assert site.neurons(last) == [Neuron(p.site, p.layer, p.width - 1) for p in points]
+    assert inside_language_model(site) == all(part.spec.component == "lm" for part in site.parts)
+
+
+def test_watched_sees_each_hook_points_tensor_and_leaves_no_hook(loaded, images):
+    """On down_proj's output rows and its input units (one Linear, two hook points a layer), `watched` hands each
+    point's own tensor to the callback, by index into hook_points, passes it on whatever the callback returns
+    (here an int), and removes its hooks on exit."""
+    site = resolve_any_site(loaded, "lm.down_proj+lm.mlp_hidden")
+    seen: dict[int, int] = {}
+    with site.watched(lambda index, activation: seen.setdefault(index, activation.shape[-1])), torch.no_grad():
+        loaded.model(**encode_prompts(loaded, images.images("circle")[:1]), use_cache=False)
+    assert seen == {index: point.width for index, point in enumerate(site.hook_points)}
+    assert all(not p.module._forward_hooks and not p.module._forward_pre_hooks for p in site.hook_points)
+    assert not inside_language_model(resolve_any_site(loaded, "projector+lm.down_proj"))
 
 
 def test_layer_count_disagreeing_with_config_is_an_error(loaded):

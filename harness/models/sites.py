@@ -2,8 +2,9 @@
 
 A neuron is addressed as (site, layer, channel). A site is one Linear per layer of a model component (language
 model, vision tower, Q-Former) or the projector's Linear, its neurons the output channels or the input units.
-Hook-point names follow TransformerLens' habit of naming the tensor, e.g. `lm.layers.1.mlp.down_proj.out` for an
-output channel, `....down_proj.in` for a hidden unit, `projector.out` for the projector.
+Several sites joined by '+' (or a named pool) are ranked and masked as one joint site. Both kinds are a `Site`:
+a row of hook points (one per layer and part: the Linear and which side of it holds the neurons) over which the
+flat neuron indices of the site's scores run, which is all that masks, rankings and reports need to know.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ import math
 import operator
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from dataclasses import dataclass, replace
+from functools import cached_property
+from typing import Literal, NamedTuple, Protocol, runtime_checkable
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from harness.core.errors import InvalidKError, SiteResolutionError, UnknownNameError
 
@@ -90,7 +93,102 @@ class Neuron(NamedTuple):
 
 
 @dataclass(frozen=True)
-class ResolvedSite:
+class HookPoint:
+    """One layer of a single site: the Linear whose output channels (or input units) hold `width` of the site's
+    neurons, the first of them at flat index `start` of the site (or of the joint site it is part of)."""
+
+    site: str
+    layer: int
+    module: nn.Linear
+    unit: Unit
+    start: int
+    width: int
+    location: str  # the layer in the names a user gives and reports show (ResolvedSite.location)
+
+    def hook(self, transform: Callable[[torch.Tensor], torch.Tensor | None]) -> RemovableHandle:
+        """Call `transform` on the site's tensor here (the module's output, or its input for input units) in every
+        forward pass, until the handle is removed; a tensor it returns replaces that one."""
+        if self.unit == "output":
+            return self.module.register_forward_hook(lambda module, args, output: transform(output))
+
+        def on_input(module: nn.Module, args: tuple) -> tuple | None:
+            replaced = transform(args[0])
+            return None if replaced is None else (replaced, *args[1:])
+
+        return self.module.register_forward_pre_hook(on_input)
+
+
+@runtime_checkable
+class Site(Protocol):
+    """What every site offers, single (ResolvedSite) or joint (JointSite), so that masks, rankings and reports need
+    not ask which kind they hold. Its neurons have the flat indices 0..size-1 of its scores: its hook points one
+    after the other (layer by layer, part after part), each `width` channels wide."""
+
+    name: str  # as users give it: 'lm.down_proj', 'lm.down_proj+lm.gate_proj', or a pool's name
+    parts: tuple[ResolvedSite, ...]  # the single sites it is made of; a single site is its own only part
+    hook_points: tuple[HookPoint, ...]  # one per (part, layer), in flat-index order
+    layout: str  # its shape in words, for errors: '2 layers × 64 channels', '128 + 256 neurons'
+    score_shape: tuple[int, ...]  # the shape of its scores, its mean activations and a mask's replacement values
+
+    @property
+    def size(self) -> int:
+        """Number of neurons in the site across all layers (and parts): the largest valid k."""
+        return sum(point.width for point in self.hook_points)
+
+    def locate(self, flat_indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(index into hook_points, channel there) of each flat index of a long tensor."""
+        starts = torch.tensor([point.start for point in self.hook_points])
+        which = torch.bucketize(flat_indices, starts[1:], right=True)
+        return which, flat_indices - starts[which]
+
+    def neurons(self, flat_indices: torch.Tensor) -> list[Neuron]:
+        """(site, layer, channel) of each flat index, in the order given; the neurons of a joint site name the part
+        they are in."""
+        which, channels = self.locate(torch.as_tensor(flat_indices, dtype=torch.long).reshape(-1))
+        points = self.hook_points
+        return [
+            Neuron(points[index].site, points[index].layer, channel)
+            for index, channel in zip(which.tolist(), channels.tolist(), strict=True)
+        ]
+
+    def check_k(self, k: int) -> int:
+        """k as a Python int; any integer type (numpy, 0-d tensor) is accepted, bools and fractions are not."""
+        is_bool = isinstance(k, bool) or str(getattr(k, "dtype", "")) in ("torch.bool", "bool")
+        try:
+            value = None if is_bool else operator.index(k)
+        except TypeError:
+            value = None
+        if value is None or value < 0 or value > self.size:
+            raise InvalidKError(
+                f"k={k!r} is invalid for site {self.name}: it has {self.layout}, so k must be an integer in "
+                f"[0, {self.size}]"
+            )
+        return value
+
+    @contextmanager
+    def watched(self, callback: Callable[[int, torch.Tensor], None]) -> Iterator[None]:
+        """Call `callback(point, activation)` with the site's tensor at each hook point (`point` indexes
+        hook_points: the layer, for a single site) in every forward pass inside the block, leaving the tensor as
+        it is; the hooks are removed on exit, also on exceptions."""
+
+        def observer(index: int) -> Callable[[torch.Tensor], None]:
+            def observe(activation: torch.Tensor) -> None:
+                callback(index, activation)  # returns None whatever the callback returns: nothing is replaced
+
+            return observe
+
+        handles: list[RemovableHandle] = []
+        try:
+            for index, point in enumerate(self.hook_points):
+                handles.append(point.hook(observer(index)))
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
+@dataclass(frozen=True)
+class ResolvedSite(Site):
     """A site bound to one loaded model: its Linear per layer and the channel count per layer."""
 
     spec: SiteSpec
@@ -106,25 +204,25 @@ class ResolvedSite:
         return len(self.modules)
 
     @property
-    def size(self) -> int:
-        """Number of neurons in the site across all layers: the largest valid k."""
-        return self.n_layers * self.width
+    def parts(self) -> tuple[ResolvedSite, ...]:
+        return (self,)
 
-    def summed(self, values: torch.Tensor, text_weights: torch.Tensor, aggregation: str = "mean") -> torch.Tensor:
-        """[B, T, W] → [W]: the sum over images of each image's mean (or max) over positions. Language-model sites
-        take the text positions `text_weights` chooses ([B, T], rows summing to 1, weighing the mean); the vision
-        tower, Q-Former and projector all their own positions (patches, query tokens), across every crop when a
-        model cuts an image into several (LLaVA-NeXT's any-resolution tiles: more rows than images). The sum is on
-        the device of `text_weights`, wherever a device map put this layer."""
-        images, values = text_weights.shape[0], values.to(text_weights.device)
-        if aggregation == "max":
-            if self.spec.component == "lm":
-                chosen = (text_weights > 0)[..., None]
-                return values.masked_fill(~chosen, float("-inf")).amax(1).sum(0)
-            return values.amax(1).mean(0) * images
-        if self.spec.component == "lm":
-            return torch.einsum("btw,bt->w", values, text_weights)
-        return values.mean(dim=(0, 1)) * images
+    @property
+    def layout(self) -> str:
+        return f"{self.n_layers} layers × {self.width} channels"
+
+    @property
+    def score_shape(self) -> tuple[int, ...]:
+        return (self.n_layers, self.width)
+
+    @cached_property
+    def hook_points(self) -> tuple[HookPoint, ...]:
+        return tuple(
+            HookPoint(
+                self.name, layer, module, self.spec.unit, layer * self.width, self.width, self.location(layer)
+            )
+            for layer, module in enumerate(self.modules)
+        )
 
     def location(self, layer: int) -> str:
         """One layer of the site in the names a user gives and reports show: 'lm.down_proj layer 1 (mlp.down_proj
@@ -134,34 +232,9 @@ class ResolvedSite:
             return f"{self.name} ({units})"
         return f"{self.name} layer {layer} ({self.spec.module} {units})"
 
-    @contextmanager
-    def watched(self, callback: Callable[[int, torch.Tensor], None]) -> Iterator[None]:
-        """Call `callback(layer, activation)` with the site's tensor (output, or input for hidden units) in every
-        forward pass inside the block; the hooks are removed on exit, also on exceptions."""
-        handles = []
-        try:
-            for layer, module in enumerate(self.modules):
-                if self.spec.unit == "output":
-                    hook = module.register_forward_hook(lambda m, a, out, layer=layer: callback(layer, out))
-                else:
-                    hook = module.register_forward_pre_hook(lambda m, args, layer=layer: callback(layer, args[0]))
-                handles.append(hook)
-            yield
-        finally:
-            for handle in handles:
-                handle.remove()
-
-    def neurons(self, flat_indices: torch.Tensor) -> list[Neuron]:
-        """(site, layer, channel) for indices into the flattened [layer, channel] score table."""
-        return [Neuron(self.name, int(i) // self.width, int(i) % self.width) for i in flat_indices.tolist()]
-
-    def check_k(self, k: int) -> int:
-        """k as a Python int; any integer type (numpy, 0-d tensor) is accepted, bools and fractions are not."""
-        return _checked_k(k, self.name, self.size, f"{self.n_layers} layers × {self.width} channels")
-
 
 @dataclass(frozen=True)
-class JointSite:
+class JointSite(Site):
     """Several sites ranked together as one pool, named `a+b`: a neuron's flat index is its index in its own
     site plus the sizes of the sites before it. Only a joint ranking can say *which* site the critical neurons
     come from (the paper's localisation finding); with α = 1 a CAN score is a first-order loss attribution, so
@@ -175,64 +248,34 @@ class JointSite:
         return self.alias or JOINT.join(part.name for part in self.parts)
 
     @property
-    def size(self) -> int:
-        return sum(part.size for part in self.parts)
-
-    @property
     def offsets(self) -> list[int]:
         """Flat index of each part's first neuron."""
         return list(itertools.accumulate((part.size for part in self.parts[:-1]), initial=0))
 
-    def split(self, flat_indices: torch.Tensor) -> list[tuple[ResolvedSite, int, torch.Tensor]]:
-        """(part, its offset, its own flat indices) for every part that holds any of `flat_indices`."""
-        flat_indices = torch.as_tensor(flat_indices, dtype=torch.long).reshape(-1)
-        found = []
-        for part, offset in zip(self.parts, self.offsets, strict=True):
-            inside = (flat_indices >= offset) & (flat_indices < offset + part.size)
-            if inside.any():
-                found.append((part, offset, flat_indices[inside] - offset))
-        return found
+    @property
+    def layout(self) -> str:
+        return " + ".join(str(part.size) for part in self.parts) + " neurons"
 
-    def neurons(self, flat_indices: torch.Tensor) -> list[Neuron]:
-        """(site, layer, channel) in the order given."""
-        flat_indices = torch.as_tensor(flat_indices, dtype=torch.long).reshape(-1)
-        which = torch.bucketize(flat_indices, torch.tensor(self.offsets[1:]), right=True)
-        local = flat_indices - torch.tensor(self.offsets)[which]
-        widths = torch.tensor([part.width for part in self.parts])[which]
-        names = [part.name for part in self.parts]
-        return [
-            Neuron(names[part], layer, channel)
-            for part, layer, channel in zip(
-                which.tolist(), (local // widths).tolist(), (local % widths).tolist(), strict=True
-            )
-        ]
+    @property
+    def score_shape(self) -> tuple[int, ...]:
+        return (self.size,)
 
-    def check_k(self, k: int) -> int:
-        sizes = " + ".join(str(part.size) for part in self.parts)
-        return _checked_k(k, self.name, self.size, f"{sizes} neurons")
+    @cached_property
+    def hook_points(self) -> tuple[HookPoint, ...]:
+        return tuple(
+            replace(point, start=offset + point.start)
+            for part, offset in zip(self.parts, self.offsets, strict=True)
+            for point in part.hook_points
+        )
 
 
-AnySite = ResolvedSite | JointSite
+AnySite = ResolvedSite | JointSite  # the two kinds of Site that resolve_any_site returns
 
 
-def inside_language_model(site: AnySite) -> bool:
+def inside_language_model(site: Site) -> bool:
     """Whether every neuron of `site` is in the language model: then a mask on it leaves the image features (vision
     tower, Q-Former, projector) as they are unmasked."""
-    parts = site.parts if isinstance(site, JointSite) else (site,)
-    return all(part.spec.component == "lm" for part in parts)
-
-
-def _checked_k(k: int, name: str, size: int, shape: str) -> int:
-    is_bool = isinstance(k, bool) or str(getattr(k, "dtype", "")) in ("torch.bool", "bool")
-    try:
-        value = None if is_bool else operator.index(k)
-    except TypeError:
-        value = None
-    if value is None or value < 0 or value > size:
-        raise InvalidKError(
-            f"k={k!r} is invalid for site {name}: it has {shape}, so k must be an integer in [0, {size}]"
-        )
-    return value
+    return all(part.spec.component == "lm" for part in site.parts)
 
 
 def site_names(name: str) -> list[str]:

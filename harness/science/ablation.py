@@ -14,7 +14,8 @@ from PIL import Image
 
 from harness.core.errors import UnknownNameError
 from harness.models.captioning import Caption, teacher_forced_batches
-from harness.models.sites import AnySite, ResolvedSite
+from harness.models.sites import ResolvedSite, Site
+from harness.science.aggregation import summed_over_images
 
 SELECTIONS = ("ranked", "random")
 ABLATIONS = ("zero", "mean")
@@ -41,7 +42,7 @@ class Intervention:
         return f"{chosen}, {self.ablation} ablation"
 
 
-def random_selection(site: AnySite, k: int, seed: int) -> torch.Tensor:
+def random_selection(site: Site, k: int, seed: int) -> torch.Tensor:
     """k flat neuron indices of `site` drawn without replacement; the first k of one seeded permutation."""
     generator = torch.Generator().manual_seed(seed)
     return torch.randperm(site.size, generator=generator)[:k]
@@ -63,7 +64,7 @@ def mean_activations(
     weights: torch.Tensor | None = None
 
     def add(layer: int, activation: torch.Tensor) -> None:
-        totals[layer] += site.summed(activation.float(), weights)
+        totals[layer] += summed_over_images(site, activation.float(), weights)
 
     with site.watched(add):
         for batch in teacher_forced_batches(loaded, images, captions, batch_size):

@@ -33,6 +33,7 @@ from PIL import Image
 from harness.core import progress
 from harness.models.captioning import Caption, caption_nll_per_row, teacher_forced_batches
 from harness.models.sites import ResolvedSite
+from harness.science.aggregation import summed_over_images
 from harness.science.ranking_options import RankingOptions
 
 
@@ -151,7 +152,7 @@ def _gradient_importance(loaded, sites, images, captions, *, options: RankingOpt
                     activation, grad = next(pairs)
                     grad = None if grad is None else grad.float()
                     values = contribution(activation.detach().float(), grad)
-                    total[layer] += site.summed(values, weights, options.aggregation)
+                    total[layer] += summed_over_images(site, values, weights, options.aggregation)
             captured.clear()
             task.step()
     return [(total / len(images)).cpu() for total in totals]
@@ -184,8 +185,8 @@ def _noise_sensitivity(loaded, sites, images, captions, *, options: RankingOptio
                 task.step()
             for site, total, summed in zip(sites, totals, differences, strict=True):
                 for layer in range(site.n_layers):
-                    total[layer] += site.summed(
-                        summed[layer] / options.noise_samples, weights, options.aggregation
+                    total[layer] += summed_over_images(
+                        site, summed[layer] / options.noise_samples, weights, options.aggregation
                     )
             captured.clear()
     return [(total / len(images)).cpu() for total in totals]
