@@ -224,10 +224,11 @@ def _settings_from_options(config: pytest.Config):
 
 def _baselines_from_options(config: pytest.Config):
     from harness.runner.baseline import BaselineFile, Baselines, Tolerances
-    from harness.runner.options import OPTIONS, given_fields
+    from harness.runner.options import OPTIONS, given_fields, metric_tolerances
 
     option = config.getoption
-    tolerances = Tolerances(**given_fields({o.dest: option(o.dest) for o in OPTIONS}, Tolerances))
+    values = {o.dest: option(o.dest) for o in OPTIONS}
+    tolerances = Tolerances(**given_fields(values, Tolerances), metric_atol=metric_tolerances(values))
     path = option("can_baseline")
     if path is None:
         if option("can_baseline_update"):
