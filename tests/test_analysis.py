@@ -36,7 +36,8 @@ def test_analysis_measures_controls_at_k2_and_the_layer_breakdown(experiment, un
 def made_up(stages: dict[int, int], k1, k2, control_stages=(0, 1)) -> CurveAnalysis:
     search = ThresholdSearch("adaptive", 64, {0: 0, **stages}, k1, k2)
     controls = [
-        ControlOutcome(f"control {i}", k2 or 0, stage, 0.1 * stage, 50.0) for i, stage in enumerate(control_stages)
+        ControlOutcome(f"control {i}", k2 or 0, stage, {"log10_ppl": 0.1 * stage, "clip": 50.0})
+        for i, stage in enumerate(control_stages)
     ]
     return CurveAnalysis("m", SITE, "circle", search, {}, controls if k2 else [], {SITE: {0: k2 or 0}})
 

@@ -20,13 +20,17 @@ CURVE = "synth-llava / lm.down_proj / circle"
 
 
 def entry(**changes) -> dict:
+    """A baseline entry; `metric__point=value` changes one metric value (e.g. `clip__at_k2=18.0`)."""
     base = {
-        "format": FORMAT, "k1": 14, "k2": 216, "log10_ppl_baseline": 0.004, "log10_ppl_ratio_at_k2": 2.06,
-        "clip_baseline": 91.8, "clip_at_k2": 16.6, "settings": {"alpha": 1.0, "dtype": "float32"},
-        "recorded_with": {"weights": "abc", "torch": "2.13.0"},
+        "format": FORMAT, "k1": 14, "k2": 216,
+        "metrics": {"log10_ppl": {"baseline": 0.25, "at_k2": 2.25}, "clip": {"baseline": 91.75, "at_k2": 16.5}},
+        "settings": {"alpha": 1.0, "dtype": "float32"}, "recorded_with": {"weights": "abc", "torch": "2.13.0"},
     }  # fmt: skip
     for name, value in changes.items():
-        if name in ("settings", "recorded_with"):
+        metric, _, point = name.partition("__")
+        if point:
+            base["metrics"] = {**base["metrics"], metric: {**base["metrics"][metric], point: value}}
+        elif name in ("settings", "recorded_with"):
             base[name] = {**base[name], **value}
         else:
             base[name] = value
@@ -34,7 +38,7 @@ def entry(**changes) -> dict:
 
 
 def test_values_within_tolerance_match():
-    assert compare(entry(k2=230, clip_at_k2=18.0, log10_ppl_ratio_at_k2=2.1), entry(), Tolerances()) == []
+    assert compare(entry(k2=230, clip__at_k2=18.0, log10_ppl__at_k2=2.3), entry(), Tolerances()) == []
 
 
 @pytest.mark.parametrize(
@@ -43,12 +47,19 @@ def test_values_within_tolerance_match():
         ({"k2": 250}, ("k2", 216, 250, "±21.6")),
         ({"k1": 16}, ("k1", 14, 16, "±1.4")),
         ({"k2": None}, ("k2", 216, None, "both found or both none")),
-        ({"clip_baseline": 80.0}, ("clip_baseline", 91.8, 80.0, "±2")),
-        ({"log10_ppl_ratio_at_k2": 3.0}, ("log10_ppl_ratio_at_k2", 2.06, 3.0, "±0.1")),
+        ({"clip__baseline": 80.0}, ("CLIP₀", 91.75, 80.0, "±2")),
+        ({"log10_ppl__at_k2": 3.25}, ("Δlog10 PPL@k₂", 2.0, 3.0, "±0.1")),
     ],
 )
 def test_values_outside_tolerance_are_listed(changes, row):
+    """k₁, k₂ relatively; each metric at k = 0 and at k₂ as the tables show it (the PPL as its change)."""
     assert compare(entry(**changes), entry(), Tolerances()) == [row]
+
+
+def test_a_metrics_tolerance_can_be_set_and_a_misspelt_one_is_refused():
+    assert compare(entry(clip__baseline=88.0), entry(), Tolerances(metric_atol={"clip": 5.0})) == []
+    with pytest.raises(KeyError, match="unknown metric 'clp'"):
+        Tolerances(metric_atol={"clp": 5.0})
 
 
 def test_moved_curve_message_shows_values_and_what_changed(tmp_path):

@@ -87,28 +87,28 @@ def test_baseline_clip_and_chance_match_hand_scores(experiment, images):
     own = [
         hand_score(experiment.clip, image, c.text) for image, c in zip(pictures, baseline.captions, strict=True)
     ]
-    assert baseline.clip == pytest.approx(own, abs=1e-4)
+    assert baseline.values["clip"] == pytest.approx(own, abs=1e-4)
     others = [image for category in ("cross", "square", "triangle") for image in images.images(category)]
     assert len(others) == 12
     chance = [hand_score(experiment.clip, image, c.text) for image in others for c in baseline.captions]
-    assert baseline.clip_chance == pytest.approx(sum(chance) / len(chance), abs=1e-4)
+    assert baseline.chance["clip"] == pytest.approx(sum(chance) / len(chance), abs=1e-4)
 
 
 def test_masked_point_clip_and_chance_match_hand_scores(experiment, images):
     """At k > 0 the point's CLIP pairs each image with its masked caption, and its chance scores those masked
-    captions against all 12 images of the other categories; clip_chance_baseline stays the k = 0 chance."""
+    captions against all 12 images of the other categories; the baseline chance stays the k = 0 chance."""
     point = experiment.measure("lm.down_proj", "circle", 4)
     own = [
         hand_score(experiment.clip, image, text)
         for image, text in zip(images.images("circle"), point.captions, strict=True)
     ]
-    assert point.clip == pytest.approx(sum(own) / len(own), abs=1e-4)
+    assert point.metrics["clip"] == pytest.approx(sum(own) / len(own), abs=1e-4)
     others = [image for category in ("cross", "square", "triangle") for image in images.images(category)]
     chance = [hand_score(experiment.clip, image, text) for image in others for text in point.captions]
-    assert point.clip_chance == pytest.approx(sum(chance) / len(chance), abs=1e-4)
+    assert point.chance["clip"] == pytest.approx(sum(chance) / len(chance), abs=1e-4)
     assert min(chance) < max(chance)  # the hand scores are not all clamped to zero
-    assert point.chance_images == len(others) == 12
-    assert point.clip_chance_baseline == experiment.baseline("circle").clip_chance
+    assert len(others) == 12
+    assert point.baseline_chance == experiment.baseline("circle").chance
 
 
 def test_check_clip_name_accepts_known_names_and_own_weights(tmp_path):

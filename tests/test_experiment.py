@@ -192,14 +192,14 @@ def test_session_uses_a_given_image_set(settings, images):
 
 
 def test_a_single_category_has_no_chance_level(experiment, images, tmp_path):
-    """With no other category there is nothing to score the captions against: chance is None on every point
-    and counts 0 images."""
+    """With no other category there is nothing to score the captions against: the CLIP chance level is None on
+    every point."""
     root = tmp_path / "only-circles"
     shutil.copytree(images.root / "circle", root / "circle")
     alone = experiment_on(experiment, root)
-    assert alone.baseline("circle").clip_chance is None
+    assert alone.baseline("circle").chance == {"clip": None}
     point = alone.measure(SITE, "circle", 0)
-    assert (point.clip_chance, point.clip_chance_baseline, point.chance_images) == (None, None, 0)
+    assert (point.chance, point.baseline_chance) == ({"clip": None}, {"clip": None})
 
 
 # -- model start-up --------------------------------------------------------------------------------------------
@@ -346,16 +346,11 @@ def assert_same_point(together, alone, tolerance: float = 1e-5) -> None:
     assert together.captions == alone.captions
     assert together.masked_neurons == alone.masked_neurons
     assert together.stage == alone.stage
-    for field_name in (
-        "mean_nll_ref",
-        "mean_nll_self",
-        "log10_ppl_ratio",
-        "clip",
-        "clip_chance",
-        "degenerate_rate",
-    ):
-        a, b = getattr(together, field_name), getattr(alone, field_name)
-        assert (a is None and b is None) or a == pytest.approx(b, abs=tolerance), field_name
+    assert together.metrics.keys() == alone.metrics.keys() and together.chance.keys() == alone.chance.keys()
+    for record in ("metrics", "chance"):
+        for name, a in getattr(together, record).items():
+            b = getattr(alone, record)[name]
+            assert (a is None and b is None) or a == pytest.approx(b, abs=tolerance), (record, name)
 
 
 @pytest.mark.parametrize("site", ["lm.down_proj", "vision.fc2", "lm.down_proj+lm.gate_proj"])

@@ -16,7 +16,7 @@ from harness.core.errors import MetricError
 from harness.core.metrics import format_ppl, is_degenerate, log10_ppl, require_finite
 from harness.models.captioning import Caption, score_captions
 from harness.runner.settings import k_grid
-from harness.science.stages import StageThresholds, classify_stage, first_k_at_stage, is_monotone
+from harness.science.stages import Criterion, StageThresholds, first_k_at_stage, is_monotone
 
 CATEGORY = "circle"
 EOS = 2
@@ -76,8 +76,8 @@ def test_baseline_point_perplexity_is_exp_of_mean_nll(experiment, circle):
     _, _, nlls = circle
     point = experiment.measure("lm.down_proj", CATEGORY, 0)
     expected = math.log10(math.exp(sum(nlls) / len(nlls)))
-    assert point.log10_ppl_ref == pytest.approx(expected, abs=1e-6)
-    assert point.log10_ppl_baseline == pytest.approx(expected, abs=1e-6)
+    assert point.metrics["log10_ppl"] == pytest.approx(expected, abs=1e-6)
+    assert point.baselines["log10_ppl"] == pytest.approx(expected, abs=1e-6)
     assert point.log10_ppl_ratio == pytest.approx(0.0, abs=1e-12)
 
 
@@ -190,6 +190,26 @@ def test_require_finite_passes_finite_values(value):
 
 
 BASE = {"k": 4, "log10_ppl_ratio": 0.0, "clip": 30.0, "clip_baseline": 30.0, "clip_chance": 10.0}
+VLM_CRITERION = ("log10_ppl", "clip", "degenerate_rate")
+BASELINE_LOG10_PPL = 0.25
+
+
+def stage_of(
+    *,
+    k: int,
+    log10_ppl_ratio: float,
+    clip: float | None,
+    clip_baseline: float | None,
+    clip_chance: float | None,
+    degenerate_rate: float,
+    thresholds: StageThresholds,
+) -> int:
+    """The stage of one point by the criterion a VLM's points are classified with (PPL, CLIP, degenerate rate),
+    or, where there is no CLIP score, by the PPL and the degenerate rate alone."""
+    metrics = VLM_CRITERION if clip is not None else ("log10_ppl", "degenerate_rate")
+    values = {"log10_ppl": BASELINE_LOG10_PPL + log10_ppl_ratio, "clip": clip, "degenerate_rate": degenerate_rate}
+    baselines = {"log10_ppl": BASELINE_LOG10_PPL, "clip": clip_baseline, "degenerate_rate": 0.0}
+    return Criterion(metrics, thresholds).stage(k, values, baselines, {"clip": clip_chance})
 
 
 @pytest.mark.parametrize(
@@ -211,7 +231,7 @@ BASE = {"k": 4, "log10_ppl_ratio": 0.0, "clip": 30.0, "clip_baseline": 30.0, "cl
         ({"log10_ppl_ratio": 3.0, "clip": 0.0, "clip_chance": None}, 1),
         ({"log10_ppl_ratio": 3.0, "clip": 0.0, "clip_chance": None, "degenerate_rate": 0.5}, 2),
         ({"log10_ppl_ratio": 3.0, "clip": 29.0, "clip_chance": None, "degenerate_rate": 0.75}, 2),
-        # text-only models: no CLIP at all, so PPL and degenerate continuations decide
+        # no CLIP at all (a text model's "ppl+degenerate" criterion): PPL and degenerate outputs decide
         ({"clip": None, "clip_baseline": None, "clip_chance": None}, 0),
         ({"clip": None, "clip_baseline": None, "clip_chance": None, "log10_ppl_ratio": math.log10(2.0)}, 1),
         ({"clip": None, "clip_baseline": None, "clip_chance": None, "log10_ppl_ratio": 3.0}, 1),
@@ -232,17 +252,31 @@ def test_classify_stage(changes, stage):
     """Default thresholds: stage 1 at PPL ×2 or CLIP ≤ 0.9·baseline; stage 2 needs PPL ×10 and (CLIP ≤ chance
     or ≥ 50 % degenerate); k = 0 is always stage 0; a zero CLIP baseline never triggers the CLIP clause."""
     arguments = {**BASE, "degenerate_rate": 0.0, **changes}
-    assert classify_stage(**arguments, thresholds=StageThresholds()) == stage
+    assert stage_of(**arguments, thresholds=StageThresholds()) == stage
 
 
 def test_classify_stage_uses_given_thresholds():
     """Thresholds are read from the argument, not hard-wired."""
     strict = StageThresholds(stage1_ppl_ratio=1.5, stage2_log10_ppl_ratio=0.5, stage2_degenerate_rate=0.25)
     arguments = {**BASE, "clip": 29.0, "degenerate_rate": 0.25}
-    assert classify_stage(**{**arguments, "log10_ppl_ratio": 0.2}, thresholds=strict) == 1
-    assert classify_stage(**{**arguments, "log10_ppl_ratio": 0.2}, thresholds=StageThresholds()) == 0
-    assert classify_stage(**{**arguments, "log10_ppl_ratio": 0.5}, thresholds=strict) == 2
-    assert classify_stage(**{**arguments, "log10_ppl_ratio": 0.5}, thresholds=StageThresholds()) == 1
+    assert stage_of(**{**arguments, "log10_ppl_ratio": 0.2}, thresholds=strict) == 1
+    assert stage_of(**{**arguments, "log10_ppl_ratio": 0.2}, thresholds=StageThresholds()) == 0
+    assert stage_of(**{**arguments, "log10_ppl_ratio": 0.5}, thresholds=strict) == 2
+    assert stage_of(**{**arguments, "log10_ppl_ratio": 0.5}, thresholds=StageThresholds()) == 1
+
+
+def test_pcicns_criterion_reads_the_ppl_alone():
+    """A text model's default criterion (PCICN's): stage 2 at log10(PPL/PPL₀) ≥ 1, whatever else was measured,
+    and nothing else need be measured."""
+    criterion = Criterion(("log10_ppl",), StageThresholds())
+    assert criterion.stage(3, {"log10_ppl": 2.0}, {"log10_ppl": 1.0}, {}) == 2
+    assert criterion.stage(3, {"log10_ppl": 1.99, "degenerate_rate": 1.0}, {"log10_ppl": 1.0}, {}) == 1
+
+
+def test_a_criterion_refuses_a_metric_that_was_not_measured():
+    criterion = Criterion(("log10_ppl", "degenerate_rate"), StageThresholds())
+    with pytest.raises(ValueError, match="reads degenerate_rate, but it was not measured"):
+        criterion.stage(3, {"log10_ppl": 2.0, "degenerate_rate": None}, {"log10_ppl": 1.0}, {})
 
 
 CURVE = [(0, 0), (1, 0), (2, 1), (4, 1), (8, 2), (16, 2)]

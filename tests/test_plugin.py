@@ -185,8 +185,9 @@ def test_serial_run_writes_csv_with_one_row_per_point(serial):
     assert [(r["model"], r["category"], r["k"]) for r in rows] == [
         ("tiny-llava", c, str(k)) for c in CATEGORIES for k in KS
     ]
-    assert {"stage", "log10_ppl_ratio", "clip", "alpha", "stage1_ppl_ratio", "weights", "code"} <= set(rows[0])
-    assert not {"captions", "options", "provenance"} & set(rows[0])
+    columns = {"stage", "log10_ppl", "log10_ppl_baseline", "clip", "clip_chance", "alpha", "stage1_ppl_ratio"}
+    assert columns | {"weights", "code"} <= set(rows[0])
+    assert not {"captions", "options", "provenance", "metrics", "baselines"} & set(rows[0])
     by_key = {(p["category"], p["k"]): p for p in serial.report["points"]}
     assert all(int(r["stage"]) == by_key[(r["category"], int(r["k"]))]["stage"] for r in rows)
 
@@ -315,8 +316,8 @@ def test_failed_assertion_shows_the_curve(run_cases, pytester):
     run = run_cases("test_impossible.py", *ONE_CELL, "-k", "k1")
     assert run.outcomes == {"failed": 1, "deselected": 1}
     text = "\n".join(run.lines)
-    assert "AssertionError: tiny-llava / lm.down_proj / circle: reference PPL at k=1" in text
-    assert "expected ≥ 10^100" in text
+    assert "AssertionError: tiny-llava / lm.down_proj / circle: Δlog10 PPL at k=1 is " in text
+    assert "expected ≥ +100" in text
     assert re.search(r"^E\s+k\s+ref PPL\s+Δlog10 PPL\s+CLIP", text, re.MULTILINE), text
 
 
@@ -340,18 +341,17 @@ def row_of(run: Run, category: str) -> list[str]:
 
 def test_chance_level_uses_every_other_category_on_every_point(serial):
     """Every point's chance is scored against the 12 images of the three other categories (cross and triangle
-    included, though they are not selected); clip_chance_baseline is the k = 0 chance on every point, and the
+    included, though they are not selected); the baseline chance is the k = 0 chance on every point, and the
     summary shows it."""
     summary = {s["category"]: s for s in serial.report["summary"]}
     for category in CATEGORIES:
         points = curve_points(serial, category)
         assert [p["k"] for p in points] == list(KS)
-        chance_at_0 = points[0]["clip_chance"]
+        chance_at_0 = points[0]["chance"]["clip"]
         assert isinstance(chance_at_0, float)
-        assert [p["clip_chance_baseline"] for p in points] == [chance_at_0] * len(KS)
-        assert [p["chance_images"] for p in points] == [12] * len(KS)
-        assert all(isinstance(p["clip_chance"], float) for p in points)
-        assert summary[category]["clip_chance"] == chance_at_0
+        assert [p["baseline_chance"]["clip"] for p in points] == [chance_at_0] * len(KS)
+        assert all(isinstance(p["chance"]["clip"], float) for p in points)
+        assert summary[category]["baseline_chance"]["clip"] == chance_at_0
         assert float(row_of(serial, category)[6]) == pytest.approx(chance_at_0, abs=0.05)  # shown to 0.1
 
 
@@ -380,11 +380,10 @@ def test_csv_keeps_the_clip_score_and_the_clip_model_apart(serial):
     assert len(serial.csv_rows) == len(points)
     for row in serial.csv_rows:
         point = points[(row["category"], int(row["k"]))]
-        assert float(row["clip"]) == point["clip"]
-        assert float(row["clip_chance"]) == point["clip_chance"]
+        assert float(row["clip"]) == point["metrics"]["clip"]
+        assert float(row["clip_chance"]) == point["chance"]["clip"]
         assert row["clip_model"] == "tiny-clip@1"
         assert row["checkpoint"] == "embedded:tiny-llava@v2"
-        assert int(row["chance_images"]) == 12
         assert json.loads(row["masked_neurons"]) == point["masked_neurons"]
 
 
@@ -395,7 +394,7 @@ def test_notes_column_flags_what_the_points_show(serial):
         points = curve_points(serial, category)
         stages = [p["stage"] for p in points]
         expected = [] if all(a <= b for a, b in itertools.pairwise(stages)) else ["non-monotone"]
-        if points[0]["clip_baseline"] <= points[0]["clip_chance_baseline"]:
+        if points[0]["baselines"]["clip"] <= points[0]["baseline_chance"]["clip"]:
             expected.append("CLIP₀ ≤ chance")
         assert row_of(serial, category)[-1] == "; ".join(expected)
 
@@ -425,9 +424,8 @@ def test_chance_and_thresholds_do_not_depend_on_the_category_selection(serial, r
     def measured(run: Run) -> list[tuple]:
         keys = (
             "k",
-            "clip_chance",
-            "clip_chance_baseline",
-            "chance_images",
+            "chance",
+            "baseline_chance",
             "stage",
             "masked_neurons",
             "ranking_key",

@@ -106,7 +106,7 @@ def test_smollm2_scores_the_text_as_the_pcicn_authors_do(real_session):
     assert list(window.tokens) == experiment.loaded.tokenizer(BUILTIN_PARAGRAPH)["input_ids"]
     assert len(window.tokens) == 179
     point = experiment.measure("lm.down_proj", TEXT, 0)
-    assert 10**point.log10_ppl_baseline == pytest.approx(AUTHORS_BASELINE_PPL, rel=1e-5)
+    assert 10 ** point.baselines["log10_ppl"] == pytest.approx(AUTHORS_BASELINE_PPL, rel=1e-5)
 
 
 # -- PCICN as its authors compute it --------------------------------------------------------------------------
@@ -242,7 +242,7 @@ def test_gemma3_massive_channels_are_not_critical_in_down_proj(real_session):
     baseline = experiment.measure("lm.down_proj", TEXT, 0)
     with NeuronMask(site, [0 * site.width + 400, 3 * site.width + 163]):
         (masked,) = score_captions(experiment.loaded, *experiment.ranking_data(TEXT), batch_size=1)
-    ratio = (masked - baseline.mean_nll_ref) / math.log(10)
+    ratio = masked / math.log(10) - baseline.metrics["log10_ppl"]
     assert ratio < 0.5  # measured 0.074
     experiment.loaded.assert_unmodified()
 
@@ -302,12 +302,12 @@ def test_word_salad_and_loops_of_a_real_model_count_as_degenerate_and_its_own_te
 
     experiment = real(real_session, SMOLLM2)
     baseline = experiment.measure("lm.down_proj", TEXT, 0)
-    assert baseline.degenerate_rate == 0
+    assert baseline.metrics["degenerate_rate"] == 0
     site = experiment.site("lm.down_proj")
     with NeuronMask(site, experiment.ranking("lm.down_proj", TEXT).top_k(1)):
         (salad,) = experiment.observe(TEXT).captions
     (nll,) = experiment._unmasked_nll(TEXT, [salad])
-    text_nll = baseline.mean_nll_ref
+    text_nll = baseline.metrics["log10_ppl"] * math.log(10)
     assert not is_degenerate(salad.token_ids, salad.text)
     assert not is_degenerate_continuation(salad.token_ids, salad.text, None, text_nll, 1.0)
     assert is_degenerate_continuation(salad.token_ids, salad.text, nll, text_nll, 1.0)

@@ -22,20 +22,13 @@ def point(category: str = "circle", k: int = 0, stage: int = 0, **changes) -> di
         "site": "lm.down_proj",
         "category": category,
         "k": k,
-        "n_images": 4,
-        "mean_nll_ref": 2.0,
-        "mean_nll_self": 1.5,
-        "log10_ppl_ref": 0.8686,
-        "log10_ppl_self": 0.6514,
-        "log10_ppl_baseline": 0.8686,
-        "log10_ppl_ratio": 0.0,
-        "clip": 30.25,
-        "clip_baseline": 30.25,
-        "clip_chance": 10.5,
-        "clip_chance_baseline": 10.5,
-        "chance_images": 8,
-        "degenerate_rate": 0.0,
+        "n_samples": 4,
+        "metrics": {"log10_ppl": 0.8686, "self_log10_ppl": 0.6514, "clip": 30.25, "degenerate_rate": 0.0},
+        "baselines": {"log10_ppl": 0.8686, "self_log10_ppl": 0.6514, "clip": 30.25, "degenerate_rate": 0.0},
+        "chance": {"clip": 10.5},
+        "baseline_chance": {"clip": 10.5},
         "stage": stage,
+        "generated": True,
         "captions": ["a red circle", "a circle"],
         "masked_neurons": [["lm.down_proj", 0, channel, 1.0 / (channel + 1)] for channel in range(k)],
         "mask_modes": ["weight"] if k else [],
@@ -45,7 +38,13 @@ def point(category: str = "circle", k: int = 0, stage: int = 0, **changes) -> di
         "options": {"alpha": 1.0, "clip_model": "tiny-clip@1", "data": "cd" * 8},
         "provenance": {"checkpoint": "embedded:tiny-llava@v2", "weights": "ef" * 8},
     }
-    return {**row, **changes}
+    for name, value in changes.items():  # "clip=…", "clip_baseline=…", "clip_chance=…": into their records
+        record, _, metric = name.partition("__")
+        if metric:
+            row[record] = {**row[record], metric: value}
+        else:
+            row[name] = value
+    return row
 
 
 def curve(category: str, stages: list[int], **changes) -> list[dict]:
@@ -68,10 +67,9 @@ def summary_row(category: str, *, monotone: bool, clip_baseline: float, clip_cha
         "site": "lm.down_proj",
         "ranking": "CAN, α=1, mean over all positions",
         "category": category,
-        "n_images": 4,
-        "log10_ppl_baseline": 0.5,
-        "clip_baseline": clip_baseline,
-        "clip_chance": clip_chance,
+        "n_samples": 4,
+        "baselines": {"log10_ppl": 0.5, "clip": clip_baseline},
+        "baseline_chance": {"clip": clip_chance},
         "k_stage1": 2,
         "k_stage2": None,
         "k_evaluated": [0, 1, 2, 4],
@@ -105,7 +103,7 @@ def test_notes_column_of_a_hand_built_summary():
 
 def test_summary_notes_from_hand_built_points():
     """From points: stages 0, 2, 1, 2 are non-monotone; a CLIP baseline below the chance level is flagged."""
-    rows = curve("circle", [0, 2, 1, 2]) + curve("square", [0, 1, 1, 2], clip_baseline=4.0, clip=4.0)
+    rows = curve("circle", [0, 2, 1, 2]) + curve("square", [0, 1, 1, 2], baselines__clip=4.0, metrics__clip=4.0)
     _, *table = table_rows(render_summary(summarize(rows)))
     assert [(row[2], row[7], row[8], row[-1]) for row in table] == [
         ("circle", "1", "1", "non-monotone"),
@@ -114,24 +112,28 @@ def test_summary_notes_from_hand_built_points():
 
 
 def test_summary_chance_is_the_baseline_chance_even_without_the_k0_point():
-    """The summary's chance is the k = 0 chance (clip_chance_baseline), not the chance of the first point
+    """The summary's chance is the k = 0 chance (baseline_chance), not the chance of the first point
     recorded: with only k = 4 measured (e.g. -k k4) it still shows the baseline chance."""
-    rows = [point("circle", 4, 2, clip_chance=1.0, clip_chance_baseline=12.5, clip_baseline=20.0)]
+    rows = [point("circle", 4, 2, chance__clip=1.0, baseline_chance__clip=12.5, baselines__clip=20.0)]
     (summary,) = summarize(rows)
-    assert summary["clip_chance"] == 12.5
+    assert summary["baseline_chance"]["clip"] == 12.5
     _, row = table_rows(render_summary([summary]))
     assert row[6] == "12.5"
     assert row[-1] == ""
 
 
 def test_flat_row_merges_options_and_drops_captions():
-    """A CSV row is the point without captions, options and provenance, those two merged in as columns."""
+    """A CSV row is the point without captions; its metrics, baselines and chance levels, its options and its
+    provenance merged in as columns (a metric by its name, its baseline and chance suffixed)."""
     row = _flat_row(point("circle", 2, 1))
-    assert not {"captions", "options", "provenance"} & set(row)
-    assert row["clip"] == 30.25
+    assert not {"captions", "options", "provenance", "metrics", "baselines", "chance"} & set(row)
+    assert (row["clip"], row["clip_baseline"], row["clip_chance"], row["clip_chance_baseline"]) == (30.25,) * 2 + (
+        10.5,
+    ) * 2
     assert row["clip_model"] == "tiny-clip@1"
     assert row["checkpoint"] == "embedded:tiny-llava@v2"
-    assert len(row) == len(point()) - 3 + 3 + 2
+    merged = 4 * 2 + 2 + 3 + 2  # metrics and baselines, two chance levels, options, provenance
+    assert len(row) == len(point()) - 7 + merged
 
 
 @pytest.mark.parametrize("record", ["options", "provenance"])
@@ -164,8 +166,8 @@ def analysis_row(k2, controls=(), layers=None, violations=()) -> dict:
         "k_max": 64, "k1": 3, "k2": k2,
         "evaluations": 9, "passes": [[1, 2, 8], [3, 5, 6], [4]],
         "monotone": not violations, "violations": [list(v) for v in violations],
-        "log10_ppl_baseline": 0.5, "clip_baseline": 80.0, "clip_chance": 20.0,
-        "log10_ppl_ratio_at_k2": 1.5 if k2 else None, "clip_at_k2": 12.0 if k2 else None,
+        "baselines": {"log10_ppl": 0.5, "clip": 80.0}, "baseline_chance": {"clip": 20.0},
+        "at_k2": {"log10_ppl": 2.0, "clip": 12.0} if k2 else None,
         "controls": [{"intervention": name, "stage": stage} for name, stage in controls],
         "layers": layers or {},
         "points": [{"k": 0, "masked_neurons": []}] + (

@@ -148,7 +148,7 @@ def test_planted_neuron_is_ranked_first_and_zeroing_it_alone_collapses_the_model
         assert ranking.scores.reshape(-1)[first] >= 20 * ranking.scores.reshape(-1)[second], category
         zero = planted.measure("lm.down_proj", category, 1)
         assert zero.log10_ppl_ratio >= 4.0, category
-        assert zero.clip <= 0.6 * zero.clip_baseline, category
+        assert zero.metrics["clip"] <= 0.6 * zero.baselines["clip"], category
         mean = planted.measure("lm.down_proj", category, 1, Intervention(ablation="mean"))
         assert mean.log10_ppl_ratio <= 0.05, category
         for seed in SEEDS:

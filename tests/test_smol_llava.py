@@ -172,7 +172,7 @@ def test_masking_the_top_channel_alone_breaks_the_captioner_and_random_channels_
     by less than 0.0001."""
     top = experiment.measure("lm.down_proj", CATEGORY, 1)
     assert top.log10_ppl_ratio >= 2.5  # measured 3.649
-    assert top.clip <= top.clip_chance + 4.0  # measured 17.6 vs 16.0 (unmasked: 81.8)
+    assert top.metrics["clip"] <= top.chance["clip"] + 4.0  # measured 17.6 vs 16.0 (unmasked: 81.8)
     for seed in range(3):
         for k in (1, 4):
             control = experiment.measure("lm.down_proj", CATEGORY, k, Intervention(selection="random", seed=seed))

@@ -22,8 +22,8 @@ from harness.runner.settings import HarnessSettings
 pytest_plugins = ["pytester"]
 
 ENTRY = {
-    "format": FORMAT, "k1": 1, "k2": 2, "log10_ppl_baseline": 0.5, "log10_ppl_ratio_at_k2": 1.2,
-    "clip_baseline": None, "clip_at_k2": None, "settings": {"method": "can"}, "recorded_with": {"weights": "abc"},
+    "format": FORMAT, "k1": 1, "k2": 2, "metrics": {"log10_ppl": {"baseline": 0.5, "at_k2": 1.7}},
+    "settings": {"method": "can"}, "recorded_with": {"weights": "abc"},
 }  # fmt: skip
 
 # one search case on the tiny text model, compared with (or written to) the baseline
@@ -39,28 +39,36 @@ def test_text_curve(collapse_analysis, can_baselines):
 
 
 @pytest.mark.parametrize(
-    ("field", "text", "problem"),
+    ("path", "text", "problem"),
     [
-        ("clip_at_k2", "NaN", "clip_at_k2 is nan: expected a finite number, or null"),
-        ("log10_ppl_ratio_at_k2", "Infinity", "log10_ppl_ratio_at_k2 is inf: expected a finite number, or null"),
+        ("metrics.log10_ppl.at_k2", "NaN", "log10_ppl at_k2 is nan: expected a finite number, or null"),
+        ("metrics.log10_ppl.at_k2", "Infinity", "log10_ppl at_k2 is inf: expected a finite number, or null"),
+        ("metrics.log10_ppl.baseline", "null", "log10_ppl baseline is None: expected a finite number"),
+        ("metrics.log10_ppl.baseline", '"0.5"', "log10_ppl baseline is '0.5': expected a finite number"),
+        ("metrics", "[]", "metrics is []: expected a JSON object"),
         ("k2", "Infinity", "k2 is inf: expected a whole number ≥ 1, or null"),
         ("k1", '"1"', "k1 is '1': expected a whole number ≥ 1, or null"),
         ("k1", "1.5", "k1 is 1.5: expected a whole number ≥ 1, or null"),
         ("k2", "true", "k2 is True: expected a whole number ≥ 1, or null"),
         ("k2", "0", "k2 is 0: expected a whole number ≥ 1, or null"),
-        ("log10_ppl_baseline", "null", "log10_ppl_baseline is None: expected a finite number"),
         ("settings", "null", "settings is None: expected a JSON object"),
     ],
 )
-def test_a_malformed_entry_is_refused_when_read_naming_it(tmp_path, field, text, problem):
+def test_a_malformed_entry_is_refused_when_read_naming_it(tmp_path, path, text, problem):
     """Each bad value is named with its curve when the file is read; the well-formed curve beside it is not."""
-    entry = json.dumps({**ENTRY, field: "@"}).replace('"@"', text)
-    path = tmp_path / "b.json"
-    path.write_text(f'{{"curves": {{"good": {json.dumps(ENTRY)}, "bad / curve": {entry}}}}}')
+    edited = json.loads(json.dumps(ENTRY))
+    *parents, last = path.split(".")
+    holder = edited
+    for name in parents:
+        holder = holder[name]
+    holder[last] = "@"
+    entry = json.dumps(edited).replace('"@"', text)  # the probe's edit: literal NaN, Infinity, a string…
+    file = tmp_path / "b.json"
+    file.write_text(f'{{"curves": {{"good": {json.dumps(ENTRY)}, "bad / curve": {entry}}}}}')
     with pytest.raises(BaselineError) as error:
-        BaselineFile(path).read()
+        BaselineFile(file).read()
     message = str(error.value)
-    assert f"baseline file {path} has 1 invalid value(s):\n  'bad / curve': {problem}" in message
+    assert f"baseline file {file} has 1 invalid value(s):\n  'bad / curve': {problem}" in message
     assert "'good'" not in message
 
 
@@ -81,14 +89,14 @@ def test_a_result_that_could_not_be_compared_later_is_not_stored(tmp_path):
 def test_nan_in_a_baseline_fails_the_run_before_any_case(pytester, cache_dir):
     """The probe's replay: NaN where a number belongs. A usage error (exit 4) naming the entry, before any case."""
     pytester.makepyfile(test_text=TEXT_CASE)
-    entry = json.dumps(ENTRY).replace("1.2", "NaN")  # the probe's edit: a literal NaN, which json accepts
+    entry = json.dumps(ENTRY).replace("1.7", "NaN")  # the probe's edit: a literal NaN, which json accepts
     (pytester.path / "b.json").write_text(f'{{"curves": {{"x": {entry}}}}}')
     result = pytester.runpytest(
         "-p", "no:cacheprovider", "--can-cache-dir", str(cache_dir), "--can-baseline", "b.json"
     )
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     text = "\n".join(result.outlines + result.errlines)
-    assert "'x': log10_ppl_ratio_at_k2 is nan: expected a finite number, or null" in text
+    assert "'x': log10_ppl at_k2 is nan: expected a finite number, or null" in text
     assert "passed" not in text and "failed" not in text
 
 

@@ -37,8 +37,7 @@ from harness.science.stages import StageThresholds
 
 SITE, CATEGORY, TEXT = "lm.down_proj", "circle", BUILTIN_CATEGORY
 METRICS = {
-    "k1": 2, "k2": 4, "log10_ppl_baseline": 0.1, "log10_ppl_ratio_at_k2": 1.5, "clip_baseline": 80.0,
-    "clip_at_k2": 10.0,
+    "k1": 2, "k2": 4, "baselines": {"log10_ppl": 0.1, "clip": 80.0}, "at_k2": {"log10_ppl": 1.6, "clip": 10.0},
 }  # fmt: skip
 
 # A valid other value for every field that changes results, by record name. A field tagged later without a line

@@ -141,8 +141,8 @@ def test_baseline_ppl_is_the_ppl_of_the_text(text_experiment):
     expected = [window_nll_by_hand(text_experiment.loaded.model, w) for w in windows]
     point = text_experiment.measure("lm.down_proj", TEXT, 0)
     assert text_experiment.baseline(TEXT).reference_nll == pytest.approx(expected, rel=1e-5)
-    assert point.mean_nll_ref == pytest.approx(sum(expected) / len(expected), rel=1e-5)
-    assert point.n_images == len(windows) and point.clip is None and point.clip_baseline is None
+    assert point.metrics["log10_ppl"] == pytest.approx(sum(expected) / len(expected) / math.log(10), rel=1e-5)
+    assert point.n_samples == len(windows) and "clip" not in point.metrics and "clip" not in point.baselines
 
 
 def test_masked_reference_ppl_is_the_text_under_the_masked_model(text_experiment, unmodified_text_models):
@@ -164,9 +164,8 @@ def test_masked_reference_ppl_is_the_text_under_the_masked_model(text_experiment
         window_nll_by_hand(text_experiment.loaded.model, w, zero_hooks) for w in text_experiment.windows(TEXT)
     ]
     point = text_experiment.measure("lm.down_proj", TEXT, k)
-    assert point.mean_nll_ref == pytest.approx(sum(expected) / len(expected), rel=1e-5)
-    assert point.log10_ppl_ref == pytest.approx(point.mean_nll_ref / math.log(10))
-    assert point.log10_ppl_ratio == pytest.approx(point.log10_ppl_ref - point.log10_ppl_baseline)
+    assert point.metrics["log10_ppl"] == pytest.approx(sum(expected) / len(expected) / math.log(10), rel=1e-5)
+    assert point.log10_ppl_ratio == pytest.approx(point.metrics["log10_ppl"] - point.baselines["log10_ppl"])
     assert point.log10_ppl_ratio != 0
 
 
@@ -265,7 +264,7 @@ def unmodified_text_models(text_session):
 
 def test_text_models_have_no_clip_and_their_stages_rest_on_ppl_and_degenerate_text(text_experiment):
     point = text_experiment.measure("lm.down_proj", TEXT, 2)
-    assert point.clip is None and point.clip_chance is None and point.chance_images == 0
+    assert "clip" not in point.metrics and point.chance == {}
     assert not {"clip_model", "stage1_clip_fraction"} & set(point.options)  # image settings: not a text's
     assert point.options["text_stage2"] == "ppl"
     assert not hasattr(text_experiment, "clip") and not hasattr(text_experiment, "images")
@@ -337,10 +336,12 @@ def test_text_cases_run_offline_and_appear_in_the_summary(pytester, cache_dir):
     text = "\n".join(result.outlines)
     rows = [line for line in result.outlines if line.startswith("| tiny-llama")]
     assert len(rows) == 2, text
+    header = next(line for line in result.outlines if line.startswith("| model"))
+    assert [cell.strip() for cell in header.strip("|").split("|")][4:7] == ["n", "PPL₀", "k₁ stage 1"]  # no CLIP
     for row in rows:
         cells = [cell.strip() for cell in row.strip("|").split("|")]
         assert cells[1] == "lm.down_proj" and cells[3] == "paragraph"
-        assert cells[4] == "3" and cells[6:8] == ["n/a", "n/a"]  # 178 tokens in windows of 64; no CLIP
+        assert cells[4] == "3"  # 178 tokens in windows of 64
     assert {"PCICN, max over all positions, σ=5, K=2, seed=0", "CAN, α=1, mean over all positions"} <= {
         [c.strip() for c in row.strip("|").split("|")][2] for row in rows
     }
@@ -360,18 +361,20 @@ def test_text_files_become_categories_and_a_bad_one_stops_the_run(pytester, cach
 
 
 def test_a_searched_text_curve_is_tabulated_and_drawn_without_clip(text_session, tmp_path):
-    """The threshold table and the plot of a text-only curve: CLIP cells read n/a, the plot's lower panel shows the
-    degenerate rate instead."""
+    """The threshold table and the plot of a text-only curve: no CLIP columns (its metrics have none), the plot's
+    panels are the PPL and the degenerate rate."""
     from harness.reporting.plots import plot_analysis
     from harness.reporting.report import render_thresholds
     from harness.runner.analysis import analyse_curve
 
     experiment = text_session.experiment("tiny-llama")
     row = analyse_curve(experiment.with_settings(k_max=8, control_seeds=1), "lm.down_proj", TEXT).to_row()
-    assert row["clip_baseline"] is None and row["clip_chance"] is None
+    assert "clip" not in row["baselines"] and row["baseline_chance"] == {}
     table = render_thresholds([row])
+    header = [cell.strip() for cell in table.splitlines()[0].strip("|").split("|")]
     cells = [cell.strip() for cell in table.splitlines()[2].strip("|").split("|")]
-    assert cells[:3] == ["tiny-llama", "lm.down_proj", TEXT] and cells[4:6] == ["n/a", "n/a"]
+    assert cells[:3] == ["tiny-llama", "lm.down_proj", TEXT] and header[3:5] == ["PPL₀", "k₁"]
+    assert not [title for title in header if "CLIP" in title or "chance" in title]
     path = plot_analysis(row, tmp_path / "curve.png")
     assert path.stat().st_size > 0
 
@@ -387,7 +390,7 @@ def test_controls_measured_together_equal_each_measured_alone(text_experiment):
         alone = text_experiment.measure("lm.down_proj", TEXT, 4, intervention)
         assert point.captions == alone.captions and point.stage == alone.stage
         assert point.log10_ppl_ratio == pytest.approx(alone.log10_ppl_ratio, abs=1e-5)
-        assert point.degenerate_rate == alone.degenerate_rate
+        assert point.metrics["degenerate_rate"] == alone.metrics["degenerate_rate"]
 
 
 def test_a_text_search_generates_only_where_the_tables_look(text_experiment, monkeypatch):

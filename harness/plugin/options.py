@@ -24,6 +24,7 @@ from harness.core.progress import DEFAULT_INTERVAL
 from harness.core.recorded import tags
 from harness.runner.baseline import Tolerances
 from harness.runner.settings import HarnessSettings
+from harness.science.metric_registry import get_metric, registered_metrics
 from harness.science.ranking_options import AGGREGATIONS, POSITIONS, RANKING_METHODS, RankingOptions
 from harness.science.stages import TEXT_STAGE2, StageThresholds
 from harness.science.threshold_search import SEARCH_MODES
@@ -90,6 +91,30 @@ class Option:
         return kwargs
 
 
+def _tolerance_metrics() -> list:
+    """The registered metrics whose baseline tolerance has an option (harness.science.metric_registry)."""
+    return [metric for metric in map(get_metric, registered_metrics()) if metric.tolerance_flag is not None]
+
+
+def metric_tolerance_options() -> tuple[Option, ...]:
+    """One `--can-baseline-…-atol` option per metric that declares one: how far a baseline lets it move."""
+    return tuple(
+        Option(
+            metric.tolerance_flag,
+            f"allowed change of {metric.title} ({metric.description})",
+            type=float,
+            shown_default=f"{metric.tolerance:g}",
+        )
+        for metric in _tolerance_metrics()
+    )
+
+
+def metric_tolerances(values: Mapping[str, object]) -> dict[str, float]:
+    """The metrics' tolerances the given option values set, by metric name (those not given keep their own)."""
+    given = {metric.name: values.get(Option(metric.tolerance_flag, "").dest) for metric in _tolerance_metrics()}
+    return {name: value for name, value in given.items() if value is not None}
+
+
 S, R, T, B = HarnessSettings, RankingOptions, StageThresholds, Tolerances
 OPTIONS: tuple[Option, ...] = (
     # what a run covers
@@ -126,8 +151,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("--can-baseline-update", "rewrite this run's curves in --can-baseline", action="store_true",
            default=False),
     Option("--can-baseline-k-rtol", "allowed relative change of k₁/k₂", (B, "k_rtol"), float),
-    Option("--can-baseline-log10-atol", "allowed change of log10 PPLs", (B, "log10_atol"), float),
-    Option("--can-baseline-clip-atol", "allowed change of CLIP scores", (B, "clip_atol"), float),
+    *metric_tolerance_options(),
     # ranking
     Option("--can-method", "how neurons are ranked: can, activation, gradient, pcicn (noise on embeddings), "
            "random", (R, "method"), choices=RANKING_METHODS),

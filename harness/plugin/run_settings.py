@@ -69,11 +69,12 @@ def _clip_from_options(config: pytest.Config) -> ClipSpec | None:
 def baselines_from_config(config: pytest.Config) -> Baselines:
     """`--can-baseline` (checked to exist unless it is being recorded, and read now: a broken file or entry is
     found before the search), `--can-baseline-update` and the tolerances."""
-    from harness.plugin.options import OPTIONS, given_fields
+    from harness.plugin.options import OPTIONS, given_fields, metric_tolerances
     from harness.runner.baseline import BaselineFile, Baselines, Tolerances
 
     option = config.getoption
-    tolerances = Tolerances(**given_fields({o.dest: option(o.dest) for o in OPTIONS}, Tolerances))
+    values = {o.dest: option(o.dest) for o in OPTIONS}
+    tolerances = Tolerances(**given_fields(values, Tolerances), metric_atol=metric_tolerances(values))
     path = option("can_baseline")
     if path is None:
         if option("can_baseline_update"):

@@ -1,6 +1,6 @@
-"""One PNG per searched curve: reference-PPL ratio and CLIP score (for a text-only model: the rate of degenerate
-continuations) against k, the two stages shaded, the controls at k₂ overlaid. Written next to the JSON/CSV report
-(`<report dir>/plots/`)."""
+"""One PNG per searched curve: each metric its points carry against k (the reference-PPL ratio, the CLIP score,
+the rate of degenerate outputs, …), the two stages shaded, the controls at k₂ overlaid. Written next to the
+JSON/CSV report (`<report dir>/plots/`)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 
 from harness.core import atomic_files
 from harness.core.labels import curve_label
+from harness.science.metric_registry import get_metric
 
 STAGE_COLOURS = {1: "#f6d55c", 2: "#ed553b"}
 CONTROL_MARKERS = {"random": ("x", "random-k controls"), "mean": ("^", "mean ablation of the top-k")}
@@ -34,7 +35,9 @@ def plot_file_name(row: dict) -> str:
 
 
 def plot_analysis(row: dict, path: Path) -> Path:
-    """Draw one `CurveAnalysis.to_row()`; k = 0 (the baseline) is the dashed reference line."""
+    """Draw one `CurveAnalysis.to_row()`: one panel per metric its curve shows (harness.science.metric_registry;
+    a change against the baseline where the metric is shown as one), the baseline (k = 0) as the dashed reference
+    line, its chance level dotted, the two stages shaded, the controls at k₂ overlaid."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, never a window
@@ -42,42 +45,46 @@ def plot_analysis(row: dict, path: Path) -> Path:
 
     points = [p for p in row["points"] if p["k"] > 0]
     ks = [p["k"] for p in points]
-    has_clip = row["clip_baseline"] is not None
-    second, second_label = ("clip", "CLIP score") if has_clip else ("degenerate_rate", "degenerate continuations")
-    figure, (ppl_axis, clip_axis) = plt.subplots(2, 1, sharex=True, figsize=(7, 6), constrained_layout=True)
-    ppl_axis.plot(ks, [p["log10_ppl_ratio"] for p in points], "o-", color="#20639b", label="ranked top-k")
-    shown = [p for p in points if p[second] is not None]  # a text model's search points generate nothing
-    clip_axis.plot(
-        [p["k"] for p in shown], [p[second] for p in shown], "o-", color="#20639b", label="ranked top-k"
+    metrics = [get_metric(name) for name in row["baselines"] if get_metric(name).in_curves]
+    figure, axes = plt.subplots(
+        len(metrics), 1, sharex=True, figsize=(7, 3 * len(metrics)), constrained_layout=True, squeeze=False
     )
-    ppl_axis.axhline(0, color="grey", linestyle="--", linewidth=1, label="baseline (k = 0)")
-    baseline = row["clip_baseline"] if has_clip else row["points"][0]["degenerate_rate"]
-    clip_axis.axhline(baseline, color="grey", linestyle="--", linewidth=1, label="baseline (k = 0)")
-    if row["clip_chance"] is not None:
-        clip_axis.axhline(row["clip_chance"], color="black", linestyle=":", linewidth=1, label="chance level")
+    axes = [axis for (axis,) in axes]
     right_edge = max(ks) if ks else row["k_max"]
-    for stage, start, end in ((1, row["k1"], row["k2"]), (2, row["k2"], None)):
-        if start is not None:
-            for axis in (ppl_axis, clip_axis):
+    for index, (metric, axis) in enumerate(zip(metrics, axes, strict=True)):
+        baseline = row["baselines"][metric.name]
+
+        def plotted(value: float | None, metric=metric, baseline=baseline) -> float | None:
+            if value is None or metric.delta_title is None:
+                return value
+            return None if baseline is None else value - baseline
+
+        shown = [(p["k"], plotted(p["metrics"].get(metric.name))) for p in points]
+        shown = [(k, value) for k, value in shown if value is not None]  # a search point may generate nothing
+        axis.plot([k for k, _ in shown], [v for _, v in shown], "o-", color="#20639b", label="ranked top-k")
+        if baseline is not None:
+            axis.axhline(plotted(baseline), color="grey", linestyle="--", linewidth=1, label="baseline (k = 0)")
+        chance = row["baseline_chance"].get(metric.name)
+        if chance is not None:
+            axis.axhline(plotted(chance), color="black", linestyle=":", linewidth=1, label="chance level")
+        for stage, start, end in ((1, row["k1"], row["k2"]), (2, row["k2"], None)):
+            if start is not None:
                 axis.axvspan(start, end or right_edge, color=STAGE_COLOURS[stage], alpha=0.25, linewidth=0,
-                             label=f"stage {stage}" if axis is ppl_axis else None)  # fmt: skip
-    for control in row["controls"]:
-        kind = "random" if control["intervention"].startswith("random") else "mean"
-        marker, label = CONTROL_MARKERS[kind]
-        for axis, value in ((ppl_axis, control["log10_ppl_ratio"]), (clip_axis, control["clip"])):
-            if value is None:  # a text-only model's control has no CLIP score
+                             label=f"stage {stage}" if index == 0 else None)  # fmt: skip
+        for control in row["controls"]:
+            value = plotted(control["metrics"].get(metric.name))
+            if value is None:
                 continue
-            seen = {text for text in axis.get_legend_handles_labels()[1]}
+            marker, label = CONTROL_MARKERS["random" if control["intervention"].startswith("random") else "mean"]
+            seen = set(axis.get_legend_handles_labels()[1])
             axis.plot([control["k"]], [value], marker, color="#3caea3", markersize=9,
                       label=None if label in seen else label)  # fmt: skip
-    ppl_axis.set_xscale("log")
-    ppl_axis.set_ylabel("log10(PPL_k / PPL_0), reference PPL")
-    clip_axis.set_ylabel(second_label)
-    clip_axis.set_xlabel("k (neurons masked, log scale)")
+        axis.set_ylabel(metric.delta_title or metric.title)
+        axis.legend(fontsize=8, loc="best")
+    axes[0].set_xscale("log")
+    axes[-1].set_xlabel("k (neurons masked, log scale)")
     k1, k2 = ("none" if row[key] is None else row[key] for key in ("k1", "k2"))
-    ppl_axis.set_title(f"{row['model']} / {row['site']} / {row['category']}: k₁ = {k1}, k₂ = {k2}")
-    ppl_axis.legend(fontsize=8, loc="best")
-    clip_axis.legend(fontsize=8, loc="best")
+    axes[0].set_title(f"{row['model']} / {row['site']} / {row['category']}: k₁ = {k1}, k₂ = {k2}")
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with atomic_files.replacing(path) as temporary:

@@ -18,14 +18,15 @@ import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
 from filelock import FileLock, Timeout
 from tabulate import tabulate
 
 from harness.core import atomic_files
-from harness.core.metrics import format_ppl, format_score
 from harness.core.run_outcome import CurveCases
+from harness.science.metric_registry import Metric, get_metric, registered_metrics
 from harness.science.stages import first_k_at_stage, is_monotone
 
 GROUP_KEYS = ("model", "site", "ranking", "category")
@@ -68,7 +69,7 @@ def latest_points(rows: Iterable[dict]) -> list[dict]:
 
 
 def summarize(rows: Iterable[dict], cases: Mapping[tuple, CurveCases] | None = None) -> list[dict]:
-    """Per (model, site, ranking, category): baselines, chance level and the first k at stage 1 and stage 2;
+    """Per (model, site, ranking, category): baselines, chance levels and the first k at stage 1 and stage 2;
     with `cases` (per curve: the ks its cases planned, notes on those that did not pass) also the planned ks
     that were not measured, so that an incomplete curve is never read as "no collapse"."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
@@ -82,10 +83,9 @@ def summarize(rows: Iterable[dict], cases: Mapping[tuple, CurveCases] | None = N
         summary.append(
             {
                 **dict(zip(GROUP_KEYS, key, strict=True)),
-                "n_images": first["n_images"],
-                "log10_ppl_baseline": first["log10_ppl_baseline"],
-                "clip_baseline": first["clip_baseline"],
-                "clip_chance": first["clip_chance_baseline"],
+                "n_samples": first["n_samples"],
+                "baselines": first["baselines"],
+                "baseline_chance": first["baseline_chance"],
                 "k_stage1": first_k_at_stage(stages, 1),
                 "k_stage2": first_k_at_stage(stages, 2),
                 "k_evaluated": [p["k"] for p in points],
@@ -105,50 +105,81 @@ def _threshold(k: int | None, evaluated: list[int], unmeasured: Sequence[int] = 
     return str(k) if k is not None else f"none ≤ {max(evaluated)}"
 
 
+@dataclass(frozen=True)
+class Column:
+    """One column of a table: its header, alignment (numbers right, text left) and cell of a row."""
+
+    header: str
+    value: Callable[[dict], object]
+    align: str = "right"
+
+
+def _text(header: str, value: Callable[[dict], object]) -> Column:
+    return Column(header, value, "left")
+
+
+CURVE_COLUMNS = [_text(key, lambda row, key=key: row[key]) for key in GROUP_KEYS]
+
+
+def table_metrics(rows: Iterable[dict]) -> list[Metric]:
+    """The metrics the rows' tables show: those their curves measured and declare for tables, in the order they
+    were registered (harness.science.metric_registry)."""
+    measured = {name for row in rows for name in row["baselines"]}
+    return [get_metric(name) for name in registered_metrics() if name in measured and get_metric(name).in_tables]
+
+
+def baseline_columns(metrics: Sequence[Metric]) -> list[Column]:
+    """Each metric at k = 0 (`PPL₀`, `CLIP₀`), and its chance level where it has one."""
+    columns = []
+    for metric in metrics:
+        columns.append(Column(f"{metric.title}₀", lambda row, m=metric: m.shown(row["baselines"].get(m.name))))
+        if metric.chance_title:
+            columns.append(
+                Column(metric.chance_title, lambda row, m=metric: m.shown(row["baseline_chance"].get(m.name)))
+            )
+    return columns
+
+
 def render_summary(summary: list[dict]) -> str:
-    rows = [
-        (
-            s["model"],
-            s["site"],
-            s["ranking"],
-            s["category"],
-            s["n_images"],
-            format_ppl(s["log10_ppl_baseline"]),
-            format_score(s["clip_baseline"]),
-            format_score(s["clip_chance"]),
-            _threshold(s["k_stage1"], s["k_evaluated"], s.get("k_unmeasured", [])),
-            _threshold(s["k_stage2"], s["k_evaluated"], s.get("k_unmeasured", [])),
-            _grid_label(s["k_evaluated"]),
-            "; ".join(_notes(s)),
-        )
-        for s in summary
+    metrics = table_metrics(summary)
+    columns = [
+        *CURVE_COLUMNS,
+        Column("n", lambda s: s["n_samples"]),
+        *baseline_columns(metrics),
+        Column("k₁ stage 1", lambda s: _threshold(s["k_stage1"], s["k_evaluated"], s.get("k_unmeasured", []))),
+        Column("k₂ stage 2", lambda s: _threshold(s["k_stage2"], s["k_evaluated"], s.get("k_unmeasured", []))),
+        Column("k grid", lambda s: _grid_label(s["k_evaluated"])),
+        _text("notes", lambda s: "; ".join(_notes(s, metrics))),
     ]
-    headers = ("model", "site", "ranking", "category", "n", "PPL₀", "CLIP₀", "chance", "k₁ stage 1")
-    headers += ("k₂ stage 2", "k grid", "notes")
-    align = ("left",) * 4 + ("right",) * 6 + ("left",) * 2  # numbers right-aligned, as formatted above
-    return _table(rows, headers, align)
+    return _table(summary, columns)
 
 
-def _table(rows: list[tuple], headers: tuple[str, ...], align: tuple[str, ...]) -> str:
+def _table(rows: list[dict], columns: list[Column]) -> str:
     """A GitHub-style table; the ranking column only when the rows were ranked in more than one way (the title
     names a single ranking)."""
-    column = headers.index("ranking")
-    if len({row[column] for row in rows}) <= 1:
-        drop = lambda values: tuple(v for i, v in enumerate(values) if i != column)  # noqa: E731
-        rows, headers, align = [drop(row) for row in rows], drop(headers), drop(align)
-    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True, colalign=align)
+    if len({row["ranking"] for row in rows}) <= 1:
+        columns = [column for column in columns if column.header != "ranking"]
+    return tabulate(
+        [[column.value(row) for column in columns] for row in rows],
+        headers=[column.header for column in columns],
+        tablefmt="github",
+        disable_numparse=True,
+        colalign=[column.align for column in columns],
+    )
 
 
-def _notes(summary_row: dict) -> list[str]:
+def _notes(summary_row: dict, metrics: Sequence[Metric]) -> list[str]:
     """Warnings a reader must see next to the thresholds (explained in the README)."""
     notes = list(summary_row.get("case_notes", ()))
     if summary_row.get("k_unmeasured"):
         notes.append("not measured: k " + ", ".join(map(str, summary_row["k_unmeasured"])))
     if not summary_row["monotone"]:
         notes.append("non-monotone")  # the stage falls again at a larger k
-    chance = summary_row["clip_chance"]
-    if chance is not None and summary_row["clip_baseline"] is not None and summary_row["clip_baseline"] <= chance:
-        notes.append("CLIP₀ ≤ chance")  # the CLIP clauses cannot tell collapse from the baseline
+    for metric in metrics:  # a baseline at or past its chance level: that metric cannot tell collapse from it
+        chance = summary_row["baseline_chance"].get(metric.name)
+        baseline = summary_row["baselines"].get(metric.name)
+        if chance is not None and baseline is not None and metric.at_chance(baseline, chance):
+            notes.append(f"{metric.title}₀ ≤ {metric.chance_title}")
     return notes
 
 
@@ -158,36 +189,36 @@ def _grid_label(ks: list[int]) -> str:
 
 def render_thresholds(analyses: list[dict], cases: Mapping[tuple, CurveCases] | None = None) -> str:
     """One row per searched curve: thresholds, cost, metrics at k₂, controls and where the k₂ set lives."""
-    rows = []
-    for a in sorted(analyses, key=lambda a: tuple(a[key] for key in GROUP_KEYS)):
-        found = a["k2"] is not None
-        notes = list((cases or {}).get(tuple(a[key] for key in GROUP_KEYS), CurveCases()).notes)
+    analyses = sorted(analyses, key=lambda a: tuple(a[key] for key in GROUP_KEYS))
+    metrics = table_metrics(analyses)
+
+    def at_k2(metric: Metric) -> Column:
+        def cell(a: dict) -> str:
+            if a["at_k2"] is None:
+                return ""
+            return metric.shown_at(a["at_k2"].get(metric.name), a["baselines"].get(metric.name))
+
+        return Column(metric.k2_title, cell)
+
+    def notes(a: dict) -> str:
+        found = list((cases or {}).get(tuple(a[key] for key in GROUP_KEYS), CurveCases()).notes)
         if not a["monotone"]:
-            notes.append("non-monotone: " + ", ".join(f"{k}→{k2}" for k, k2 in a["violations"]))
-        rows.append(
-            (
-                a["model"],
-                a["site"],
-                a["ranking"],
-                a["category"],
-                format_ppl(a["log10_ppl_baseline"]),
-                format_score(a["clip_baseline"]),
-                format_score(a["clip_chance"]),
-                _threshold(a["k1"], [a["k_max"]]),
-                _threshold(a["k2"], [a["k_max"]]),
-                str(a["evaluations"]),
-                str(len(a["passes"])),
-                f"{a['log10_ppl_ratio_at_k2']:+.2f}" if found else "",
-                format_score(a["clip_at_k2"]) if found else "",
-                _controls_label(a) if found else "",
-                _where(a["layers"]) + _small_set(a),
-                "; ".join(notes),
-            )
-        )
-    headers = ("model", "site", "ranking", "category", "PPL₀", "CLIP₀", "chance", "k₁", "k₂", "evals", "passes")
-    headers += ("Δlog10 PPL@k₂", "CLIP@k₂", "controls at k₂", "layers of the k₂ set", "notes")
-    align = ("left",) * 4 + ("right",) * 9 + ("left",) * 3
-    return _table(rows, headers, align)
+            found.append("non-monotone: " + ", ".join(f"{k}→{k2}" for k, k2 in a["violations"]))
+        return "; ".join(found)
+
+    columns = [
+        *CURVE_COLUMNS,
+        *baseline_columns(metrics),
+        Column("k₁", lambda a: _threshold(a["k1"], [a["k_max"]])),
+        Column("k₂", lambda a: _threshold(a["k2"], [a["k_max"]])),
+        Column("evals", lambda a: str(a["evaluations"])),
+        Column("passes", lambda a: str(len(a["passes"]))),
+        *(at_k2(metric) for metric in metrics),
+        _text("controls at k₂", lambda a: _controls_label(a) if a["k2"] is not None else ""),
+        _text("layers of the k₂ set", lambda a: _where(a["layers"]) + _small_set(a)),
+        _text("notes", notes),
+    ]
+    return _table(analyses, columns)
 
 
 def _where(layers: dict[str, dict[str, int]]) -> str:
@@ -226,16 +257,30 @@ def _controls_label(analysis: dict) -> str:
     return "COLLAPSE: " + "; ".join(name.replace(", zero ablation", "") for name in collapsed)
 
 
+# how a point's metric records become CSV columns: metrics by their own names, the others suffixed
+METRIC_COLUMNS = {
+    "metrics": "",
+    "baselines": "_baseline",
+    "chance": "_chance",
+    "baseline_chance": "_chance_baseline",
+}
+
+
 def _flat_row(point: dict) -> dict:
-    """A point without its captions, its options and provenance merged in as columns (a name clash would lose a
-    value)."""
+    """A point without its captions, as CSV columns: its metric records (`clip`, `clip_baseline`, `clip_chance`,
+    …) and its options and provenance merged in (a name clash would lose a value)."""
     merged = ("options", "provenance")
-    row = {key: value for key, value in point.items() if key not in ("captions", *merged)}
-    for name in merged:
-        clashes = set(row) & set(point.get(name, {}))
+    row = {key: value for key, value in point.items() if key not in ("captions", *merged, *METRIC_COLUMNS)}
+    records = {
+        name: {metric + suffix: value for metric, value in point[name].items()}
+        for name, suffix in METRIC_COLUMNS.items()
+    }
+    records.update((name, point.get(name, {})) for name in merged)
+    for name, record in records.items():
+        clashes = set(row) & set(record)
         if clashes:
             raise ValueError(f"{name} names {sorted(clashes)} clash with point fields in the CSV report")
-        row.update(point.get(name, {}))
+        row.update(record)
     return row
 
 

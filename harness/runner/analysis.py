@@ -14,23 +14,22 @@ from dataclasses import dataclass, field
 
 from harness.core import progress
 from harness.core.labels import DEFAULT_RANKING, curve_label
-from harness.core.metrics import format_score
 from harness.models.sites import site_names
 from harness.runner.curve import CollapseCurve, format_curve
 from harness.runner.experiment import CollapsePoint, Experiment
 from harness.science.ablation import Intervention
+from harness.science.metric_registry import Metric, get_metric
 from harness.science.threshold_search import ThresholdSearch
 
 
 @dataclass(frozen=True)
 class ControlOutcome:
-    """One control measured at the curve's k₂."""
+    """One control measured at the curve's k₂: its stage and its metrics (as the curve's points carry them)."""
 
     intervention: str
     k: int
     stage: int
-    log10_ppl_ratio: float
-    clip: float | None
+    metrics: dict[str, float | None]
 
 
 @dataclass(frozen=True)
@@ -78,12 +77,10 @@ class CurveAnalysis:
             "stages": sorted(self.search.stages.items()),
             "monotone": self.search.monotone,
             "violations": self.search.violations,
-            "n_images": baseline.n_images,
-            "log10_ppl_baseline": baseline.log10_ppl_baseline,
-            "clip_baseline": baseline.clip_baseline,
-            "clip_chance": baseline.clip_chance_baseline,
-            "log10_ppl_ratio_at_k2": None if at_k2 is None else at_k2.log10_ppl_ratio,
-            "clip_at_k2": None if at_k2 is None else at_k2.clip,
+            "n_samples": baseline.n_samples,
+            "baselines": baseline.metrics,  # every metric at k = 0
+            "baseline_chance": baseline.chance,
+            "at_k2": None if at_k2 is None else at_k2.metrics,
             "controls": [dataclasses.asdict(control) for control in self.controls],
             "controls_hold": self.controls_hold,
             "finding": self.finding,
@@ -98,11 +95,13 @@ class CurveAnalysis:
     def table(self) -> str:
         """The evaluated curve, then the controls: what an assertion failure shows."""
         lines = [format_curve(self.points.values())]
+        baselines = self.points[0].metrics if 0 in self.points else {}
         for control in self.controls:
-            lines.append(
-                f"control at k={control.k}: {control.intervention}: stage {control.stage}, "
-                f"Δlog10 PPL {control.log10_ppl_ratio:+.2f}, CLIP {format_score(control.clip)}"
+            shown = ", ".join(
+                f"{metric.delta_title or metric.title} {metric.shown_at(value, baselines.get(metric.name))}"
+                for metric, value in _shown(control.metrics)
             )
+            lines.append(f"control at k={control.k}: {control.intervention}: stage {control.stage}, {shown}")
         return "\n".join(lines)
 
 
@@ -138,13 +137,16 @@ def analyse_curve(
         ) as task:
             measured = experiment.measure_many(site, category, [(k2, i) for i in interventions])
             for intervention, point in zip(interventions, measured, strict=True):
-                controls.append(
-                    ControlOutcome(intervention.label, k2, point.stage, point.log10_ppl_ratio, point.clip)
-                )
+                controls.append(ControlOutcome(intervention.label, k2, point.stage, point.metrics))
             task.step("stages " + ", ".join(str(point.stage) for point in measured), steps=len(measured))
         layers = neurons_by_site_and_layer(experiment, site, category, k2)
     ranking = experiment.settings.ranking.label
     return CurveAnalysis(experiment.name, site, category, search, points, controls, layers, ranking)
+
+
+def _shown(metrics: dict[str, float | None]) -> list[tuple[Metric, float | None]]:
+    """The metrics tables show (harness.science.metric_registry), in declaration order, with their values."""
+    return [(get_metric(name), value) for name, value in metrics.items() if get_metric(name).in_tables]
 
 
 def neurons_by_site_and_layer(experiment: Experiment, site: str, category: str, k: int) -> dict[str, dict]:

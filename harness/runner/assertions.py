@@ -6,6 +6,7 @@ from __future__ import annotations
 from harness.runner.analysis import CurveAnalysis
 from harness.runner.baseline import Baselines
 from harness.runner.curve import CollapseCurve
+from harness.science.metric_registry import CLIP, DEGENERATE_RATE, LOG10_PPL, Metric, get_metric
 
 
 def _fail(curve: CollapseCurve, message: str) -> None:
@@ -13,40 +14,78 @@ def _fail(curve: CollapseCurve, message: str) -> None:
     raise AssertionError(f"{curve.label}: {message}\ncurve so far:\n{curve.table()}")
 
 
+def _metric_at(target: CollapseCurve | CurveAnalysis, metric_name: str, k: int) -> tuple[Metric, float, float]:
+    """(metric, value at k, value at k = 0) on a curve or an analysed curve; a metric its points do not carry is
+    a ValueError naming the ones they do."""
+    metric = get_metric(metric_name)
+    point = target.point(k) if isinstance(target, CollapseCurve) else target.points[k]
+    value, baseline = point.metrics.get(metric.name), point.baselines.get(metric.name)
+    if value is None or baseline is None:
+        carried = ", ".join(name for name, v in point.metrics.items() if v is not None)
+        raise ValueError(f"{point.model} has no {metric.name} measured at k={k} to assert on (it has: {carried})")
+    return metric, value, baseline
+
+
+def _fail_on(target: CollapseCurve | CurveAnalysis, message: str) -> None:
+    __tracebackhide__ = True
+    if isinstance(target, CollapseCurve):
+        _fail(target, message)
+    _fail_analysis(target, message)
+
+
+def assert_metric_drop(
+    target: CollapseCurve | CurveAnalysis, metric: str, k: int, max_fraction: float = 0.9
+) -> None:
+    """Metric `metric` (harness.science.metric_registry) at k is at most max_fraction of its baseline value, on a
+    curve (`collapse_curve`) or an analysed curve (`collapse_analysis`)."""
+    __tracebackhide__ = True
+    declared, value, baseline = _metric_at(target, metric, k)
+    if not value <= max_fraction * baseline:
+        _fail_on(
+            target,
+            f"{declared.title} at k={k} is {declared.format(value)} = {value / max(baseline, 1e-9):.0%} of the "
+            f"baseline {declared.format(baseline)}; expected ≤ {max_fraction:.0%}",
+        )
+
+
+def assert_metric_rise(target: CollapseCurve | CurveAnalysis, metric: str, k: int, min_change: float) -> None:
+    """Metric `metric` at k exceeds its baseline value by at least `min_change` (for the reference PPL, a log10:
+    1.0 is a tenfold PPL), on a curve or an analysed curve."""
+    __tracebackhide__ = True
+    declared, value, baseline = _metric_at(target, metric, k)
+    if not value - baseline >= min_change:
+        _fail_on(
+            target,
+            f"{declared.delta_title or declared.title} at k={k} is {value - baseline:+.2f}; "
+            f"expected ≥ {min_change:+g}",
+        )
+
+
 def assert_ppl_blowup(curve: CollapseCurve, k: int, min_log10_ratio: float = 1.0) -> None:
     """The reference PPL at k is at least 10^min_log10_ratio times the baseline PPL."""
     __tracebackhide__ = True
-    point = curve.point(k)
-    if not point.log10_ppl_ratio >= min_log10_ratio:
-        _fail(
-            curve,
-            f"reference PPL at k={k} is 10^{point.log10_ppl_ratio:.2f} × baseline; "
-            f"expected ≥ 10^{min_log10_ratio:g}",
-        )
+    assert_metric_rise(curve, LOG10_PPL.name, k, min_log10_ratio)
 
 
 def assert_clip_drop(curve: CollapseCurve, k: int, max_fraction: float = 0.9) -> None:
     """The CLIP score at k is at most max_fraction of the baseline CLIP score."""
     __tracebackhide__ = True
-    point = curve.point(k)
-    if point.clip is None or point.clip_baseline is None:
-        raise ValueError(f"{point.model} is a text-only model: it has no CLIP score to assert on (use the PPL)")
-    if not point.clip <= max_fraction * point.clip_baseline:
-        _fail(
-            curve,
-            f"CLIP score at k={k} is {point.clip:.1f} = {point.clip / max(point.clip_baseline, 1e-9):.0%} of the "
-            f"baseline {point.clip_baseline:.1f}; expected ≤ {max_fraction:.0%}",
-        )
+    assert_metric_drop(curve, CLIP.name, k, max_fraction)
 
 
 def assert_fluent_baseline(curve: CollapseCurve, max_degenerate_rate: float = 0.0) -> None:
-    """The unmasked model captions the images: no degenerate captions and CLIP above the chance level."""
+    """The unmasked model's outputs are language (at most `max_degenerate_rate` degenerate) and every metric
+    with a chance level is past it."""
     __tracebackhide__ = True
     point = curve.point(0)
-    if point.degenerate_rate > max_degenerate_rate:
-        _fail(curve, f"{point.degenerate_rate:.0%} of the baseline captions are degenerate")
-    if point.clip_chance is not None and not point.clip > point.clip_chance:
-        _fail(curve, f"baseline CLIP {point.clip:.1f} is not above the chance level {point.clip_chance:.1f}")
+    degenerate = point.metrics.get(DEGENERATE_RATE.name)
+    if degenerate is not None and degenerate > max_degenerate_rate:
+        _fail(curve, f"{degenerate:.0%} of the baseline outputs are degenerate")
+    for name, chance in point.chance.items():
+        metric, value = get_metric(name), point.metrics.get(name)
+        if chance is not None and value is not None and metric.at_chance(value, chance):
+            _fail(curve, f"baseline {metric.title} {metric.format(value)} is not past the chance level "
+                         f"{metric.format(chance)}")  # fmt: skip
 
 
 # -- on an analysed curve: thresholds from the search, controls at k₂ -----------------------------------------

@@ -4,7 +4,8 @@ pytest-regressions was considered: its `data_regression` compares exactly and `n
 and a column-per-number layout; thresholds want a *relative* tolerance on k and absolute ones in log space, so
 the comparison is written here (a few lines) and the file stays a readable JSON document.
 
-An entry holds the values compared; the settings the curve was measured with, which must all match for a
+An entry holds the values compared (k₁ and k₂; each metric with a declared tolerance at k = 0 and at k₂,
+harness.science.metric_registry); the settings the curve was measured with, which must all match for a
 comparison to mean anything: the point record, derived from every setting tagged as changing results
 (harness.core.recorded) and the digest of the images or text; and what it was recorded with (code fingerprint,
 checkpoint, weight digest, library versions, device): when a comparison fails, the diff shows which of those
@@ -17,7 +18,8 @@ from __future__ import annotations
 import json
 import math
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from filelock import FileLock
@@ -26,26 +28,36 @@ from harness.core import atomic_files
 from harness.core.errors import BaselineError
 from harness.core.labels import curve_label
 from harness.core.versions import library_versions
+from harness.science.metric_registry import Metric, get_metric
 
-FORMAT = 2  # entries that record every result setting; format 1 (no "format" field) recorded a hand-kept subset
+FORMAT = 3  # 3: each compared metric's values under "metrics"; 2: fixed fields; 1 (no "format"): fewer settings
 THRESHOLDS = ("k1", "k2")
-LOG10_METRICS = ("log10_ppl_baseline", "log10_ppl_ratio_at_k2")
-CLIP_METRICS = ("clip_baseline", "clip_at_k2")
-REQUIRED = ("log10_ppl_baseline",)  # every curve has one; the other values are None where there is none
+POINTS = ("baseline", "at_k2")  # where a metric is compared: at k = 0, and at k₂ (as the tables show it)
 ABSENT = "(absent)"
 
 
 @dataclass(frozen=True)
 class Tolerances:
+    """How far a curve may move from its baseline: k₁ and k₂ relatively, each metric absolutely (its declared
+    tolerance unless `metric_atol` names another, harness.science.metric_registry)."""
+
     k_rtol: float = 0.1  # |k − k_baseline| ≤ k_rtol · k_baseline (at least ±0: equal for small k)
-    log10_atol: float = 0.1  # log10 PPL values, absolute
-    clip_atol: float = 2.0  # CLIP score points, absolute
+    metric_atol: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("k_rtol", "log10_atol", "clip_atol"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"baseline tolerance {name} must be a finite number ≥ 0, got {value!r}")
+        for name, value in (("k_rtol", self.k_rtol), *self.metric_atol.items()):
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"baseline tolerance of {name} must be a finite number ≥ 0, got {value!r}")
+        for name in self.metric_atol:
+            get_metric(name)  # an unknown metric is an error listing the registered ones
+
+    def atol(self, metric: Metric) -> float:
+        return self.metric_atol.get(metric.name, metric.tolerance)
+
+
+def compared_metrics(names: Iterable[str]) -> list[Metric]:
+    """The metrics among `names` that baselines compare: those with a declared tolerance."""
+    return [get_metric(name) for name in names if get_metric(name).tolerance is not None]
 
 
 def curve_key(row: dict) -> str:
@@ -53,19 +65,26 @@ def curve_key(row: dict) -> str:
 
 
 def entry_of(analysis_row: dict) -> dict:
-    """What a baseline stores of one analysed curve (`CurveAnalysis.to_row()`): its values, every setting it was
-    measured with (the point record) and what computed it (the provenance record, with the library versions)."""
+    """What a baseline stores of one analysed curve (`CurveAnalysis.to_row()`): k₁, k₂, each compared metric at
+    k = 0 and at k₂, every setting it was measured with (the point record) and what computed it (the provenance
+    record, with the library versions)."""
+    at_k2 = analysis_row["at_k2"] or {}
     return {
         "format": FORMAT,
-        **{name: analysis_row[name] for name in THRESHOLDS + LOG10_METRICS + CLIP_METRICS},
+        **{name: analysis_row[name] for name in THRESHOLDS},
+        "metrics": {
+            metric.name: {"baseline": analysis_row["baselines"][metric.name], "at_k2": at_k2.get(metric.name)}
+            for metric in compared_metrics(analysis_row["baselines"])
+        },
         "settings": analysis_row["options"],
         "recorded_with": {**analysis_row["provenance"], **library_versions()},
     }
 
 
 def entry_problems(entry: object) -> list[str]:
-    """Why `entry` is not a valid baseline entry (empty when it is): each compared value of the right type and
-    finite, the settings and provenance mappings present."""
+    """Why `entry` is not a valid baseline entry (empty when it is): k₁ and k₂ whole numbers ≥ 1 or null, each
+    metric's values finite numbers (its value at k₂ may be null: no k₂), the settings and provenance mappings
+    present."""
     if not isinstance(entry, dict):
         return [f"is a {type(entry).__name__}, not a JSON object"]
     if entry.get("format") != FORMAT:
@@ -75,13 +94,19 @@ def entry_problems(entry: object) -> list[str]:
         value = entry.get(name, ABSENT)
         if value is not None and (type(value) is not int or value < 1):
             problems.append(f"{name} is {value!r}: expected a whole number ≥ 1, or null (no such k found)")
-    for name in LOG10_METRICS + CLIP_METRICS:
-        value = entry.get(name, ABSENT)
-        if value is None and name not in REQUIRED:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            allowed = "a finite number" + ("" if name in REQUIRED else ", or null")
-            problems.append(f"{name} is {value!r}: expected {allowed}")
+    metrics = entry.get("metrics", ABSENT)
+    if not isinstance(metrics, dict):
+        problems.append(f"metrics is {metrics!r}: expected a JSON object")
+        metrics = {}
+    for name, values in metrics.items():
+        values = values if isinstance(values, dict) else {}
+        for point in POINTS:
+            value = values.get(point, ABSENT)
+            if value is None and point == "at_k2":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                allowed = "a finite number" + (", or null" if point == "at_k2" else "")
+                problems.append(f"{name} {point} is {value!r}: expected {allowed}")
     for name in ("settings", "recorded_with"):
         if not isinstance(entry.get(name), dict):
             problems.append(f"{name} is {entry.get(name, ABSENT)!r}: expected a JSON object")
@@ -89,7 +114,8 @@ def entry_problems(entry: object) -> list[str]:
 
 
 def compare(current: dict, baseline: dict, tolerances: Tolerances) -> list[tuple[str, object, object, str]]:
-    """Rows (what, baseline, now, allowed) for every compared value outside its tolerance."""
+    """Rows (what, baseline, now, allowed) for every compared value outside its tolerance: k₁ and k₂, and each
+    metric at k = 0 and at k₂ as the tables show it (its change against k = 0 where it is shown as one)."""
     moved = []
     for name in THRESHOLDS:
         then, now = baseline[name], current[name]
@@ -100,12 +126,24 @@ def compare(current: dict, baseline: dict, tolerances: Tolerances) -> list[tuple
         allowed = tolerances.k_rtol * then
         if abs(now - then) > allowed:
             moved.append((name, then, now, f"±{allowed:g}"))
-    for names, tolerance in ((LOG10_METRICS, tolerances.log10_atol), (CLIP_METRICS, tolerances.clip_atol)):
-        for name in names:
-            then, now = baseline[name], current[name]
+    for metric in compared_metrics(dict.fromkeys([*baseline["metrics"], *current["metrics"]])):
+        before, after = baseline["metrics"].get(metric.name, {}), current["metrics"].get(metric.name, {})
+        tolerance = tolerances.atol(metric)
+        for title, then, now in (
+            (f"{metric.title}₀", before.get("baseline"), after.get("baseline")),
+            (metric.k2_title, _shown_at_k2(metric, before), _shown_at_k2(metric, after)),
+        ):
             if (then is None) != (now is None) or (then is not None and abs(now - then) > tolerance):
-                moved.append((name, then, now, f"±{tolerance:g}"))
+                moved.append((title, then, now, f"±{tolerance:g}"))
     return moved
+
+
+def _shown_at_k2(metric: Metric, values: Mapping[str, float | None]) -> float | None:
+    """A metric at k₂ as the tables show it: its change against k = 0 where it is shown as one, else its value."""
+    at_k2, baseline = values.get("at_k2"), values.get("baseline")
+    if at_k2 is None or metric.delta_title is None:
+        return at_k2
+    return None if baseline is None else at_k2 - baseline
 
 
 class BaselineFile:

@@ -7,8 +7,8 @@ from collections.abc import Callable, Sequence
 from tabulate import tabulate
 
 from harness.core.labels import curve_label
-from harness.core.metrics import format_ppl, format_score
 from harness.runner.experiment import TOP_K_ZERO, CollapsePoint, Experiment
+from harness.science.metric_registry import get_metric
 
 STAGE_NAMES = {0: "intact", 1: "degraded", 2: "collapsed"}
 
@@ -65,19 +65,28 @@ class CollapseCurve:
 
 
 def format_curve(points) -> str:
-    """A small table of a curve, for failure messages and `--can-show-curves`."""
-    rows = [
-        (
-            p.k,
-            format_ppl(p.log10_ppl_ref),
-            f"{p.log10_ppl_ratio:+.2f}",
-            format_score(p.clip),
-            format_score(p.clip_chance),
-            "not generated" if p.degenerate_rate is None else f"{p.degenerate_rate:.0%}",
-            f"{p.stage} {STAGE_NAMES[p.stage]}",
-            (p.captions[0][:40] + "…") if p.captions and len(p.captions[0]) > 40 else (p.captions or [""])[0],
-        )
-        for p in sorted(points, key=lambda p: p.k)
-    ]
-    headers = ("k", "ref PPL", "Δlog10 PPL", "CLIP", "chance", "degenerate", "stage", "first caption")
-    return tabulate(rows, headers=headers, tablefmt="simple")
+    """A small table of a curve, for failure messages and `--can-show-curves`: each metric the points carry that
+    curves show (harness.science.metric_registry), with its change against the baseline and its chance level
+    where it declares them."""
+    points = sorted(points, key=lambda p: p.k)
+    metrics = [get_metric(name) for name in dict.fromkeys(n for p in points for n in p.metrics)]
+    metrics = [metric for metric in metrics if metric.in_curves]
+    headers = ["k"]
+    for metric in metrics:
+        headers += [metric.point_title or metric.title] + [
+            t for t in (metric.delta_title, metric.chance_title) if t
+        ]
+    rows = []
+    for p in points:
+        row = [p.k]
+        for metric in metrics:
+            value = p.metrics.get(metric.name)
+            missing = "not generated" if metric.needs_generation and not p.generated else "n/a"
+            row.append(missing if value is None else metric.format(value))
+            if metric.delta_title:
+                row.append(metric.shown_at(value, p.baselines.get(metric.name)))
+            if metric.chance_title:
+                row.append(metric.shown(p.chance.get(metric.name)))
+        first = p.captions[0] if p.captions else ""
+        rows.append([*row, f"{p.stage} {STAGE_NAMES[p.stage]}", first[:40] + "…" if len(first) > 40 else first])
+    return tabulate(rows, headers=[*headers, "stage", "first caption"], tablefmt="simple")

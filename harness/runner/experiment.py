@@ -20,7 +20,7 @@ import torch
 
 from harness.core import progress
 from harness.core.code_fingerprint import code_fingerprint
-from harness.core.metrics import log10_ppl, require_finite
+from harness.core.metrics import require_finite
 from harness.core.recorded import MEASUREMENT, RANKING, RESULTS, digest_of, recorded, tag_of
 from harness.core.versions import library_versions
 from harness.models.captioning import Caption, generate_captions
@@ -28,13 +28,14 @@ from harness.models.image_encoding import EncodedImage
 from harness.models.loading import LoadedModel
 from harness.models.masking import JointMask, NeuronMask, mask_neurons
 from harness.models.prompt_prefix import PromptPrefix
-from harness.models.sites import AnySite, JointSite, resolve_any_site
+from harness.models.sites import AnySite, resolve_any_site
 from harness.runner.ranking_cache import RankingCache
 from harness.runner.settings import HarnessSettings, search_parallel_for
 from harness.science.ablation import Intervention, mean_activations, random_selection
+from harness.science.metric_registry import LOG10_PPL, get_metric
 from harness.science.ranking import Ranking, importances
 from harness.science.ranking_options import RankingOptions
-from harness.science.stages import classify_stage
+from harness.science.stages import Criterion
 from harness.science.threshold_search import ThresholdSearch, search_thresholds
 
 MAX_REPORTED_NEURONS = 64
@@ -49,34 +50,29 @@ class Observation:
     # generated: captions, or a text model's continuations; None: not generated, because the stage does not need
     # them (a text model's point evaluated only for a threshold search, harness.runner.text_experiment)
     captions: list[Caption] | None
-    reference_nll: list[float]  # teacher-forced, per caption (VLM) or per text window (text model)
-    clip: list[float] | None  # per image; None for a text model
-    clip_chance: float | None  # these captions scored against images of the other categories
-    degenerate: list[bool] | None  # per caption (or continuation): no language (harness.core.metrics)
+    reference_nll: list[float]  # teacher-forced under the unmasked model, per sample (nats)
+    # per metric the experiment measured (harness.science.metric_registry): one value per sample
+    values: dict[str, list[float]]
+    chance: dict[str, float | None] = field(default_factory=dict)  # per metric with a chance level: its level
 
 
 @dataclass(frozen=True)
 class CollapsePoint:
-    """One evaluated (model, site, category, k): the row every report and table is built from."""
+    """One evaluated (model, site, category, k): the row every report and table is built from. Its metrics are
+    the experiment's declared ones (harness.science.metric_registry), each a mean over the category's samples;
+    None where it was not measured (nothing generated)."""
 
     model: str
     site: str
     category: str
     k: int
-    n_images: int
-    mean_nll_ref: float
-    mean_nll_self: float | None  # None (and degenerate_rate None, captions []): nothing was generated
-    log10_ppl_ref: float
-    log10_ppl_self: float | None
-    log10_ppl_baseline: float
-    log10_ppl_ratio: float
-    clip: float | None  # None for text-only models
-    clip_baseline: float | None
-    clip_chance: float | None
-    clip_chance_baseline: float | None
-    chance_images: int
-    degenerate_rate: float | None
+    n_samples: int  # images, or a text's windows
+    metrics: dict[str, float | None]
+    baselines: dict[str, float | None]  # the same metrics at k = 0
+    chance: dict[str, float | None]  # the chance level of each metric that has one, at this k
+    baseline_chance: dict[str, float | None]  # … and at k = 0
     stage: int
+    generated: bool  # outputs were generated at this point, or only what its stage needs was measured
     captions: list[str]
     masked_neurons: list[tuple[str, int, int, float | None]]  # (site, layer, channel, CAN score) of the first ≤ 64
     mask_modes: list[str]
@@ -93,9 +89,9 @@ class CollapsePoint:
         return asdict(self)
 
     @property
-    def generated(self) -> bool:
-        """Whether captions (continuations) were generated at this point, or only what its stage needs."""
-        return self.degenerate_rate is not None
+    def log10_ppl_ratio(self) -> float:
+        """log10(PPL_k / PPL₀) of the reference PPL, the metric every experiment measures."""
+        return self.metrics[LOG10_PPL.name] - self.baselines[LOG10_PPL.name]
 
 
 @dataclass
@@ -122,6 +118,7 @@ class Experiment(ABC):
     lives in its ModelState, shared with the model's experiments of other rankings."""
 
     kind: ClassVar[str]  # which kind-tagged settings it reads ("image", "text"; harness.core.recorded)
+    metrics: ClassVar[tuple[str, ...]]  # the metrics it measures (harness.science.metric_registry), in order
 
     def __init__(
         self, loaded: LoadedModel, settings: HarnessSettings, rankings: RankingCache, state: ModelState | None
@@ -194,13 +191,22 @@ class Experiment(ABC):
     ) -> list[Observation]:
         """`observe` under each zero-ablation neuron set, in batched passes with per-row masks."""
 
-    def chance_images(self, category: str) -> int:
-        """How many images a chance-level CLIP score of `category` is measured on; 0: no CLIP score."""
-        return 0
-
     def clip_label(self) -> str | None:
         """The CLIP model that scores this experiment's captions, for its records; None: no CLIP score."""
         return None
+
+    @abstractmethod
+    def criterion(self) -> Criterion:
+        """The stage criterion: which of this experiment's metrics it reads, under the settings' thresholds."""
+
+    def means(self, observed: Observation, where: str) -> dict[str, float | None]:
+        """Each declared metric's mean over the samples (None where it was not measured), checked finite."""
+        means: dict[str, float | None] = {}
+        for name in self.metrics:
+            values = observed.values.get(name)
+            mean = None if values is None else _mean(values)
+            means[name] = None if mean is None else require_finite(mean, f"{get_metric(name).title} of {where}")
+        return means
 
     def _captions(self, category: str, encoded_images: list[EncodedImage] | None = None) -> list[Caption]:
         return generate_captions(
@@ -222,13 +228,11 @@ class Experiment(ABC):
         key = (site_name, category)
         if key not in self._rankings:
             site = self.site(site_name)
-            if isinstance(site, JointSite):  # each neuron's score depends on its own site only: merge the parts'
-                self._rank_together([part.name for part in site.parts], category)
+            self._rank_together([part.name for part in site.parts], category)
+            if key not in self._rankings:  # a joint site: each neuron's score depends on its own site only
                 parts = [self._rankings[part.name, category] for part in site.parts]
-                scores = torch.cat([part.scores.reshape(-1) for part in parts])
+                scores = torch.cat([part.scores.reshape(-1) for part in parts]).reshape(site.score_shape)
                 self._rankings[key] = Ranking(site_name, scores, key="+".join(part.key for part in parts))
-            else:
-                self._rank_together([site_name], category)
         return self._rankings[key]
 
     def _rank_together(self, site_names: list[str], category: str) -> None:
@@ -240,7 +244,7 @@ class Experiment(ABC):
         inputs, targets = self.ranking_data(category)
         results = self.rankings.load_or_compute_many(
             [
-                (self.ranking_inputs(name, category), (site.n_layers, site.width))
+                (self.ranking_inputs(name, category), site.score_shape)
                 for name, site in zip(todo, sites, strict=True)
             ],
             lambda missing: importances(
@@ -261,17 +265,17 @@ class Experiment(ABC):
         key = (site_name, category, self.settings.ranking.positions)
         if key not in self.state.means:
             site = self.site(site_name)
-            if isinstance(site, JointSite):
-                parts = [self.mean_activations(part.name, category).reshape(-1) for part in site.parts]
-                self.state.means[key] = torch.cat(parts)
-                return self.state.means[key]
-            self.state.means[key] = mean_activations(
-                self.loaded,
-                site,
-                *self.ranking_data(category),
-                positions=self.settings.ranking.positions,
-                batch_size=self.settings.batch_size,
-            )
+            parts = [
+                mean_activations(
+                    self.loaded,
+                    part,
+                    *self.ranking_data(category),
+                    positions=self.settings.ranking.positions,
+                    batch_size=self.settings.batch_size,
+                )
+                for part in site.parts
+            ]
+            self.state.means[key] = torch.cat([part.reshape(-1) for part in parts]).reshape(site.score_shape)
         return self.state.means[key]
 
     def selection(self, site_name: str, category: str, k: int, intervention: Intervention) -> torch.Tensor:
@@ -399,50 +403,22 @@ class Experiment(ABC):
             scores = ranking.scores.reshape(-1)[shown].tolist() if ranking is not None else [None] * len(shown)
             neurons = [(n.site, n.layer, n.channel, s) for n, s in zip(site.neurons(shown), scores, strict=True)]
             ranking_key = ranking.key if intervention.selection == "ranked" else None
-        where = f"{self.name} {site_name} {category} k={k}"
+        where = f"{self.name} {site_name} {category}"
+        values = self.means(observed, f"{where} k={k}")
+        baselines = self.means(baseline, f"{where} k=0")
         captions = observed.captions
-        mean_ref = require_finite(_mean(observed.reference_nll), f"reference NLL of {where}")
-        mean_self = (
-            None
-            if captions is None
-            else require_finite(_mean([c.self_nll for c in captions]), f"self NLL of {where}")
-        )
-        mean_clip = (
-            None if observed.clip is None else require_finite(_mean(observed.clip), f"CLIP score of {where}")
-        )
-        base_log10 = log10_ppl(_mean(baseline.reference_nll))
-        degenerate_rate = None if observed.degenerate is None else _mean([float(f) for f in observed.degenerate])
-        ratio = log10_ppl(mean_ref) - base_log10
-        clip_baseline = None if baseline.clip is None else _mean(baseline.clip)
-        chance = observed.clip_chance
         return CollapsePoint(
             model=self.name,
             site=site_name,
             category=category,
             k=k,
-            n_images=len(self.samples(category)),
-            mean_nll_ref=mean_ref,
-            mean_nll_self=mean_self,
-            log10_ppl_ref=log10_ppl(mean_ref),
-            log10_ppl_self=None if mean_self is None else log10_ppl(mean_self),
-            log10_ppl_baseline=base_log10,
-            log10_ppl_ratio=ratio,
-            clip=mean_clip,
-            clip_baseline=clip_baseline,
-            clip_chance=chance,
-            clip_chance_baseline=baseline.clip_chance,
-            chance_images=self.chance_images(category),
-            degenerate_rate=degenerate_rate,
-            stage=classify_stage(
-                k=k,
-                log10_ppl_ratio=ratio,
-                clip=mean_clip,
-                clip_baseline=clip_baseline,
-                clip_chance=chance,
-                degenerate_rate=degenerate_rate,
-                thresholds=self.settings.thresholds,
-                text_only=self.loaded.family.text_only,
-            ),
+            n_samples=len(self.samples(category)),
+            metrics=values,
+            baselines=baselines,
+            chance=dict(observed.chance),
+            baseline_chance=dict(baseline.chance),
+            stage=self.criterion().stage(k, values, baselines, observed.chance),
+            generated=captions is not None,
             captions=[] if captions is None else [c.text for c in captions],
             masked_neurons=neurons,
             mask_modes=list(modes),

@@ -9,6 +9,7 @@ from contextlib import nullcontext
 
 import torch
 
+from harness.core.metrics import log10_ppl
 from harness.data.images import ImageSet
 from harness.models.captioning import Caption, Prompt, generate_captions, score_captions
 from harness.models.clip_score import ClipScorer, clip_score_matrix, clip_scores
@@ -21,12 +22,15 @@ from harness.models.sites import AnySite, inside_language_model
 from harness.runner.experiment import Experiment, ModelState, Observation, set_slices
 from harness.runner.ranking_cache import RankingCache
 from harness.runner.settings import HarnessSettings
+from harness.science.metric_registry import CLIP, DEGENERATE_RATE, LOG10_PPL, SELF_LOG10_PPL
+from harness.science.stages import Criterion
 
 
 class ImageExperiment(Experiment):
     """Measures collapse points of a vision-language model on the run's images."""
 
     kind = "image"
+    metrics = (LOG10_PPL.name, SELF_LOG10_PPL.name, CLIP.name, DEGENERATE_RATE.name)
 
     def __init__(
         self,
@@ -45,6 +49,11 @@ class ImageExperiment(Experiment):
 
     def clip_label(self) -> str:
         return self.clip.spec.label
+
+    def criterion(self) -> Criterion:
+        """A VLM's complete collapse needs the PPL blow-up and captions that no longer describe the image (CLIP at
+        chance, or degenerate text)."""
+        return Criterion((LOG10_PPL.name, CLIP.name, DEGENERATE_RATE.name), self.settings.thresholds)
 
     def samples(self, category: str) -> Sequence[Prompt]:
         """The model's inputs on `category`: its images."""
@@ -66,9 +75,20 @@ class ImageExperiment(Experiment):
         and by CLIP against its image. A VLM's stage needs all of it, so `stage_only` changes nothing here."""
         with mask or nullcontext():
             captions = self._captions(category, self.encoded_images(category, None if mask is None else mask.site))
+        return self._observation(category, captions)
+
+    def _observation(self, category: str, captions: list[Caption]) -> Observation:
+        """The metrics of `category`'s captions: the reference PPL (scored by the unmasked model: call it
+        unmasked), each caption's own PPL, CLIP against its image with the chance level, and degenerate flags."""
         reference = self.reference_nll(category, captions)
         clip, chance = self._clip_and_chance(category, captions)
-        return Observation(captions, reference, clip, chance, [caption.degenerate for caption in captions])
+        values = {
+            LOG10_PPL.name: [log10_ppl(nll) for nll in reference],
+            SELF_LOG10_PPL.name: [log10_ppl(caption.self_nll) for caption in captions],
+            CLIP.name: clip,
+            DEGENERATE_RATE.name: [float(caption.degenerate) for caption in captions],
+        }
+        return Observation(captions, reference, values, {CLIP.name: chance})
 
     def encoded_images(self, category: str, masked: AnySite | None) -> list[EncodedImage] | None:
         """The category's image features (computed once, unmasked) where generation under a mask of `masked` can
@@ -116,9 +136,6 @@ class ImageExperiment(Experiment):
             self.state.other_clip_features[category] = torch.cat([self.image_features(other) for other in others])
         return own, float(clip_score_matrix(self.state.other_clip_features[category], texts).mean())
 
-    def chance_images(self, category: str) -> int:
-        return sum(len(self.images.check_category(other)) for other in self.images.other_categories(category))
-
     def observe_many(
         self, category: str, site: AnySite, neuron_sets: Sequence[torch.Tensor], *, stage_only: bool = False
     ) -> list[Observation]:
@@ -134,10 +151,4 @@ class ImageExperiment(Experiment):
             chunk_mask=lambda part: mask_rows(site, rows[part]),
             encoded_images=None if encoded is None else encoded * len(neuron_sets),
         )  # fmt: skip
-        observations = []
-        for part in set_slices(len(samples), len(neuron_sets)):
-            reference = self.reference_nll(category, captions[part])
-            clip, chance = self._clip_and_chance(category, captions[part])
-            degenerate = [caption.degenerate for caption in captions[part]]
-            observations.append(Observation(captions[part], reference, clip, chance, degenerate))
-        return observations
+        return [self._observation(category, captions[part]) for part in set_slices(len(samples), len(neuron_sets))]

@@ -14,7 +14,7 @@ from contextlib import nullcontext
 
 import torch
 
-from harness.core.metrics import is_degenerate_continuation
+from harness.core.metrics import is_degenerate_continuation, log10_ppl
 from harness.data.texts import TextSet, TextWindow, text_windows
 from harness.models.captioning import Caption, generate_captions, score_captions
 from harness.models.loading import LoadedModel
@@ -24,12 +24,15 @@ from harness.models.sites import AnySite
 from harness.runner.experiment import Experiment, ModelState, Observation, set_slices
 from harness.runner.ranking_cache import RankingCache
 from harness.runner.settings import HarnessSettings
+from harness.science.metric_registry import DEGENERATE_RATE, LOG10_PPL, SELF_LOG10_PPL, get_metric
+from harness.science.stages import Criterion
 
 
 class TextExperiment(Experiment):
     """Measures collapse points of a text-only model on the run's texts."""
 
     kind = "text"
+    metrics = (LOG10_PPL.name, SELF_LOG10_PPL.name, DEGENERATE_RATE.name)
 
     def __init__(
         self,
@@ -112,17 +115,27 @@ class TextExperiment(Experiment):
             for part in set_slices(count, sets)
         ]
 
+    def criterion(self) -> Criterion:
+        """PCICN's criterion, the PPL of the text alone; with text_stage2 "ppl+degenerate" the degenerate rate of
+        the continuations too."""
+        read = (LOG10_PPL.name,)
+        if self.settings.thresholds.text_stage2 == "ppl+degenerate":
+            read += (DEGENERATE_RATE.name,)
+        return Criterion(read, self.settings.thresholds)
+
     @property
     def _stage_reads_ppl_only(self) -> bool:
-        return self.settings.thresholds.text_stage2 == "ppl"
+        """Whether the stage reads nothing measured on generated text: then a search point needs no generate."""
+        return not any(get_metric(name).needs_generation for name in self.criterion().metrics)
 
     def _observation(
         self, category: str, continuations: list[Caption] | None, reference: list[float], *, masked: bool
     ) -> Observation:
         """The observation of continuations and text NLLs; a continuation's degenerate flag compares its NLL
         under the unmasked model with the unmasked model's NLL of the text itself."""
+        values = {LOG10_PPL.name: [log10_ppl(nll) for nll in reference]}
         if continuations is None:
-            return Observation(None, reference, clip=None, clip_chance=None, degenerate=None)
+            return Observation(None, reference, values)
         text_nll = reference if not masked else self.baseline(category).reference_nll
         salad_log10 = self.settings.thresholds.stage2_log10_ppl_ratio
         degenerate = [
@@ -131,7 +144,9 @@ class TextExperiment(Experiment):
                 continuations, self._unmasked_nll(category, continuations), text_nll, strict=True
             )
         ]
-        return Observation(continuations, reference, clip=None, clip_chance=None, degenerate=degenerate)
+        values[SELF_LOG10_PPL.name] = [log10_ppl(c.self_nll) for c in continuations]
+        values[DEGENERATE_RATE.name] = [float(flag) for flag in degenerate]
+        return Observation(continuations, reference, values)
 
     def _unmasked_nll(self, category: str, continuations: list[Caption]) -> list[float | None]:
         """Each continuation's mean NLL under the unmasked model given its opening (None for an empty one)."""

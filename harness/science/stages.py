@@ -1,23 +1,27 @@
 """The two-stage collapse criterion (its defaults: README, *Science defaults*), every threshold an option recorded
-with the result.
+with the result, each metric's part in it declared with the metric (harness.science.metric_registry).
 
-stage 1, expressive degradation: reference PPL ≥ ppl_ratio × baseline, or CLIP ≤ clip_fraction × baseline.
-stage 2, complete collapse: log10(PPL/PPL₀) ≥ log10_ppl_ratio, and (CLIP ≤ chance level, or at least
-degenerate_rate of the captions are empty / one token repeated).
-Text-only models have no CLIP score. Their stage 2 is PCICN's criterion, the PPL of the text alone (the authors
-stop at the first k with log10(PPL/PPL₀) ≥ 1); with text_stage2 = "ppl+degenerate" it also needs at least
-degenerate_rate of degenerate continuations (harness.core.metrics.is_degenerate_continuation).
+stage 1, expressive degradation: any metric's stage-1 condition holds (reference PPL ≥ ppl_ratio × baseline, or
+CLIP ≤ clip_fraction × baseline).
+stage 2, complete collapse: every required stage-2 condition holds (log10(PPL/PPL₀) ≥ log10_ppl_ratio) and, when
+the probe's criterion has other stage-2 conditions, at least one of them (CLIP ≤ its chance level, or at least
+degenerate_rate of the outputs degenerate).
+A probe chooses the metrics its criterion reads: text-only models have no CLIP score, and their stage 2 is
+PCICN's, the PPL of the text alone (the authors stop at the first k with log10(PPL/PPL₀) ≥ 1); with text_stage2 =
+"ppl+degenerate" the degenerate rate of their continuations takes part too
+(harness.core.metrics.is_degenerate_continuation).
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 
 from harness.core.errors import UnknownNameError
 from harness.core.recorded import MEASUREMENT, affects
+from harness.science.metric_registry import Metric, Rule, get_metric
 
 TEXT_STAGE2 = ("ppl", "ppl+degenerate")
 
@@ -52,38 +56,64 @@ class StageThresholds:
         return asdict(self)
 
 
-def classify_stage(
-    *,
-    k: int,
-    log10_ppl_ratio: float,
-    clip: float | None,
-    clip_baseline: float | None,
-    clip_chance: float | None,
-    degenerate_rate: float | None,
+@dataclass(frozen=True)
+class Criterion:
+    """The criterion of one probe: the metrics it reads (each by its declared rules) and the thresholds."""
+
+    metrics: tuple[str, ...]
+    thresholds: StageThresholds
+
+    def stage(
+        self,
+        k: int,
+        values: Mapping[str, float | None],
+        baselines: Mapping[str, float | None],
+        chance: Mapping[str, float | None],
+    ) -> int:
+        """0 (intact), 1 (expressive degradation) or 2 (complete collapse) for one evaluated k. A metric the
+        criterion reads must have been measured (a text model's continuations generated when it reads their
+        degenerate rate); k = 0 is the reference point itself."""
+        metrics = [get_metric(name) for name in self.metrics]
+        missing = [metric.name for metric in metrics if values.get(metric.name) is None]
+        if missing:
+            raise ValueError(
+                f"this stage criterion reads {', '.join(missing)}, but it was not measured (nothing was generated)"
+            )
+        if k == 0:
+            return 0
+
+        def holds(metric: Metric, rule: Rule) -> bool:
+            return _holds(metric, rule, values[metric.name], baselines.get(metric.name), chance.get(metric.name),
+                          self.thresholds)  # fmt: skip
+
+        required = [holds(m, m.stage2) for m in metrics if m.stage2 is not None and m.stage2_required]
+        either = [holds(m, m.stage2) for m in metrics if m.stage2 is not None and not m.stage2_required]
+        if all(required) and (not either or any(either)):
+            return 2
+        return 1 if any(holds(m, m.stage1) for m in metrics if m.stage1 is not None) else 0
+
+
+def _holds(
+    metric: Metric,
+    rule: Rule,
+    value: float,
+    baseline: float | None,
+    chance: float | None,
     thresholds: StageThresholds,
-    text_only: bool = False,
-) -> int:
-    """0 (intact), 1 (expressive degradation) or 2 (complete collapse) for one evaluated k. `degenerate_rate`
-    None (nothing generated) is valid only where the stage does not read it: a text model under "ppl"."""
-    if degenerate_rate is None and not (text_only and thresholds.text_stage2 == "ppl"):
-        raise ValueError(
-            "this stage criterion reads the degenerate rate of generated text, but none was generated"
-        )
-    if k == 0:
-        return 0  # the reference point itself
-    ppl_collapsed = log10_ppl_ratio >= thresholds.stage2_log10_ppl_ratio
-    degenerate = degenerate_rate is not None and degenerate_rate >= thresholds.stage2_degenerate_rate
-    if text_only:
-        text_lost = thresholds.text_stage2 == "ppl" or degenerate
-    else:
-        text_lost = (clip is not None and clip_chance is not None and clip <= clip_chance) or degenerate
-    if ppl_collapsed and text_lost:
-        return 2
-    ppl_degraded = log10_ppl_ratio >= math.log10(thresholds.stage1_ppl_ratio)
-    clip_degraded = (
-        clip is not None and clip_baseline > 0 and clip <= thresholds.stage1_clip_fraction * clip_baseline
-    )
-    return 1 if ppl_degraded or clip_degraded else 0
+) -> bool:
+    """Whether `metric`'s `value` (with its baseline and chance level) meets `rule` under `thresholds`."""
+    threshold = None if rule.threshold is None else getattr(thresholds, rule.threshold)
+    if rule.kind == "at_chance":
+        return chance is not None and metric.at_chance(value, chance)
+    if rule.kind == "at_least":
+        return value >= threshold
+    if baseline is None:
+        return False
+    if rule.kind == "ratio_at_least":
+        return value - baseline >= math.log10(threshold)
+    if rule.kind == "delta_at_least":
+        return value - baseline >= threshold
+    return baseline > 0 and value <= threshold * baseline  # fraction_at_most
 
 
 def first_k_at_stage(points: Iterable[tuple[int, int]], stage: int) -> int | None:
