@@ -21,7 +21,7 @@ setup: $(STAMP)
 DEMO_OPTIONS := --can-categories circle --can-k-max 16 --can-max-new-tokens 24
 
 demo: $(STAMP)
-	$(OFFLINE) $(BIN)/python -m pytest cases/ -k smol-llava $(DEMO_OPTIONS) -q -p no:cacheprovider
+	$(OFFLINE) $(BIN)/python -m pytest cases/test_smol_llava.py $(DEMO_OPTIONS) -q -p no:cacheprovider
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -36,9 +36,9 @@ from harness.core.paths import default_cache_dir
 from harness.data.texts import BUILTIN_CATEGORY, BUILTIN_PARAGRAPH
 from harness.models.captioning import generate_captions, score_captions
 from harness.models.loading import resolve_checkpoint_folder
-from harness.models.masking import mask_neurons
 from harness.models.registry import get_model_spec
 from harness.runner.experiment import TOP_K_ZERO
+from harness.runner.probe import Masking
 from harness.runner.session import HarnessSession
 from harness.runner.settings import HarnessSettings
 from harness.science.ranking import importance
@@ -113,8 +113,9 @@ def evaluation_timings(args, model: str) -> tuple[dict[str, float], int]:
     loaded, samples, site = experiment.loaded, experiment.samples(category), experiment.site(SITE)
     stage = experiment.measure(SITE, category, args.k).stage  # ranking, baseline, prefixes, image features
     chosen = experiment.selection(SITE, category, args.k, TOP_K_ZERO)
-    mask = mask_neurons(site, chosen, mode=settings.mask_mode)
-    captions = experiment.observe(category, mask).captions
+    masking = Masking(site, (chosen,), mode=settings.mask_mode)
+    mask = masking.mask
+    captions = experiment.probe.observe(category, masking)[0].captions
     kwargs = dict(max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size)
 
     def generate_alone() -> None:

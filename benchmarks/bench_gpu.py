@@ -28,15 +28,14 @@ from tabulate import tabulate
 
 from harness.core.paths import default_cache_dir
 from harness.models.captioning import generate_captions
-from harness.models.clip_score import ClipScorer
 from harness.models.families import get_family
 from harness.models.loading import LoadedModel
 from harness.models.masking import mask_neurons
 from harness.models.registry import get_model_spec
-from harness.runner.experiment import TOP_K_ZERO
-from harness.runner.image_experiment import ImageExperiment
+from harness.runner.experiment import TOP_K_ZERO, Experiment
+from harness.runner.probes.captioning import CaptioningProbe
 from harness.runner.ranking_cache import RankingCache
-from harness.runner.session import load_image_set
+from harness.runner.session import HarnessSession
 from harness.runner.settings import HarnessSettings
 from harness.science.ranking import importance
 from harness.zoo.tiny_llava import generating_with, llava_parts
@@ -93,8 +92,9 @@ def main() -> None:
                 cache_dir=default_cache_dir(), device=args.device, batch_size=batch_size,
                 max_new_tokens=args.max_new_tokens, max_images=args.images, categories=(CATEGORY,),
             )  # fmt: skip
-            clip = ClipScorer(get_model_spec("smol-llava").clip, cache_dir=settings.cache_dir, device=device)
-            experiment = ImageExperiment(loaded, clip, load_image_set(settings), settings, RankingCache(rankings))
+            session = HarnessSession(dataclasses.replace(settings, clip=get_model_spec("smol-llava").clip))
+            probe = CaptioningProbe(loaded, session.settings, session.sources, session)
+            experiment = Experiment(probe, session.settings, RankingCache(rankings))
             figures |= {f"{key} @ batch {batch_size}": value for key, value in measure(args, experiment).items()}
     rows = [[key, f"{value:.3g}"] for key, value in figures.items()]
     print(tabulate(rows, headers=["figure", "value"], tablefmt="github"))
@@ -102,7 +102,7 @@ def main() -> None:
         args.json.write_text(json.dumps({"model": loaded.spec.name, "device": name, **figures}, indent=2))
 
 
-def measure(args, experiment: ImageExperiment) -> dict[str, float]:
+def measure(args, experiment: Experiment) -> dict[str, float]:
     loaded, settings, site = experiment.loaded, experiment.settings, experiment.site(SITE)
     images = experiment.samples(CATEGORY)
     captions = experiment.baseline(CATEGORY).captions

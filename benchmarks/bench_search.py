@@ -22,7 +22,7 @@ import torch
 from tabulate import tabulate
 
 from harness.core.paths import default_cache_dir
-from harness.runner.experiment import TOP_K_ZERO
+from harness.runner.curve import CollapseCurve
 from harness.runner.session import HarnessSession
 from harness.runner.settings import HarnessSettings
 from harness.science.threshold_search import search_thresholds
@@ -47,13 +47,9 @@ def timed_search(args, model: str, configuration: Configuration):
     category = CATEGORY[model]
     experiment.ranking(args.site, category)
     experiment.baseline(category)
-    measure_many = None
-    if configuration.generate_everywhere:
-        measure_many = lambda ks: experiment.measure_many(  # noqa: E731
-            args.site, category, [(k, TOP_K_ZERO) for k in ks], stage_only=False
-        )
+    curve = CollapseCurve(experiment, args.site, category)
     started = time.perf_counter()
-    result, _ = experiment.search(args.site, category, measure_many=measure_many)
+    result = curve.search(stage_only=not configuration.generate_everywhere)
     return result, time.perf_counter() - started
 
 

@@ -54,13 +54,13 @@ def golden_experiment(can_session, can_settings, request):
 def test_massive_activation_channels_are_found_and_critical(golden_experiment, can_settings):
     experiment = golden_experiment
     layer, channels = GOLDEN[experiment.name]
-    category = experiment.images.categories[0]
+    category = experiment.probe.images.categories[0]
     site = experiment.site(SITE)
     top10 = site.neurons(experiment.ranking(SITE, category).top_k(10))
     assert {(layer, channel) for channel in channels} <= {(n.layer, n.channel) for n in top10}, (
         f"CAN's top 10 of {SITE} on {category}: {[(n.layer, n.channel) for n in top10]}"
     )
-    images = experiment.images.images(category)
+    images = experiment.probe.images.images(category)
     baseline = experiment.baseline(category)
     with NeuronMask(site, [layer * site.width + channel for channel in channels]):
         captions = generate_captions(

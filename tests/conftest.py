@@ -28,7 +28,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from huggingface_hub import constants as hf_constants  # noqa: E402
 
-from harness.runner.image_experiment import ImageExperiment  # noqa: E402
+from harness.runner.experiment import Experiment  # noqa: E402
 from harness.runner.session import HarnessSession  # noqa: E402
 from harness.runner.settings import HarnessSettings  # noqa: E402
 
@@ -76,7 +76,7 @@ def synth_session(cache_dir) -> HarnessSession:
 
 
 @pytest.fixture(scope="session")
-def experiment(session) -> ImageExperiment:
+def experiment(session) -> Experiment:
     return session.experiment("tiny-llava")
 
 

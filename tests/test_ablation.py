@@ -42,7 +42,7 @@ def test_unknown_intervention_names_the_valid_ones(kwargs, message):
 def test_mean_activations_match_a_direct_computation(experiment):
     """Per image, the mean over the real tokens of the site's output; then the mean over images."""
     loaded, site = experiment.loaded, experiment.site(SITE)
-    images, captions = experiment.images.images("circle"), experiment.baseline("circle").captions
+    images, captions = experiment.probe.images.images("circle"), experiment.baseline("circle").captions
     means = mean_activations(loaded, site, images, captions, positions="all", batch_size=3)
     batch = teacher_forced_batch(loaded, images, captions)
     seen = []
@@ -71,7 +71,7 @@ def test_mean_ablation_and_random_k_are_measured_and_labelled(experiment, unmodi
 
 def test_single_neuron_effects_equal_masked_minus_unmasked_nll(experiment, unmodified):
     loaded, site = experiment.loaded, experiment.site(SITE)
-    images, captions = experiment.images.images("circle"), experiment.baseline("circle").captions
+    images, captions = experiment.probe.images.images("circle"), experiment.baseline("circle").captions
     effects = single_neuron_effects(loaded, site, images, captions, batch_size=4)
     assert effects.shape == (site.n_layers, site.width)
 

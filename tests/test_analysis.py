@@ -98,9 +98,10 @@ def test_search_reuses_the_points_a_grid_already_measured(experiment, monkeypatc
         return original(site, category, variants, **options)
 
     monkeypatch.setattr(experiment, "measure_many", counting)
-    search, points = experiment.search(SITE, "square", measure_many=curve.measured_many)
+    kept = dict(curve.points)
+    search = curve.search()
     assert sorted(measured_now) == sorted(set(search.stages) - set(grid))
-    assert all(points[k] is curve.points[k] for k in set(search.stages) & set(grid))
+    assert all(curve.points[k] is kept[k] for k in set(search.stages) & set(grid))
     assert set(curve.points) == set(grid) | set(search.stages)
     assert [point.k for point in reported] == grid
 

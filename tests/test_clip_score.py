@@ -30,7 +30,7 @@ def pictures(images):
 @pytest.fixture(scope="module")
 def hand_matrix(experiment, pictures):
     """[images, TEXTS] hand-computed scores."""
-    rows = [[hand_score(experiment.clip, image, text) for text in TEXTS] for image in pictures]
+    rows = [[hand_score(experiment.probe.clip, image, text) for text in TEXTS] for image in pictures]
     return torch.tensor(rows, dtype=torch.float64)
 
 
@@ -42,14 +42,14 @@ def test_hand_matrix_exercises_the_clamp(hand_matrix):
 
 def test_clip_scores_match_hand_cosine(experiment, pictures, hand_matrix):
     """Row-aligned scores equal 100·max(cos, 0) of separately encoded image and text."""
-    clip = experiment.clip
+    clip = experiment.probe.clip
     scores = clip_scores(clip.image_features(pictures), clip.text_features(TEXTS))
     assert torch.allclose(scores.double(), hand_matrix.diagonal(), atol=1e-4)
 
 
 def test_clip_score_matrix_matches_hand_cosine(experiment, pictures, hand_matrix):
     """Every (image, text) pairing equals the hand-computed score."""
-    clip = experiment.clip
+    clip = experiment.probe.clip
     matrix = clip_score_matrix(clip.image_features(pictures), clip.text_features(TEXTS))
     assert matrix.shape == (len(pictures), len(TEXTS))
     assert torch.allclose(matrix.double(), hand_matrix, atol=1e-4)
@@ -57,7 +57,7 @@ def test_clip_score_matrix_matches_hand_cosine(experiment, pictures, hand_matrix
 
 def test_features_do_not_depend_on_batching(experiment, pictures):
     """Image and text features are the same in one batch or in batches of one."""
-    clip = experiment.clip
+    clip = experiment.probe.clip
     assert torch.allclose(clip.image_features(pictures), clip.image_features(pictures, batch_size=1), atol=1e-6)
     assert torch.allclose(clip.text_features(TEXTS), clip.text_features(TEXTS, batch_size=1), atol=1e-6)
 
@@ -85,12 +85,13 @@ def test_baseline_clip_and_chance_match_hand_scores(experiment, images):
     pictures = images.images("circle")
     baseline = experiment.baseline("circle")
     own = [
-        hand_score(experiment.clip, image, c.text) for image, c in zip(pictures, baseline.captions, strict=True)
+        hand_score(experiment.probe.clip, image, c.text)
+        for image, c in zip(pictures, baseline.captions, strict=True)
     ]
     assert baseline.values["clip"] == pytest.approx(own, abs=1e-4)
     others = [image for category in ("cross", "square", "triangle") for image in images.images(category)]
     assert len(others) == 12
-    chance = [hand_score(experiment.clip, image, c.text) for image in others for c in baseline.captions]
+    chance = [hand_score(experiment.probe.clip, image, c.text) for image in others for c in baseline.captions]
     assert baseline.chance["clip"] == pytest.approx(sum(chance) / len(chance), abs=1e-4)
 
 
@@ -99,12 +100,12 @@ def test_masked_point_clip_and_chance_match_hand_scores(experiment, images):
     captions against all 12 images of the other categories; the baseline chance stays the k = 0 chance."""
     point = experiment.measure("lm.down_proj", "circle", 4)
     own = [
-        hand_score(experiment.clip, image, text)
+        hand_score(experiment.probe.clip, image, text)
         for image, text in zip(images.images("circle"), point.captions, strict=True)
     ]
     assert point.metrics["clip"] == pytest.approx(sum(own) / len(own), abs=1e-4)
     others = [image for category in ("cross", "square", "triangle") for image in images.images(category)]
-    chance = [hand_score(experiment.clip, image, text) for image in others for text in point.captions]
+    chance = [hand_score(experiment.probe.clip, image, text) for image in others for text in point.captions]
     assert point.chance["clip"] == pytest.approx(sum(chance) / len(chance), abs=1e-4)
     assert min(chance) < max(chance)  # the hand scores are not all clamped to zero
     assert len(others) == 12

@@ -23,10 +23,13 @@ from harness.core.errors import ModelUnavailableError, UnknownNameError, Unsuppo
 from harness.data.images import scan_image_root
 from harness.models.families import FAMILIES, check_family_supported
 from harness.models.registry import get_model_spec
-from harness.runner.image_experiment import ImageExperiment
+from harness.runner.curve import CollapseCurve
+from harness.runner.data_sources import load_image_set
+from harness.runner.experiment import Experiment
 from harness.runner.ranking_cache import cache_key
-from harness.runner.session import HarnessSession, load_image_set
+from harness.runner.session import HarnessSession
 from harness.science.ablation import Intervention
+from tests.test_tamper_settings import rebuilt
 
 SITE = "lm.down_proj"
 RANKING_FIELDS = {
@@ -135,15 +138,9 @@ def test_the_code_fingerprint_covers_every_module_but_presentation(tmp_path):
         assert fingerprint_of(copy) == before, presentation
 
 
-def experiment_on(experiment: ImageExperiment, root: Path) -> ImageExperiment:
-    """The same loaded model and CLIP on the images under another root."""
-    return ImageExperiment(
-        experiment.loaded,
-        experiment.clip,
-        scan_image_root(root, max_per_category=experiment.settings.max_images),
-        experiment.settings,
-        experiment.rankings,
-    )
+def experiment_on(experiment: Experiment, root: Path) -> Experiment:
+    """The same loaded model and CLIP on the images under another root (a new probe)."""
+    return rebuilt(experiment, images=scan_image_root(root, max_per_category=experiment.settings.max_images))
 
 
 def test_changing_one_image_changes_its_hash_and_the_ranking_key(experiment, images, tmp_path):
@@ -274,7 +271,9 @@ def test_both_paper_families_are_supported_end_to_end():
 def test_search_measures_every_point_it_reports(experiment, unmodified):
     """The adaptive search on the tiny model: every evaluated k is a measured point with the stage the search
     used, and the thresholds are onsets among them."""
-    result, points = experiment.with_settings(k_max=32).search(SITE, "circle")
+    curve = CollapseCurve(experiment.with_settings(k_max=32), SITE, "circle")
+    result = curve.search()
+    points = curve.points
     assert set(points) == set(result.stages)
     assert all(points[k].stage == stage and points[k].k == k for k, stage in result.stages.items())
     if result.k2 is not None:
@@ -291,7 +290,8 @@ def test_an_experiment_changes_only_settings_its_shared_state_was_not_computed_w
     baselines were measured with may not (naming it), so no record claims a setting its numbers did not use."""
     other = experiment.with_settings(k_max=7, control_seeds=1)
     assert (other.settings.k_max, other.settings.control_seeds) == (7, 1)
-    assert other.state is experiment.state and experiment.with_settings(k_max=7, control_seeds=1) is other
+    assert other.baseline("circle") is experiment.baseline("circle")
+    assert experiment.with_settings(k_max=7, control_seeds=1) is other
     assert other.options_record("circle")["k_max"] == 7
     with pytest.raises(ValueError, match=r"max_new_tokens cannot change on a loaded experiment"):
         experiment.with_settings(max_new_tokens=3)

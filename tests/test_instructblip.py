@@ -22,7 +22,7 @@ def blip(session):
 def test_the_processor_puts_one_placeholder_per_query_before_the_instruction(blip):
     """InstructBLIP's query features replace `num_query_tokens` placeholders in front of the (unprompted)
     instruction; the harness finds that token id in the model config, since the processor does not name it."""
-    batch = encode_prompts(blip.loaded, blip.images.images(CATEGORY)[:2])
+    batch = encode_prompts(blip.loaded, blip.probe.images.images(CATEGORY)[:2])
     queries = blip.loaded.model.config.num_query_tokens
     (placeholder,) = placeholder_token_ids(blip.loaded)
     assert placeholder == blip.loaded.model.config.image_token_id
@@ -50,7 +50,7 @@ def test_every_component_is_ranked_and_masked(blip, site_name):
     assert scores.shape == (site.n_layers, site.width)
     assert torch.isfinite(scores).all() and scores.max() > 0
     captions = blip.baseline(CATEGORY).captions
-    batch = teacher_forced_batch(blip.loaded, blip.images.images(CATEGORY), captions)
+    batch = teacher_forced_batch(blip.loaded, blip.probe.images.images(CATEGORY), captions)
     with torch.no_grad():
         unmasked = blip.loaded.model(**batch.inputs, use_cache=False).logits
         with NeuronMask(site, blip.ranking(site_name, CATEGORY).top_k(8)):

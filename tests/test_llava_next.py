@@ -42,7 +42,7 @@ def test_ranked_and_masked_like_llava(next_experiment, site_name):
     assert ranking.scores.shape == (site.n_layers, site.width) and ranking.scores.max() > 0
     batch = teacher_forced_batch(
         next_experiment.loaded,
-        next_experiment.images.images(CATEGORY),
+        next_experiment.probe.images.images(CATEGORY),
         next_experiment.baseline(CATEGORY).captions,
     )
     with torch.no_grad():

@@ -595,19 +595,19 @@ def test_case_ids_that_would_not_parse_back_fail_collection_naming_them(run_case
 
 
 def test_session_uses_the_image_set_scanned_at_collection(run_cases, pytester):
-    """The session fixture gets the very ImageSet collection scanned, holding every category even when only
-    circle is selected."""
+    """The session fixture gets the very data sources collection scanned, their images holding every category
+    even when only circle is selected."""
     pytester.makepyfile(
         test_shared=f"""
         import pytest
-        from harness.plugin.stash import IMAGES
+        from harness.plugin.stash import SOURCES
 
         {GRID_MARK}
         def test_grid(can_model, can_site, can_category, k):
             assert can_category == "circle"
 
         def test_shared(can_session, pytestconfig):
-            assert can_session.images is pytestconfig.stash[IMAGES]
+            assert can_session.sources is pytestconfig.stash[SOURCES]
             assert can_session.images.categories == ["circle", "cross", "square", "triangle"]
         """
     )

@@ -22,7 +22,8 @@ from harness.models.captioning import teacher_forced_batch
 from harness.models.masking import NeuronMask
 from harness.models.sites import resolve_site
 from harness.science.ranking import Ranking, importance
-from harness.science.ranking_options import RANKING_METHODS, RankingOptions
+from harness.science.ranking_methods import ranking_method_names
+from harness.science.ranking_options import RankingOptions
 
 CATEGORY = "circle"
 LAYERS_PATH = "model.language_model.layers"
@@ -415,7 +416,7 @@ def test_options_record_only_what_the_method_reads():
     [
         (
             {"method": "saliency"},
-            "unknown ranking method 'saliency'; valid choices: " + ", ".join(RANKING_METHODS),
+            "unknown ranking method 'saliency'; valid choices: " + ", ".join(ranking_method_names()),
         ),
         ({"noise_sigma": 0.0}, "noise sigma must be a finite number > 0, got 0.0"),
         ({"noise_sigma": float("nan")}, "got nan"),
@@ -437,16 +438,14 @@ def test_an_experiment_ranked_another_way_shares_captions_not_rankings(experimen
         other.ranking("lm.down_proj", CATEGORY).scores, experiment.ranking("lm.down_proj", CATEGORY).scores
     )
     assert other.ranking("lm.down_proj", CATEGORY).key != experiment.ranking("lm.down_proj", CATEGORY).key
-    assert other.state is experiment.state  # one per-model state, explicit, referenced by both
+    assert other.probe.baseline(CATEGORY) is experiment.probe.baseline(CATEGORY)  # one probe's data and baselines
     assert other.with_ranking(experiment.settings.ranking) is experiment  # back from the sibling: the same one
 
 
-def test_a_text_models_experiment_ranked_another_way_is_a_text_experiment(session):
-    from harness.runner.text_experiment import TextExperiment
-
+def test_a_text_models_experiment_ranked_another_way_keeps_its_probe(session):
     text = session.experiment("tiny-llama")
     other = text.with_ranking(RankingOptions(method="random"))
-    assert isinstance(other, TextExperiment) and other.texts is text.texts and other.state is text.state
+    assert other.probe.name == text.probe.name == "continuation" and other.probe.texts is text.probe.texts
 
 
 @pytest.mark.parametrize("site_name", ["vision.fc1", "projector"])

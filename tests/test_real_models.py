@@ -102,7 +102,7 @@ def test_the_converted_checkpoint_holds_the_gguf_files_own_tensors(real_session,
 def test_smollm2_scores_the_text_as_the_pcicn_authors_do(real_session):
     """One sequence, the tokenizer's own special tokens (SmolLM2 adds none): the authors' baseline PPL."""
     experiment = real(real_session, SMOLLM2)
-    (window,) = experiment.windows(TEXT)
+    (window,) = experiment.probe.windows(TEXT)
     assert list(window.tokens) == experiment.loaded.tokenizer(BUILTIN_PARAGRAPH)["input_ids"]
     assert len(window.tokens) == 179
     point = experiment.measure("lm.down_proj", TEXT, 0)
@@ -170,7 +170,7 @@ def test_pcicn_pool_of_every_linear_equals_the_authors_formula(real_session):
     for part in pool.parts:
         for layer, module in enumerate(part.modules):
             modules[f"{part.name}:{layer}"] = module
-    ids = torch.tensor([experiment.windows(TEXT)[0].tokens])
+    ids = torch.tensor([experiment.probe.windows(TEXT)[0].tokens])
     expected = []
     for name, channel in authors_elementwise_order(experiment.loaded.model, modules, ids)[:100]:
         site, layer = name.split(":")
@@ -183,7 +183,7 @@ def test_pcicn_pool_of_every_linear_equals_the_authors_formula(real_session):
 def massive_channels(experiment, factor: float = 100.0) -> dict[int, float]:
     """Residual channels whose |hidden state| at token 0 reaches `factor` × that layer's median |h| after some
     decoder layer (the last hidden state is after the final norm and is left out): channel → largest |h|."""
-    ids = torch.tensor([experiment.windows(TEXT)[0].tokens])
+    ids = torch.tensor([experiment.probe.windows(TEXT)[0].tokens])
     with torch.no_grad():
         states = experiment.loaded.model(ids, output_hidden_states=True).hidden_states[1:-1]
     found: dict[int, float] = {}
@@ -305,8 +305,8 @@ def test_word_salad_and_loops_of_a_real_model_count_as_degenerate_and_its_own_te
     assert baseline.metrics["degenerate_rate"] == 0
     site = experiment.site("lm.down_proj")
     with NeuronMask(site, experiment.ranking("lm.down_proj", TEXT).top_k(1)):
-        (salad,) = experiment.observe(TEXT).captions
-    (nll,) = experiment._unmasked_nll(TEXT, [salad])
+        (salad,) = experiment.probe.observe(TEXT)[0].captions
+    (nll,) = experiment.probe._unmasked_nll(TEXT, [salad])
     text_nll = baseline.metrics["log10_ppl"] * math.log(10)
     assert not is_degenerate(salad.token_ids, salad.text)
     assert not is_degenerate_continuation(salad.token_ids, salad.text, None, text_nll, 1.0)

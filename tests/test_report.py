@@ -22,6 +22,7 @@ def point(category: str = "circle", k: int = 0, stage: int = 0, **changes) -> di
         "site": "lm.down_proj",
         "category": category,
         "k": k,
+        "probe": "captioning",
         "n_samples": 4,
         "metrics": {"log10_ppl": 0.8686, "self_log10_ppl": 0.6514, "clip": 30.25, "degenerate_rate": 0.0},
         "baselines": {"log10_ppl": 0.8686, "self_log10_ppl": 0.6514, "clip": 30.25, "degenerate_rate": 0.0},
@@ -65,6 +66,7 @@ def summary_row(category: str, *, monotone: bool, clip_baseline: float, clip_cha
     return {
         "model": "tiny-llava",
         "site": "lm.down_proj",
+        "probe": "captioning",
         "ranking": "CAN, α=1, mean over all positions",
         "category": category,
         "n_samples": 4,
@@ -162,7 +164,8 @@ def test_csv_clip_column_is_the_score(tmp_path):
 
 def analysis_row(k2, controls=(), layers=None, violations=()) -> dict:
     return {
-        "model": "m", "site": "lm.down_proj", "ranking": "CAN, α=1, mean over all positions", "category": "circle",
+        "model": "m", "site": "lm.down_proj", "probe": "captioning",
+        "ranking": "CAN, α=1, mean over all positions", "category": "circle",
         "k_max": 64, "k1": 3, "k2": k2,
         "evaluations": 9, "passes": [[1, 2, 8], [3, 5, 6], [4]],
         "monotone": not violations, "violations": [list(v) for v in violations],

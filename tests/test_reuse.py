@@ -67,7 +67,7 @@ def test_generation_from_encoded_images_equals_generation_from_pixels(request, f
     experiment = request.getfixturevalue(fixture)
     loaded, pictures, settings = experiment.loaded, experiment.samples(CATEGORY), experiment.settings
     site = experiment.site("lm.down_proj")
-    encoded = experiment.encoded_images(CATEGORY, site)
+    encoded = experiment.probe.encoded_images(CATEGORY, site)
     assert encoded is not None
     with mask_neurons(site, experiment.selection("lm.down_proj", CATEGORY, 5, TOP_K_ZERO), mode="hook"):
         kwargs = dict(max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size)
@@ -79,7 +79,7 @@ def test_generation_from_encoded_images_equals_generation_from_pixels(request, f
 
 @pytest.mark.parametrize("site_name", ["vision.fc2", "projector", "lm.down_proj+vision.fc2"])
 def test_masks_outside_the_language_model_re_encode_the_images(experiment, site_name):
-    assert experiment.encoded_images(CATEGORY, experiment.site(site_name)) is None
+    assert experiment.probe.encoded_images(CATEGORY, experiment.site(site_name)) is None
 
 
 def test_instructblip_re_encodes_and_scores_whole_sequences(session):
@@ -91,6 +91,6 @@ def test_instructblip_re_encodes_and_scores_whole_sequences(session):
 def test_prefixes_are_kept_for_one_category_at_a_time(experiment, images):
     """A full-size model's prefix is ~0.3 GB an image: a new category's replace the last one's."""
     first, second = images.categories[:2]
-    experiment.prompt_prefixes(first)
-    experiment.prompt_prefixes(second)
-    assert list(experiment.state.prefixes) == [second]
+    experiment.probe.prompt_prefixes(first)
+    experiment.probe.prompt_prefixes(second)
+    assert list(experiment.probe._prefixes) == [second]

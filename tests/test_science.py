@@ -55,7 +55,7 @@ def test_committed_clip_retrieves_captions_and_separates_categories(synth, heldo
     """Image→caption retrieval top-1 among all 192 captions ≥ 90 %, and true captions score far above captions
     of other categories (the chance level)."""
     recorded = RECORD["quality_heldout"]["synth-clip"]
-    quality = clip_quality(synth.clip, heldout)
+    quality = clip_quality(synth.probe.clip, heldout)
     assert quality["retrieval_top1"] >= 0.9
     assert quality["retrieval_top1"] == pytest.approx(recorded["retrieval_top1"], abs=0.01)
     assert quality["true_caption_score"] >= quality["other_category_score"] + 50
@@ -65,7 +65,7 @@ def test_committed_clip_retrieves_captions_and_separates_categories(synth, heldo
 def mean_ratio(experiment, site: str, k: int, interventions) -> float:
     return statistics.mean(
         experiment.measure(site, category, k, intervention).log10_ppl_ratio
-        for category in experiment.images.categories
+        for category in experiment.probe.images.categories
         for intervention in interventions
     )
 
@@ -91,8 +91,8 @@ def single_neuron_truth(synth):
     """Every neuron of lm.down_proj (4 layers × 128) zeroed alone: the true change of the mean caption NLL over
     the 32 default images and their captions, with the CAN scores (α = 0 and 1) on the same data."""
     site, images, captions = synth.site("lm.down_proj"), [], []
-    for category in synth.images.categories:
-        images += synth.images.images(category)
+    for category in synth.probe.images.categories:
+        images += synth.probe.images.images(category)
         captions += synth.baseline(category).captions
     truth = single_neuron_effects(synth.loaded, site, images, captions, batch_size=32)
 
@@ -126,7 +126,7 @@ def test_on_synth_llava_mean_ablation_of_the_can_set_is_the_more_destructive(syn
     These neurons carry information; their mean (taken over every position, image tokens included) is no
     harmless substitute at caption positions. Mean ablation is a control only for constant-valued neurons
     (next test)."""
-    for category in synth.images.categories:
+    for category in synth.probe.images.categories:
         zero = synth.measure("lm.down_proj", category, 256)
         mean = synth.measure("lm.down_proj", category, 256, Intervention(ablation="mean"))
         assert mean.log10_ppl_ratio >= 3.5, category
@@ -141,7 +141,7 @@ def test_planted_neuron_is_ranked_first_and_zeroing_it_alone_collapses_the_model
     zeroing one random neuron (5 seeds) change nothing (log10 ratio < 0.001)."""
     site = planted.site("lm.down_proj")
     planted_index = PLANT["layer"] * site.width + PLANT["channel"]
-    for category in planted.images.categories:
+    for category in planted.probe.images.categories:
         ranking = planted.ranking("lm.down_proj", category)
         first, second = ranking.order[:2].tolist()
         assert first == planted_index, category

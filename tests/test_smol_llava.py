@@ -136,12 +136,64 @@ def test_the_model_cards_quality_holds(experiment):
     assert clip["generated_caption_score"] > 3 * clip["chance_score"]
 
 
+# -- smol-llava-qa: the projector fine-tuned to answer questions -----------------------------------------------
+@pytest.fixture(scope="module")
+def qa_experiment(session, experiment):
+    try:
+        return session.experiment("smol-llava-qa")
+    except ModelUnavailableError as error:
+        pytest.skip(str(error))
+
+
+def test_the_qa_fine_tune_changed_the_projector_alone(qa_experiment, experiment, language_folder):
+    """smol-llava-qa's language model is SmolLM2 bit for bit, its vision tower smol-llava's: only the projector
+    was trained."""
+    qa, base = qa_experiment.loaded.model, experiment.loaded.model
+    expected = smol_llava.language_state(language_folder)
+    actual = qa.model.language_model.state_dict()
+    assert set(actual) == set(expected)
+    assert [name for name, tensor in expected.items() if not torch.equal(actual[name], tensor)] == []
+    assert torch.equal(qa.lm_head.weight, expected["embed_tokens.weight"])
+    tower, base_tower = qa.model.vision_tower.state_dict(), base.model.vision_tower.state_dict()
+    assert [name for name, tensor in base_tower.items() if not torch.equal(tower[name], tensor)] == []
+    projector, base_projector = qa.model.multi_modal_projector, base.model.multi_modal_projector
+    assert not torch.equal(projector.linear_1.weight, base_projector.linear_1.weight)
+
+
+def test_the_qa_fine_tune_is_reproducible(language_folder, tmp_path):
+    """The same seed gives the same projector, byte for byte (a shortened recipe, run twice)."""
+    from training import smol_llava_qa_training
+
+    digests, threads = [], torch.get_num_threads()
+    for run in ("a", "b"):
+        out = tmp_path / run
+        smol_llava_qa_training.main(
+            ["--out", str(out), "--cache-dir", str(default_cache_dir()), "--steps", "2", "--train-images", "8",
+             "--batch", "4", "--no-measure"]
+        )  # fmt: skip
+        digests.append(smol_llava.parts_digest(out))
+    torch.set_num_threads(threads)
+    assert digests[0] == digests[1]
+    assert digests[0] != smol_llava.parts_digest(smol_llava.QA_PARTS_FOLDER)
+
+
+def test_the_qa_model_cards_accuracy_holds(session, qa_experiment):
+    """The vqa probe's accuracy on two categories of the default image set is within 10 points of the card's
+    held-out accuracy, and at least twice the chance level."""
+    recorded = json.loads((smol_llava.QA_PARTS_FOLDER / "quality.json").read_text())["quality_heldout"]
+    vqa = session.experiment("smol-llava-qa", "vqa")
+    accuracy = [vqa.baseline(category).values["vqa_accuracy"] for category in ("circle", "square")]
+    measured = sum(map(sum, accuracy)) / sum(map(len, accuracy))
+    assert measured >= recorded["vqa"]["accuracy"] - 0.10
+    assert measured >= 2 * recorded["vqa"]["chance"]
+
+
 # -- the CAN paper's findings on a real language core ----------------------------------------------------------
 def massive_residual_channels(experiment, factor: float = 100.0) -> dict[int, float]:
     """Residual channels of the language model whose |h| at some position, after some decoder layer, reaches
     `factor` × that layer's median |h|, on the category's first two image prompts: channel → largest |h|."""
     loaded = experiment.loaded
-    images = experiment.images.images(CATEGORY)[:2]
+    images = experiment.probe.images.images(CATEGORY)[:2]
     inputs = loaded.processor(images=images, text=[loaded.spec.prompt] * 2, return_tensors="pt")
     with torch.no_grad():
         states = loaded.model(**inputs, output_hidden_states=True).hidden_states[1:-1]

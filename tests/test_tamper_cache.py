@@ -24,7 +24,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from harness.runner.image_experiment import ImageExperiment
+from harness.runner.experiment import Experiment
 from harness.runner.ranking_cache import RankingCache, cache_key
 from harness.science.ranking import importance
 from tests.test_ranking_cache import assert_unusable, cache_warnings, entry_metadata
@@ -74,11 +74,9 @@ def stored(experiment, tmp_path, genuine) -> tuple[RankingCache, FreshRanking, P
     return cache, FreshRanking(experiment), cache.path_for(key)
 
 
-def _experiment_with(experiment: ImageExperiment, cache: RankingCache) -> ImageExperiment:
-    """The tiny LLaVA's experiment (same model, images, captions) with its rankings in `cache`, none in memory."""
-    return ImageExperiment(
-        experiment.loaded, experiment.clip, experiment.images, experiment.settings, cache, experiment.state
-    )
+def _experiment_with(experiment: Experiment, cache: RankingCache) -> Experiment:
+    """The tiny LLaVA's experiment (same model, probe, captions) with its rankings in `cache`, none in memory."""
+    return Experiment(experiment.probe, experiment.settings, cache)
 
 
 def _data_start(data: bytes) -> int:

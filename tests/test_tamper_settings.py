@@ -26,13 +26,14 @@ from harness.data.images import scan_image_root
 from harness.data.texts import BUILTIN_CATEGORY, TextSet
 from harness.models.registry import ClipSpec, ModelSpec
 from harness.runner.baseline import BaselineFile, Tolerances, check_against, entry_of
-from harness.runner.image_experiment import ImageExperiment
+from harness.runner.data_sources import DataSources
+from harness.runner.experiment import Experiment
 from harness.runner.ranking_cache import RankingCache, cache_key
 from harness.runner.session import HarnessSession
 from harness.runner.settings import HarnessSettings
-from harness.runner.text_experiment import TextExperiment
 from harness.science.ranking import importance
-from harness.science.ranking_options import RANKING_METHODS, RankingOptions
+from harness.science.ranking_methods import get_ranking_method, ranking_method_names
+from harness.science.ranking_options import RankingOptions
 from harness.science.stages import StageThresholds
 
 SITE, CATEGORY, TEXT = "lm.down_proj", "circle", BUILTIN_CATEGORY
@@ -58,6 +59,7 @@ CHANGED: dict[str, object] = {
     "text_max_tokens": 256,
     "text_window": 20,
     "max_new_tokens": 5,
+    "answer_max_tokens": 3,
     "mask_mode": "hook",
     "k_max": 16,
     "k_factor": 3.0,
@@ -75,6 +77,7 @@ CHANGED: dict[str, object] = {
     # stage thresholds
     "stage1_ppl_ratio": 3.0,
     "stage1_clip_fraction": 0.8,
+    "stage1_accuracy_fraction": 0.8,
     "stage2_log10_ppl_ratio": 2.0,
     "stage2_degenerate_rate": 0.6,
     "text_stage2": "ppl+degenerate",
@@ -93,18 +96,25 @@ def result_fields() -> dict[str, tuple[type, dataclasses.Field, object]]:
 
 
 @pytest.fixture(scope="module")
-def text_base(cache_dir) -> TextExperiment:
+def text_base(cache_dir) -> Experiment:
     settings = HarnessSettings(cache_dir=cache_dir, max_new_tokens=6, batch_size=2, device="cpu", dtype="float32")
     return HarnessSession(settings).experiment("tiny-llama")
 
 
-def base_for(name: str, image_base: ImageExperiment, text_base: TextExperiment):
-    """The experiment a field is read by: a text model for text-only fields, else the tiny VLM; ranked by a
-    method that reads the field."""
-    tag = result_fields()[name][2]
-    base = text_base if tag.kinds == ("text",) else image_base
-    if tag.methods is not None and base.settings.ranking.method not in tag.methods:
-        base = rebuilt(base, settings=replace_field(base.settings, "method", tag.methods[0]))
+@pytest.fixture
+def bases(experiment, text_base, session) -> dict[str, Experiment]:
+    """An experiment through each probe: the tiny VLM captioning and answering questions, a tiny text model."""
+    return {"captioning": experiment, "continuation": text_base, "vqa": session.experiment("tiny-llava", "vqa")}
+
+
+def base_for(name: str, bases: dict[str, Experiment]) -> Experiment:
+    """The experiment a field is read by: through the probe its tag names (the captioning one when it names none),
+    ranked by a method that reads the field."""
+    _, field, tag = result_fields()[name]
+    base = bases[tag.kinds[0] if tag.kinds else "captioning"]
+    if tag.per_method and field.name not in base.settings.ranking.method_declaration.reads:
+        reader = next(m for m in ranking_method_names() if field.name in get_ranking_method(m).reads)
+        base = rebuilt(base, settings=replace_field(base.settings, "method", reader))
     return base
 
 
@@ -119,14 +129,26 @@ def replace_field(settings: HarnessSettings, name: str, value: object) -> Harnes
     return dataclasses.replace(settings, **{field.name: value})
 
 
-def rebuilt(experiment, *, loaded=None, settings=None, clip=None, images=None, texts=None):
-    """The same kind of experiment with some of its parts replaced (records only: nothing is computed)."""
-    loaded, settings = loaded or experiment.loaded, settings or experiment.settings
-    if isinstance(experiment, TextExperiment):
-        return TextExperiment(loaded, texts or experiment.texts, settings, experiment.rankings)
-    return ImageExperiment(
-        loaded, clip or experiment.clip, images or experiment.images, settings, experiment.rankings
-    )
+class FixedClip:
+    """A session whose CLIP scorer is the given one (a probe asks its session for it)."""
+
+    def __init__(self, clip):
+        self._clip = clip
+
+    def clip(self, spec, device):
+        return self._clip
+
+
+def rebuilt(experiment, *, loaded=None, settings=None, clip=None, images=None, texts=None) -> Experiment:
+    """An experiment through a new probe of the same kind, with some of its parts replaced: nothing it computed
+    before is reused."""
+    probe = experiment.probe
+    loaded, settings = loaded or probe.loaded, settings or experiment.settings
+    sources = probe.sources
+    if images is not None or texts is not None:
+        sources = DataSources(settings, images=images, texts=texts)
+    session = FixedClip(clip or getattr(probe, "clip", None))
+    return Experiment(type(probe)(loaded, settings, sources, session), settings, experiment.rankings)
 
 
 def changed(experiment, name: str):
@@ -168,11 +190,9 @@ def test_every_settings_field_is_tagged():
 
 
 @pytest.mark.parametrize("name", sorted(CHANGED))
-def test_changing_a_result_setting_changes_the_record_and_fails_the_baseline(
-    name, experiment, text_base, tmp_path
-):
-    base = base_for(name, experiment, text_base)
-    category = TEXT if isinstance(base, TextExperiment) else CATEGORY
+def test_changing_a_result_setting_changes_the_record_and_fails_the_baseline(name, bases, tmp_path):
+    base = base_for(name, bases)
+    category = TEXT if base.probe.data == "texts" else CATEGORY
     other = changed(base, name)
     scope = result_fields()[name][2].scope
 
@@ -201,15 +221,15 @@ MEASUREMENT_FIELDS = sorted(
 
 
 @pytest.mark.parametrize("name", MEASUREMENT_FIELDS)
-def test_a_measurement_setting_never_reaches_a_ranking(name, experiment, text_base, tmp_path):
+def test_a_measurement_setting_never_reaches_a_ranking(name, bases, tmp_path):
     """Why a measurement setting may stay out of the cache key: the ranking computed afresh (an empty cache, a
     new model state: captions or text windows recomputed too) is bit for bit the same with it changed. (The CLIP
     model, fixed for a session, scores captions but never makes them.)"""
-    base = base_for(name, experiment, text_base)
-    category = TEXT if isinstance(base, TextExperiment) else CATEGORY
+    base = base_for(name, bases)
+    category = TEXT if base.probe.data == "texts" else CATEGORY
 
     def fresh_scores(source, folder: str) -> torch.Tensor:
-        alone = rebuilt(source)  # a new ModelState: nothing computed before is reused
+        alone = rebuilt(source)  # a new probe: nothing computed before is reused
         alone.rankings = RankingCache(tmp_path / folder)
         return alone.ranking(SITE, category).scores
 
@@ -256,7 +276,7 @@ def test_other_images_change_the_key_and_fail_the_baseline(experiment, images, t
 
 
 def test_another_text_changes_the_key_and_fails_the_baseline(text_base, tmp_path):
-    text = text_base.texts.text(TEXT)
+    text = text_base.probe.texts.text(TEXT)
     other = rebuilt(text_base, texts=TextSet({TEXT: text.replace("the", "a", 1)}))
     assert other.ranking_inputs(SITE, TEXT)["data"] != text_base.ranking_inputs(SITE, TEXT)["data"]
     assert cache_key(other.ranking_inputs(SITE, TEXT)) != cache_key(text_base.ranking_inputs(SITE, TEXT))
@@ -272,7 +292,7 @@ OPTION_VALUES = {"alpha": 0.5, "positions": "scored", "aggregate": "max", "noise
                  "seed": 3}  # fmt: skip
 
 
-@pytest.mark.parametrize("method", RANKING_METHODS)
+@pytest.mark.parametrize("method", ranking_method_names())
 def test_a_method_reads_exactly_the_ranking_options_tagged_for_it(method, experiment, unmodified):
     """Each ranking option a method's tag does not name leaves its scores bit for bit as they were; each one it
     names changes them (so the cache key holds exactly what the scores depend on)."""

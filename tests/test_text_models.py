@@ -137,7 +137,7 @@ def window_nll_by_hand(model, window: TextWindow, hook=None) -> float:
 
 
 def test_baseline_ppl_is_the_ppl_of_the_text(text_experiment):
-    windows = text_experiment.windows(TEXT)
+    windows = text_experiment.probe.windows(TEXT)
     expected = [window_nll_by_hand(text_experiment.loaded.model, w) for w in windows]
     point = text_experiment.measure("lm.down_proj", TEXT, 0)
     assert text_experiment.baseline(TEXT).reference_nll == pytest.approx(expected, rel=1e-5)
@@ -161,7 +161,8 @@ def test_masked_reference_ppl_is_the_text_under_the_masked_model(text_experiment
         return SimpleNamespace(remove=lambda: [h.remove() for h in handles])
 
     expected = [
-        window_nll_by_hand(text_experiment.loaded.model, w, zero_hooks) for w in text_experiment.windows(TEXT)
+        window_nll_by_hand(text_experiment.loaded.model, w, zero_hooks)
+        for w in text_experiment.probe.windows(TEXT)
     ]
     point = text_experiment.measure("lm.down_proj", TEXT, k)
     assert point.metrics["log10_ppl"] == pytest.approx(sum(expected) / len(expected) / math.log(10), rel=1e-5)
@@ -182,7 +183,7 @@ def test_can_on_a_text_is_the_hand_computed_attribution(text_experiment):
     NLL, then the mean over windows; each window in its own unpadded forward pass."""
     model, site = text_experiment.loaded.model, text_experiment.site("lm.down_proj")
     per_window, captured = [], []
-    for window in text_experiment.windows(TEXT):
+    for window in text_experiment.probe.windows(TEXT):
         captured.clear()
         handles = [m.register_forward_hook(lambda m, a, out: captured.append(out)) for m in site.modules]
         embed = model.get_input_embeddings()
@@ -227,7 +228,7 @@ def test_pcicn_on_a_text_reproduces_its_definition(text_experiment):
         return seen
 
     per_window = []  # [window] → [layer, position, channel] mean over the draws of |clean − noisy|
-    for window in text_experiment.windows(TEXT):
+    for window in text_experiment.probe.windows(TEXT):
         ids = torch.tensor([window.tokens])
         clean, total = outputs(ids), 0
         for _ in range(samples):
@@ -250,7 +251,7 @@ def test_pcicn_on_a_text_reproduces_its_definition(text_experiment):
 def test_a_ranking_is_cached_under_its_text(text_experiment):
     """A text model's key holds the text's hash and how it is cut (its kind's settings), nothing of images."""
     record = text_experiment.ranking_inputs("lm.down_proj", TEXT)
-    assert record["data"] == {"text": hashlib.sha256(BUILTIN_PARAGRAPH.encode()).hexdigest()}
+    assert record["data"] == {"texts": [hashlib.sha256(BUILTIN_PARAGRAPH.encode()).hexdigest()]}
     assert (record["text_window"], record["text_max_tokens"]) == (40, 512)
     assert not {"clip_model", "max_image_pixels", "stage1_clip_fraction"} & set(record)
 
@@ -413,7 +414,5 @@ def test_a_text_search_generates_only_where_the_tables_look(text_experiment, mon
     everywhere = search_thresholds("adaptive", generating, 64, analysis.search.parallel)
     assert everywhere.stages == analysis.search.stages
     strict = dataclasses.replace(text_experiment.settings.thresholds, text_stage2="ppl+degenerate")
-    monkeypatch.setattr(
-        text_experiment, "settings", dataclasses.replace(text_experiment.settings, thresholds=strict)
-    )
-    assert text_experiment.measure("lm.down_proj", TEXT, 4, stage_only=True).generated  # its stage reads them
+    reading = text_experiment.with_settings(thresholds=strict)
+    assert reading.measure("lm.down_proj", TEXT, 4, stage_only=True).generated  # its stage reads them

@@ -31,25 +31,28 @@ _MISSING = object()
 
 @dataclass(frozen=True)
 class Affects:
-    """The tag of one field. `kinds`: the kinds of experiment that read it (None: every kind). `methods`: the
-    ranking methods that read it (None: every method). `nested`: the value is a tagged dataclass, recorded field
-    by field. `resolved`: its value is only known once a model is loaded (a dtype chosen by the device): the
-    record takes it from the caller, which must give it. `recorded_as`: the property (and record name) that
-    holds its effective value, e.g. a default that depends on another field. `per_session`: a measurement
-    setting that the unmasked baseline is measured with too (the CLIP model), fixed for a session like every
-    ranking setting."""
+    """The tag of one field. `kinds`: the probes that read it (harness.runner.probe; None: every probe).
+    `per_method`: read only by the ranking methods that name it among the options they read
+    (harness.science.ranking_methods). `nested`: the value is a tagged dataclass,
+    recorded field by field. `resolved`: its value is only known once a model is loaded (a dtype chosen by the
+    device): the record takes it from the caller, which must give it. `recorded_as`: the property (and record
+    name) that holds its effective value, e.g. a default that depends on another field. `per_session`: a
+    measurement setting that the unmasked baseline is measured with too (the CLIP model), fixed for a session
+    like every ranking setting."""
 
     scope: str | None
     kinds: tuple[str, ...] | None = None
-    methods: tuple[str, ...] | None = None
+    per_method: bool = False
     nested: bool = False
     resolved: bool = False
     recorded_as: str | None = None
     per_session: bool = False
 
-    def applies(self, kind: str | None, method: str | None) -> bool:
+    def applies(self, name: str, kind: str | None, reads: Collection[str] | None) -> bool:
+        """Whether field `name` is read by an experiment of `kind` whose ranking method reads the per-method
+        options `reads` (None: any)."""
         return (self.kinds is None or kind is None or kind in self.kinds) and (
-            self.methods is None or method is None or method in self.methods
+            not self.per_method or reads is None or name in reads
         )
 
 
@@ -57,7 +60,7 @@ def affects(
     scope: str,
     *,
     kinds: tuple[str, ...] | None = None,
-    methods: tuple[str, ...] | None = None,
+    per_method: bool = False,
     resolved: bool = False,
     recorded_as: str | None = None,
     per_session: bool = False,
@@ -65,7 +68,7 @@ def affects(
     """Field metadata: `field(default=..., metadata=affects(RANKING))`."""
     if scope not in SCOPES:
         raise ValueError(f"unknown scope {scope!r}; valid: {', '.join(SCOPES)}")
-    tag = Affects(scope, kinds, methods, resolved=resolved, recorded_as=recorded_as, per_session=per_session)
+    tag = Affects(scope, kinds, per_method, resolved=resolved, recorded_as=recorded_as, per_session=per_session)
     return MappingProxyType({_TAG: tag})
 
 
@@ -116,11 +119,12 @@ def recorded(
     scopes: Collection[str],
     *,
     kind: str | None = None,
-    method: str | None = None,
+    reads: Collection[str] | None = None,
     resolved: Mapping[str, object] | None = None,
 ) -> dict[str, object]:
-    """The fields of `settings` (a tagged dataclass) in `scopes` that an experiment of `kind` ranking by `method`
-    reads, as JSON-ready values by record name. `resolved` gives the effective value of every field tagged
+    """The fields of `settings` (a tagged dataclass) in `scopes` that an experiment of `kind` reads, its ranking
+    method reading the per-method options `reads`, as JSON-ready values by record name. `resolved` gives the
+    effective value of every field tagged
     `resolved` (an error if one in scope is missing, or if it names no such field)."""
     given = dict(resolved or {})
     record: dict[str, object] = {}
@@ -133,7 +137,7 @@ def recorded(
                 continue
             name = tag.recorded_as or field.name
             effective = given.pop(name, _MISSING) if tag.resolved else _MISSING
-            if tag.scope not in scopes or not tag.applies(kind, method):
+            if tag.scope not in scopes or not tag.applies(field.name, kind, reads):
                 continue
             if tag.resolved and effective is _MISSING:
                 raise ValueError(f"{type(value).__name__}.{field.name} is resolved at run time: give its value")

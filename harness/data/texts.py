@@ -70,6 +70,10 @@ class TextSet:
     def content_hash(self, category: str) -> str:
         return hashlib.sha256(self.text(category).encode()).hexdigest()
 
+    def content_hashes(self, category: str) -> list[str]:
+        """The category's content as a data set gives it (harness.runner.probe.DataSet): its one text's hash."""
+        return [self.content_hash(category)]
+
 
 def load_text_set(paths: tuple[Path, ...] | None = None) -> TextSet:
     """The texts of `paths` (one category per file stem), or the built-in paragraph when none are given."""

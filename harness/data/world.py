@@ -109,6 +109,22 @@ def sample(split: str, count: int, *, seed: int = 0, categories: tuple[str, ...]
     return pairs
 
 
+_FILE_NAME = re.compile(
+    rf"^\d+_(?P<size>{'|'.join(SIZES)})_(?P<colour>{'|'.join(COLOURS)})_(?P<position>{'|'.join(POSITIONS)})_"
+    rf"(?P<background>{'|'.join(BACKGROUNDS)})\.png$"
+)
+
+
+def scene_of_file(path: Path) -> Scene | None:
+    """The scene a rendering written by `write_category_folders` shows, read from its folder (the shape) and its
+    name (the other attributes); None for any other file."""
+    match = _FILE_NAME.match(Path(path).name)
+    shape = Path(path).parent.name
+    if match is None or shape not in CATEGORIES:
+        return None
+    return Scene(shape=shape, **match.groupdict())
+
+
 def write_category_folders(root: Path, per_category: int = 8, seed: int = 0, split: str = "heldout") -> Path:
     """Write `root/<shape>/<nn>_<attributes>.png` from `split`; the same seed gives byte-identical files."""
     for shape in CATEGORIES:

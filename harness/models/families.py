@@ -25,12 +25,13 @@ class Component:
 
 @dataclass(frozen=True)
 class Family:
-    """A model family: where its components live, and whether it sees images or only text."""
+    """A model family: where its components live, the data its models take and the probe that measures them."""
 
     name: str
     components: dict[str, Component] = field(hash=False)
     captioning_validated: bool  # prompts, generation and teacher-forced scoring checked on a tiny offline model
-    text_only: bool = False  # a causal LM measured on texts (the PCICN setting) instead of captioned images
+    default_probe: str = "captioning"  # how its models are measured unless a case names another probe
+    inputs: tuple[str, ...] = ("images",)  # the data its models take (harness.runner.probe.Probe.data)
 
     def component(self, name: str) -> Component:
         if name not in self.components:
@@ -102,7 +103,11 @@ FAMILIES = {
     # any AutoModelForCausalLM with a Llama-style decoder (Llama, Qwen2, Gemma, Mistral; Phi-3 fuses gate_proj and
     # up_proj into gate_up_proj, so only its lm.down_proj, lm.mlp_hidden and lm.o_proj sites exist)
     "causal_lm": Family(
-        "causal_lm", {"lm": Component(("model.layers",), "")}, captioning_validated=True, text_only=True
+        "causal_lm",
+        {"lm": Component(("model.layers",), "")},
+        captioning_validated=True,
+        default_probe="continuation",
+        inputs=("texts",),
     ),
 }
 

@@ -39,7 +39,7 @@ def _generate_takes_encodings(model_cls: type) -> bool:
 
 def supports_image_reuse(loaded) -> bool:
     """Whether generation can take pre-encoded images (LLaVA, LLaVA-NeXT), rather than re-encoding them."""
-    return not loaded.family.text_only and _generate_takes_encodings(type(loaded.model))
+    return "images" in loaded.family.inputs and _generate_takes_encodings(type(loaded.model))
 
 
 def _encoder(loaded):

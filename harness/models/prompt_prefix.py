@@ -45,7 +45,7 @@ def _forward_takes_cache(model_cls: type) -> bool:
 def supports_prefix_reuse(loaded) -> bool:
     """Whether the model's own forward continues from a KV cache with given positions (LLaVA, LLaVA-NeXT). A model
     whose forward does not (InstructBLIP re-encodes the image at every call) is scored on full sequences."""
-    return not loaded.family.text_only and _forward_takes_cache(type(loaded.model))
+    return "images" in loaded.family.inputs and _forward_takes_cache(type(loaded.model))
 
 
 @torch.no_grad()

@@ -4,6 +4,7 @@ model's token ids left-padded (as generation needs); and the special tokens gene
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from PIL import Image
@@ -25,7 +26,26 @@ def placeholder_token_ids(loaded) -> list[int]:
     return [int(image_token_id)] if image_token_id is not None else []
 
 
-Prompt = Image.Image | tuple[int, ...]  # an image (prompted by the model's template), or a text's token ids
+@dataclass(frozen=True)
+class VisualPrompt:
+    """An image with an instruction of its own (a question, say), put in the model's prompt template in place of
+    its registered instruction."""
+
+    image: Image.Image
+    instruction: str
+
+
+# an image (prompted by the model's template and instruction), an image with its own instruction, or a text's
+# token ids
+Prompt = Image.Image | VisualPrompt | tuple[int, ...]
+
+
+def prompt_text(loaded, prompt: Image.Image | VisualPrompt) -> str:
+    """The text a visual prompt is given with: the model's template around the prompt's own instruction, or around
+    the registered one."""
+    if isinstance(prompt, VisualPrompt):
+        return loaded.spec.prompt_template.format(instruction=prompt.instruction)
+    return loaded.spec.prompt
 
 
 def encode_prompts(loaded, prompts: Sequence[Prompt]) -> dict[str, torch.Tensor]:
@@ -33,9 +53,9 @@ def encode_prompts(loaded, prompts: Sequence[Prompt]) -> dict[str, torch.Tensor]
     token-id prompts (text-only models), the ids left-padded."""
     if all(isinstance(prompt, tuple) for prompt in prompts):
         return _left_padded(loaded, prompts)
-    encoded = loaded.processor(
-        images=list(prompts), text=[loaded.spec.prompt] * len(prompts), return_tensors="pt", padding=True
-    )
+    images = [prompt.image if isinstance(prompt, VisualPrompt) else prompt for prompt in prompts]
+    texts = [prompt_text(loaded, prompt) for prompt in prompts]
+    encoded = loaded.processor(images=images, text=texts, return_tensors="pt", padding=True)
     batch = {}
     for name, value in encoded.items():
         if torch.is_tensor(value):

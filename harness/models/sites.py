@@ -25,6 +25,7 @@ from torch.utils.hooks import RemovableHandle
 from harness.core.errors import InvalidKError, SiteResolutionError, UnknownNameError
 
 Unit = Literal["output", "input"]
+UNITS = ("output", "input")
 JOINT = "+"  # lm.down_proj+lm.gate_proj: both sites ranked together
 
 
@@ -38,6 +39,10 @@ class SiteSpec:
     unit: Unit
     width_field: str  # field(s) of the component's config whose product is the channels per layer ('a*b')
     description: str
+
+    def __post_init__(self) -> None:
+        if self.unit not in UNITS:
+            raise UnknownNameError(f"unit of site {self.name!r}", self.unit, UNITS)
 
     def width(self, config) -> int:
         """Channels per layer, from the component's config; a missing `head_dim` is hidden_size / heads."""
@@ -302,6 +307,17 @@ def site_shape(name: str, config, family) -> tuple[int, int]:
     component_config = family.component_config(config, spec.component)
     layers = component_config.num_hidden_layers if component.layered else 1
     return layers, spec.width(component_config)
+
+
+def register_site(spec: SiteSpec, *, replace: bool = False) -> SiteSpec:
+    """Add a site (e.g. from a conftest); re-declaring a name needs `replace=True`, so a typo never shadows a
+    built-in. The name must not hold the joint-site separator or be a pool's."""
+    if JOINT in spec.name or spec.name in POOLS:
+        raise ValueError(f"site name {spec.name!r} may not contain {JOINT!r} or be a pool's name")
+    if spec.name in SITES and not replace and SITES[spec.name] != spec:
+        raise ValueError(f"site {spec.name!r} is already registered; pass replace=True to redefine it")
+    SITES[spec.name] = spec
+    return spec
 
 
 def get_site_spec(name: str) -> SiteSpec:

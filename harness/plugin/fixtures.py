@@ -10,8 +10,9 @@ import json
 import pytest
 
 from harness.core.errors import ModelUnavailableError
+from harness.plugin.markers import MARKERS
 from harness.plugin.recorder import ANALYSIS_PROPERTY, POINT_PROPERTY
-from harness.plugin.stash import BASELINES, SETTINGS, image_set, text_set
+from harness.plugin.stash import BASELINES, SETTINGS, data_sources
 
 
 @pytest.fixture(scope="session")
@@ -25,7 +26,7 @@ def can_session(pytestconfig: pytest.Config, can_settings):
     """Loaded models, CLIP scorers, images and rankings shared by every case in this process."""
     from harness.runner.session import HarnessSession
 
-    return HarnessSession(can_settings, images=image_set(pytestconfig), texts=text_set(pytestconfig))
+    return HarnessSession(can_settings, sources=data_sources(pytestconfig))
 
 
 @pytest.fixture(scope="session")
@@ -72,11 +73,21 @@ def can_method(request: pytest.FixtureRequest, can_settings) -> str:
     return request.param if hasattr(request, "param") else can_settings.ranking.method
 
 
-def _experiment_or_skip(can_session, model: str, method: str):
-    """The model's experiment ranking by `method`; a model whose weights are not on this machine skips the case,
-    saying why."""
+@pytest.fixture
+def can_probe(request: pytest.FixtureRequest) -> str | None:
+    """The probe this case names on its marker (`probe=...`); None: each model family's own."""
+    for name in MARKERS:
+        marker = request.node.get_closest_marker(name)
+        if marker is not None:
+            return marker.kwargs.get("probe")
+    return None
+
+
+def _experiment_or_skip(can_session, model: str, method: str, probe: str | None):
+    """The model's experiment through `probe`, ranking by `method`; a model whose weights are not on this machine
+    skips the case, saying why."""
     try:
-        experiment = can_session.experiment(model)
+        experiment = can_session.experiment(model, probe)
     except ModelUnavailableError as error:
         pytest.skip(str(error))
     return experiment.with_ranking(dataclasses.replace(experiment.settings.ranking, method=method))
@@ -86,7 +97,7 @@ def _session_curve(curves: dict, experiment, site: str, category: str):
     """The session's one CollapseCurve per (model, ranking, site, category), shared by grid and search cases."""
     from harness.runner.curve import CollapseCurve
 
-    key = (experiment.name, experiment.settings.ranking, site, category)
+    key = (experiment.name, experiment.probe.name, experiment.settings.ranking, site, category)
     if key not in curves:
         curves[key] = CollapseCurve(experiment, site, category)
     return curves[key]
@@ -94,10 +105,17 @@ def _session_curve(curves: dict, experiment, site: str, category: str):
 
 @pytest.fixture
 def collapse_curve(
-    request, can_session, _can_curves, can_model: str, can_site: str, can_method: str, can_category: str
+    request,
+    can_session,
+    _can_curves,
+    can_model: str,
+    can_site: str,
+    can_method: str,
+    can_probe: str | None,
+    can_category: str,
 ):
     """The CollapseCurve of this case's (model, site, category); every point it measures is recorded."""
-    experiment = _experiment_or_skip(can_session, can_model, can_method)
+    experiment = _experiment_or_skip(can_session, can_model, can_method, can_probe)
     curve = _session_curve(_can_curves, experiment, can_site, can_category)
     curve.on_point = lambda point: request.node.user_properties.append(
         (POINT_PROPERTY, json.dumps(point.to_row()))
@@ -121,6 +139,7 @@ def collapse_analysis(
     can_model: str,
     can_site: str,
     can_method: str,
+    can_probe: str | None,
     can_category: str,
 ):
     """The CurveAnalysis of this case's (model, site, category): k₁ and k₂ by the configured search, the
@@ -129,8 +148,8 @@ def collapse_analysis(
     from harness.runner.analysis import analyse_curve
 
     model, site, category = can_model, can_site, can_category
-    experiment = _experiment_or_skip(can_session, model, can_method)
-    key = (model, site, can_method, category)
+    experiment = _experiment_or_skip(can_session, model, can_method, can_probe)
+    key = (model, site, can_method, experiment.probe.name, category)
     if key not in _can_analyses:
         _can_analyses[key] = analyse_curve(
             experiment, site, category, curve=_session_curve(_can_curves, experiment, site, category)

@@ -25,7 +25,8 @@ from harness.core.recorded import tags
 from harness.runner.baseline import Tolerances
 from harness.runner.settings import HarnessSettings
 from harness.science.metric_registry import get_metric, registered_metrics
-from harness.science.ranking_options import AGGREGATIONS, POSITIONS, RANKING_METHODS, RankingOptions
+from harness.science.ranking_methods import AGGREGATIONS, default_aggregations_help, methods_help
+from harness.science.ranking_options import POSITIONS, RankingOptions
 from harness.science.stages import TEXT_STAGE2, StageThresholds
 from harness.science.threshold_search import SEARCH_MODES
 
@@ -153,18 +154,18 @@ OPTIONS: tuple[Option, ...] = (
     Option("--can-baseline-k-rtol", "allowed relative change of k₁/k₂", (B, "k_rtol"), float),
     *metric_tolerance_options(),
     # ranking
-    Option("--can-method", "how neurons are ranked: can, activation, gradient, pcicn (noise on embeddings), "
-           "random", (R, "method"), choices=RANKING_METHODS),
+    Option("--can-method", f"how neurons are ranked, by a registered method: {methods_help()}", (R, "method")),
     Option("--can-alpha", "CAN exponent α on |∂L/∂a| in [0, 1]", (R, "alpha"), float),
     Option("--can-positions", "positions a ranking aggregates", (R, "positions"), choices=POSITIONS),
     Option("--can-aggregate", "how a ranking aggregates positions", (R, "aggregate"), choices=AGGREGATIONS,
-           shown_default="the method's own: max for pcicn, as its authors; mean for the others"),
+           shown_default=f"the method's own: {default_aggregations_help()}"),
     Option("--can-noise-sigma", "pcicn: std of the noise on the input embeddings", (R, "noise_sigma"), float),
     Option("--can-noise-samples", "pcicn: noisy passes per batch of images", (R, "noise_samples"), int),
     Option("--can-ranking-seed", "pcicn noise and random ranking seed", (R, "seed"), int),
     # the model run
     Option("--can-batch-size", "images (or text windows) per forward pass", (S, "batch_size"), int),
     Option("--can-max-new-tokens", "caption length limit", (S, "max_new_tokens"), int),
+    Option("--can-answer-max-tokens", "answer length limit of the vqa probe", (S, "answer_max_tokens"), int),
     Option("--can-clip-model", "open_clip model name or local-dir:PATH",
            shown_default="the model's registered CLIP"),
     Option("--can-clip-pretrained", "open_clip pretrained tag for a named --can-clip-model",
@@ -191,6 +192,8 @@ OPTIONS: tuple[Option, ...] = (
     # the two-stage criterion
     Option("--can-stage1-ppl-ratio", "stage 1 if reference PPL ≥ this × baseline", (T, "stage1_ppl_ratio"), float),
     Option("--can-stage1-clip-fraction", "… or CLIP ≤ this × baseline", (T, "stage1_clip_fraction"), float),
+    Option("--can-stage1-accuracy-fraction", "… or (vqa probe) accuracy ≤ this × baseline",
+           (T, "stage1_accuracy_fraction"), float),
     Option("--can-stage2-log10-ppl", "stage 2 needs log10(PPL/PPL₀) ≥ this …", (T, "stage2_log10_ppl_ratio"),
            float),
     Option("--can-stage2-degenerate-rate", "… and CLIP ≤ chance or at least this share of degenerate captions",

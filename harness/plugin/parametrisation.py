@@ -1,7 +1,8 @@
 """Collapse cases expanded at collection: a `collapse_grid` case over model × site [× ranking method] × category
-× k (a geometric grid from 0 = baseline), a `collapse_search` case over model × site [× method] × category. A
-category is an image category, or for a text-only model a text. Every name is checked here, so that a bad one
-fails collection listing the valid ones, before any model loads."""
+× k (a geometric grid from 0 = baseline), a `collapse_search` case over model × site [× method] × category. The
+categories are the case's probe's (`probe=` on the marker, else each model family's own: an image category, or a
+text). Every name is checked here, so that a bad one fails collection listing the valid ones, before any model
+loads."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 from harness.core.errors import ModelUnavailableError
 from harness.plugin.case_ids import CaseIdError, format_case_id
 from harness.plugin.markers import GRID, MARKERS
-from harness.plugin.stash import SETTINGS, image_set, text_set
+from harness.plugin.stash import SETTINGS, data_sources
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -43,8 +44,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     methods = list(marker.kwargs.get("methods", ()))
     for method in methods:
         dataclasses.replace(settings.ranking, method=method)  # an unknown method fails collection, listing them
-    images = image_set(config)  # scanned (and the category selection checked) before anything is collected
-    image_categories = list(settings.categories or images.categories)
+    from harness.runner.probe import get_probe
+
+    named_probe = marker.kwargs.get("probe")
+    if named_probe is not None:
+        get_probe(named_probe)  # an unknown probe fails collection, listing the registered ones
+    sources = data_sources(config)  # each probe's data scanned and checked before anything is collected
     registered = registered_models()
     params, curves_by_id = [], {}
     for model in models:
@@ -54,7 +59,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         else:  # a search sizes its sites when it runs: only whether the model can be had, nothing built
             model_config, unavailable = None, _unavailable_reason(spec, settings)
         family = get_family(spec.family)
-        categories = text_set(config).categories if family.text_only else image_categories
+        probe = get_probe(named_probe or family.default_probe)
+        categories = probe.categories(sources)
+        unsupported = probe.unsupported(family)
+        if unavailable is None and unsupported is not None:
+            unavailable = f"{model}: the {probe.name} probe cannot run on it: {unsupported}"
         marks = [pytest.mark.skip(reason=unavailable)] if unavailable else []
         for site in sites:
             lacking = [part for part in site_names(site) if part not in sites_of(family)]

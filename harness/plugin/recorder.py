@@ -125,9 +125,9 @@ class CollapseRecorder:
     def pytest_terminal_summary(self, terminalreporter) -> None:
         if not self.rows and not self.analyses:
             return
-        from harness.core.labels import curve_label
+
         from harness.reporting.report import latest_points, render_summary, render_thresholds, summarize
-        from harness.runner.curve import format_curve
+        from harness.runner.curve import format_curve, row_label
         from harness.runner.experiment import CollapsePoint
 
         settings = self.config.stash[SETTINGS]
@@ -144,13 +144,11 @@ class CollapseRecorder:
             terminalreporter.write_line(render_thresholds(list(self.analyses.values()), cases))
         if self.config.getoption("can_show_curves"):
             points = latest_points(self.rows)
-            for group in sorted({(p["model"], p["site"], p["category"], p["ranking"]) for p in points}):
-                curve = [
-                    CollapsePoint(**p)
-                    for p in points
-                    if (p["model"], p["site"], p["category"], p["ranking"]) == group
-                ]
-                terminalreporter.write_line(f"\n{curve_label(*group)}\n{format_curve(curve)}")
+            groups: dict[str, list] = {}
+            for point in points:
+                groups.setdefault(row_label(point), []).append(CollapsePoint(**point))
+            for label, curve in sorted(groups.items()):
+                terminalreporter.write_line(f"\n{label}\n{format_curve(curve)}")
         if self.write_error is not None:
             terminalreporter.write_line(f"REPORT NOT WRITTEN: {self.write_error}", red=True)
         if not self.outcome.complete:

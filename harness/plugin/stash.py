@@ -9,31 +9,21 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:  # the plugin's import loads none of them (see harness.plugin.options)
-    from harness.data.images import ImageSet
-    from harness.data.texts import TextSet
     from harness.runner.baseline import Baselines
+    from harness.runner.data_sources import DataSources
     from harness.runner.settings import HarnessSettings
 
 SETTINGS: pytest.StashKey[HarnessSettings] = pytest.StashKey()
 BASELINES: pytest.StashKey[Baselines] = pytest.StashKey()
-IMAGES: pytest.StashKey[ImageSet] = pytest.StashKey()
-TEXTS: pytest.StashKey[TextSet] = pytest.StashKey()
+SOURCES: pytest.StashKey[DataSources] = pytest.StashKey()
 PROGRESS: pytest.StashKey[object] = pytest.StashKey()  # the progress routing before this run, put back after
 
 
-def image_set(config: pytest.Config) -> ImageSet:
-    """The run's images, scanned and validated once per process (collection and the session share it)."""
-    if IMAGES not in config.stash:
-        from harness.runner.session import load_image_set
+def data_sources(config: pytest.Config) -> DataSources:
+    """The run's data (images, texts), each read and validated once per process (collection and the session share
+    it)."""
+    if SOURCES not in config.stash:
+        from harness.runner.data_sources import DataSources
 
-        config.stash[IMAGES] = load_image_set(config.stash[SETTINGS])
-    return config.stash[IMAGES]
-
-
-def text_set(config: pytest.Config) -> TextSet:
-    """The run's texts for text-only models, read and validated once per process."""
-    if TEXTS not in config.stash:
-        from harness.data.texts import load_text_set
-
-        config.stash[TEXTS] = load_text_set(config.stash[SETTINGS].texts)
-    return config.stash[TEXTS]
+        config.stash[SOURCES] = DataSources(config.stash[SETTINGS])
+    return config.stash[SOURCES]

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 from harness.core import atomic_files
-from harness.core.labels import curve_label
+from harness.runner.curve import row_label
 from harness.science.metric_registry import get_metric
 
 STAGE_COLOURS = {1: "#f6d55c", 2: "#ed553b"}
@@ -26,7 +26,7 @@ def plot_file_name(row: dict) -> str:
     (a category `猫` gives `…__猫.png`). Anything else is replaced by `_`, and then (or when a very long name is
     shortened) a short hash of the exact label is appended, so that two curves never share a file: `a/b` and
     `a_b`, or `猫` and `狗` with their letters replaced, would otherwise."""
-    label = curve_label(row["model"], row["site"], row["category"], row.get("ranking"), separator="__")
+    label = row_label(row, separator="__")
     stem = _UNSAFE.sub("_", label)
     shortened = stem.encode()[:_LONGEST_STEM].decode(errors="ignore")
     if shortened != label:

@@ -29,7 +29,8 @@ from harness.core.run_outcome import CurveCases
 from harness.science.metric_registry import Metric, get_metric, registered_metrics
 from harness.science.stages import first_k_at_stage, is_monotone
 
-GROUP_KEYS = ("model", "site", "ranking", "category")
+GROUP_KEYS = ("model", "site", "probe", "ranking", "category")  # what tells one curve from another
+SHOWN_WHEN_THEY_DIFFER = ("probe", "ranking")  # columns a table has only when its rows differ in them
 THRESHOLDS_FILE = "thresholds.csv"
 LOCK_FILE = ".can-report.lock"  # held (flock) by the run writing the folder
 OWNER_FILE = ".can-report.owner.json"  # which run that is, for the message refusing a second one
@@ -155,10 +156,10 @@ def render_summary(summary: list[dict]) -> str:
 
 
 def _table(rows: list[dict], columns: list[Column]) -> str:
-    """A GitHub-style table; the ranking column only when the rows were ranked in more than one way (the title
-    names a single ranking)."""
-    if len({row["ranking"] for row in rows}) <= 1:
-        columns = [column for column in columns if column.header != "ranking"]
+    """A GitHub-style table; the probe and ranking columns only when the rows differ in them (the title names a
+    single ranking)."""
+    same = {key for key in SHOWN_WHEN_THEY_DIFFER if len({row.get(key) for row in rows}) <= 1}
+    columns = [column for column in columns if column.header not in same]
     return tabulate(
         [[column.value(row) for column in columns] for row in rows],
         headers=[column.header for column in columns],

@@ -8,7 +8,6 @@ several sites are ranked together (`lm.down_proj+lm.gate_proj`) it is also broke
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -17,6 +16,7 @@ from harness.core.labels import DEFAULT_RANKING, curve_label
 from harness.models.sites import site_names
 from harness.runner.curve import CollapseCurve, format_curve
 from harness.runner.experiment import CollapsePoint, Experiment
+from harness.runner.probe import shown_probe
 from harness.science.ablation import Intervention
 from harness.science.metric_registry import Metric, get_metric
 from harness.science.threshold_search import ThresholdSearch
@@ -42,10 +42,11 @@ class CurveAnalysis:
     controls: list[ControlOutcome]
     layers: dict[str, dict[int, int]]  # site → layer → how many of the top-k₂ neurons sit there (empty: no k₂)
     ranking: str = DEFAULT_RANKING  # RankingOptions.label of the experiment
+    probe: str = "captioning"  # the probe its points were observed through (harness.runner.probe)
 
     @property
     def label(self) -> str:
-        return curve_label(self.model, self.site, self.category, self.ranking)
+        return curve_label(self.model, self.site, self.category, self.ranking, probe=shown_probe(self.probe))
 
     @property
     def controls_hold(self) -> bool:
@@ -66,6 +67,7 @@ class CurveAnalysis:
             "site": self.site,
             "category": self.category,
             "ranking": self.ranking,
+            "probe": self.probe,
             "search": self.search.mode,
             "search_parallel": self.search.parallel,
             "k_max": self.search.k_max,
@@ -118,30 +120,29 @@ def analyse_curve(
     measures what each stage needs; k₁ and k₂, which the tables show, are then measured in full (a text model's
     continuations)."""
     curve = curve or CollapseCurve(experiment, site, category)
-    search, points = experiment.search(
-        site, category, measure_many=functools.partial(curve.measured_many, stage_only=True)
-    )
-    shown = [k for k in (search.k1, search.k2) if k is not None and not points[k].generated]
+    search = curve.search()
+    shown = [k for k in (search.k1, search.k2) if k is not None and not curve.points[k].generated]
     if shown:
-        with progress.task(f"k₁, k₂ of {experiment.name} / {site} / {category} with generations") as task:
-            points.update(zip(shown, curve.measured_many(shown), strict=True))
+        with progress.task(f"k₁, k₂ of {curve.label} with generations") as task:
+            curve.measured_many(shown)
             task.step(steps=len(shown))
+    points = {k: curve.points[k] for k in search.stages}
     controls, layers = [], {}
     if search.k2 is not None:
         k2 = search.k2
         seeds = range(experiment.settings.control_seeds)
         interventions = [Intervention(selection="random", seed=seed) for seed in seeds]
         interventions.append(Intervention(ablation="mean"))
-        with progress.task(
-            f"controls at k₂ = {k2} of {experiment.name} / {site} / {category} (the random-k ones in one pass)"
-        ) as task:
+        with progress.task(f"controls at k₂ = {k2} of {curve.label} (the random-k ones in one pass)") as task:
             measured = experiment.measure_many(site, category, [(k2, i) for i in interventions])
             for intervention, point in zip(interventions, measured, strict=True):
                 controls.append(ControlOutcome(intervention.label, k2, point.stage, point.metrics))
             task.step("stages " + ", ".join(str(point.stage) for point in measured), steps=len(measured))
         layers = neurons_by_site_and_layer(experiment, site, category, k2)
     ranking = experiment.settings.ranking.label
-    return CurveAnalysis(experiment.name, site, category, search, points, controls, layers, ranking)
+    return CurveAnalysis(
+        experiment.name, site, category, search, points, controls, layers, ranking, experiment.probe.name
+    )
 
 
 def _shown(metrics: dict[str, float | None]) -> list[tuple[Metric, float | None]]:

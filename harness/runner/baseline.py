@@ -26,7 +26,6 @@ from filelock import FileLock
 
 from harness.core import atomic_files
 from harness.core.errors import BaselineError
-from harness.core.labels import curve_label
 from harness.core.versions import library_versions
 from harness.science.metric_registry import Metric, get_metric
 
@@ -61,7 +60,11 @@ def compared_metrics(names: Iterable[str]) -> list[Metric]:
 
 
 def curve_key(row: dict) -> str:
-    return curve_label(row["model"], row["site"], row["category"], row.get("ranking"))
+    """The entry's key: the curve's label (harness.runner.curve.row_label, imported here: it needs the probes,
+    and this module must stay importable without torch for the plugin's options)."""
+    from harness.runner.curve import row_label
+
+    return row_label(row)
 
 
 def entry_of(analysis_row: dict) -> dict:

@@ -6,9 +6,13 @@ from collections.abc import Callable, Sequence
 
 from tabulate import tabulate
 
+from harness.core import progress
 from harness.core.labels import curve_label
 from harness.runner.experiment import TOP_K_ZERO, CollapsePoint, Experiment
+from harness.runner.probe import shown_probe
+from harness.runner.settings import search_parallel_for
 from harness.science.metric_registry import get_metric
+from harness.science.threshold_search import ThresholdSearch, search_thresholds
 
 STAGE_NAMES = {0: "intact", 1: "degraded", 2: "collapsed"}
 
@@ -27,7 +31,30 @@ class CollapseCurve:
 
     @property
     def label(self) -> str:
-        return curve_label(self.model, self.site, self.category, self.experiment.settings.ranking.label)
+        probe = shown_probe(self.experiment.probe.name)
+        return curve_label(
+            self.model, self.site, self.category, self.experiment.settings.ranking.label, probe=probe
+        )
+
+    def search(self, *, stage_only: bool = True) -> ThresholdSearch:
+        """k₁ and k₂ of the curve by the settings' search (adaptive, or the papers' linear scan) up to their
+        k_max, `search_parallel` ks in each batched pass, every point measured as far as its stage needs (a text
+        model's continuations are not generated; `stage_only=False`: in full) and kept with the curve's other
+        points, whose ks it reuses. Another search or range: a curve of `experiment.with_settings(search=…,
+        k_max=…)`."""
+        settings, site = self.experiment.settings, self.experiment.site(self.site)
+        limit = site.check_k(min(settings.k_max, site.size))
+        parallel = search_parallel_for(settings, self.experiment.loaded.device)
+        title = f"{settings.search} search of {self.label} (k ≤ {limit}, {parallel} k a pass)"
+        with progress.task(title) as task:
+
+            def stages_at(ks: Sequence[int]) -> list[int]:
+                measured = self.measured_many(ks, stage_only=stage_only)
+                last = ", ".join(f"k={p.k} stage {p.stage} Δlog10 PPL {p.log10_ppl_ratio:+.2f}" for p in measured)
+                task.step(f"last: {last}", steps=len(measured))
+                return [point.stage for point in measured]
+
+            return search_thresholds(settings.search, stages_at, limit, parallel)
 
     def measure(self, k: int) -> CollapsePoint:
         """The point at k, measured once per session and reported to `on_point` every time it is asked for."""
@@ -43,7 +70,7 @@ class CollapseCurve:
 
     def measured_many(self, ks: Sequence[int], *, stage_only: bool = False) -> list[CollapsePoint]:
         """`measured` of several ks, those not measured yet in one batched pass (a threshold search's pass).
-        `stage_only`: a point measured only as far as its stage needs will do (Experiment.search); without
+        `stage_only`: a point measured only as far as its stage needs will do (`search`); without
         it such a point is measured again in full."""
         missing = [
             k for k in dict.fromkeys(ks) if k not in self.points or not (stage_only or self.points[k].generated)
@@ -62,6 +89,12 @@ class CollapseCurve:
 
     def table(self) -> str:
         return format_curve(self.points.values())
+
+
+def row_label(row: dict, separator: str = " / ") -> str:
+    """The label of a point's or an analysis' row (as `CollapseCurve.label` names the curve)."""
+    probe = shown_probe(row["probe"]) if "probe" in row else None
+    return curve_label(row["model"], row["site"], row["category"], row.get("ranking"), separator, probe=probe)
 
 
 def format_curve(points) -> str:

@@ -1,9 +1,10 @@
-"""One collapse experiment end to end: baseline, ranking, masked evaluation at k, stage, threshold search.
+"""One collapse experiment: a probe (what the model is given and how its output is observed,
+harness.runner.probe) composed with a ranking and the masked measurement — the ranking, the masked points and
+their records, whatever the model is given.
 
-`Experiment` measures points on one loaded model; what the model is given and how its output is observed is its
-kind's own (harness.runner.image_experiment, harness.runner.text_experiment).
 harness.runner.session.HarnessSession, which the pytest plugin keeps as a session fixture, owns what is expensive
-and shared (loaded models, CLIP scorers, images, rankings).
+and shared (loaded models, probes, CLIP scorers, data, rankings); harness.runner.curve.CollapseCurve holds a
+curve's points and searches its thresholds.
 """
 
 from __future__ import annotations
@@ -11,49 +12,27 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import ClassVar
 
 import torch
 
-from harness.core import progress
 from harness.core.code_fingerprint import code_fingerprint
 from harness.core.metrics import require_finite
 from harness.core.recorded import MEASUREMENT, RANKING, RESULTS, digest_of, recorded, tag_of
 from harness.core.versions import library_versions
-from harness.models.captioning import Caption, generate_captions
-from harness.models.image_encoding import EncodedImage
 from harness.models.loading import LoadedModel
-from harness.models.masking import JointMask, NeuronMask, mask_neurons
-from harness.models.prompt_prefix import PromptPrefix
 from harness.models.sites import AnySite, resolve_any_site
+from harness.runner.probe import Masking, Observation, Probe
 from harness.runner.ranking_cache import RankingCache
 from harness.runner.settings import HarnessSettings, search_parallel_for
 from harness.science.ablation import Intervention, mean_activations, random_selection
 from harness.science.metric_registry import LOG10_PPL, get_metric
 from harness.science.ranking import Ranking, importances
 from harness.science.ranking_options import RankingOptions
-from harness.science.stages import Criterion
-from harness.science.threshold_search import ThresholdSearch, search_thresholds
 
 MAX_REPORTED_NEURONS = 64
 TOP_K_ZERO = Intervention()  # the experiment itself: zero the ranking's top-k
-
-
-@dataclass(frozen=True)
-class Observation:
-    """What the model (masked or not) does on one category. Unmasked, it is the k = 0 point, and a VLM's captions
-    are its ranking's targets."""
-
-    # generated: captions, or a text model's continuations; None: not generated, because the stage does not need
-    # them (a text model's point evaluated only for a threshold search, harness.runner.text_experiment)
-    captions: list[Caption] | None
-    reference_nll: list[float]  # teacher-forced under the unmasked model, per sample (nats)
-    # per metric the experiment measured (harness.science.metric_registry): one value per sample
-    values: dict[str, list[float]]
-    chance: dict[str, float | None] = field(default_factory=dict)  # per metric with a chance level: its level
 
 
 @dataclass(frozen=True)
@@ -66,6 +45,7 @@ class CollapsePoint:
     site: str
     category: str
     k: int
+    probe: str  # how the model was given the category and observed (harness.runner.probe)
     n_samples: int  # images, or a text's windows
     metrics: dict[str, float | None]
     baselines: dict[str, float | None]  # the same metrics at k = 0
@@ -94,134 +74,86 @@ class CollapsePoint:
         return self.metrics[LOG10_PPL.name] - self.baselines[LOG10_PPL.name]
 
 
-@dataclass
-class ModelState:
-    """What every experiment on one loaded model shares, whatever its ranking: the baselines, resolved sites, mean
-    activations, CLIP image features, image encodings and prompt prefixes, and the experiment of each ranking.
-    Rankings are not in it: each experiment holds its own."""
-
-    baselines: dict[str, Observation] = field(default_factory=dict)
-    sites: dict[str, AnySite] = field(default_factory=dict)
-    means: dict[tuple[str, str, str], torch.Tensor] = field(default_factory=dict)  # (site, category, positions)
-    clip_features: dict[str, torch.Tensor] = field(default_factory=dict)  # per category
-    other_clip_features: dict[str, torch.Tensor] = field(default_factory=dict)  # the other categories'
-    encoded_images: dict[str, list[EncodedImage]] = field(default_factory=dict)
-    prefixes: dict[str, list[PromptPrefix]] = field(default_factory=dict)  # one category at a time
-    experiments: dict[HarnessSettings, Experiment] = field(default_factory=dict)
-
-
-class Experiment(ABC):
-    """Measures collapse points on one loaded model, ranked one way: the ranking, the masked points, the threshold
-    search and their records, whatever the model is given. What the model is given and how its output is observed
-    is each kind's own: harness.runner.image_experiment.ImageExperiment (a vision-language model captioning images)
-    and harness.runner.text_experiment.TextExperiment (a causal LM on texts). What does not depend on the ranking
-    lives in its ModelState, shared with the model's experiments of other rankings."""
-
-    kind: ClassVar[str]  # which kind-tagged settings it reads ("image", "text"; harness.core.recorded)
-    metrics: ClassVar[tuple[str, ...]]  # the metrics it measures (harness.science.metric_registry), in order
+class Experiment:
+    """Measures collapse points on one loaded model through one probe, ranked one way: the ranking, the masked
+    points and their records. Experiments of the same probe under other rankings or measurement settings
+    (`with_settings`) share the probe, and with it the baselines and everything computed from the data."""
 
     def __init__(
-        self, loaded: LoadedModel, settings: HarnessSettings, rankings: RankingCache, state: ModelState | None
+        self,
+        probe: Probe,
+        settings: HarnessSettings,
+        rankings: RankingCache,
+        siblings: dict[HarnessSettings, Experiment] | None = None,
     ):
-        self.loaded, self.settings, self.rankings = loaded, settings, rankings
-        self.state = state if state is not None else ModelState()
-        self.state.experiments.setdefault(settings, self)
+        self.probe, self.settings, self.rankings = probe, settings, rankings
+        self.loaded: LoadedModel = probe.loaded
+        self._siblings = siblings if siblings is not None else {}
+        self._siblings.setdefault(settings, self)
         self._rankings: dict[tuple[str, str], Ranking] = {}
+        self._sites: dict[str, AnySite] = probe.memo.setdefault("sites", {})
+        self._means: dict[tuple[str, str, str], torch.Tensor] = probe.memo.setdefault("means", {})
 
     @property
     def name(self) -> str:
         return self.loaded.spec.name
 
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return self.probe.metrics
+
     def site(self, name: str) -> AnySite:
         """A site, or several joined by '+' (ranked together as one pool)."""
-        if name not in self.state.sites:
-            self.state.sites[name] = resolve_any_site(self.loaded, name)
-        return self.state.sites[name]
+        if name not in self._sites:
+            self._sites[name] = resolve_any_site(self.loaded, name)
+        return self._sites[name]
 
     def with_ranking(self, options: RankingOptions) -> Experiment:
-        """The experiment of this model with neurons ranked another way (one per ranking, on the shared state)."""
+        """The experiment of this model and probe with neurons ranked another way."""
         return self.with_settings(ranking=options)
 
     def with_settings(self, **changes: object) -> Experiment:
-        """This model's experiment under other settings that leave what the shared state holds valid: another
-        ranking, other stage thresholds, or other measurement settings (k range, search, controls, mask mode);
-        one experiment per distinct settings, on the shared state. A change to what the state was computed with
-        (caption length, dtype, data, CLIP model) needs a session with those settings: it is refused, naming the
-        field, so that no record can claim a setting the measurement did not use."""
+        """This experiment under other settings that leave what its probe holds valid: another ranking, other
+        stage thresholds, or other measurement settings (k range, search, controls, mask mode); one experiment
+        per distinct settings, on the same probe. A change to what the probe's data and baselines were computed
+        with (caption length, dtype, data, CLIP model) needs a session with those settings: it is refused, naming
+        the field, so that no record can claim a setting the measurement did not use."""
         fixed = sorted(set(changes) - shareable_fields())
         if fixed:
             raise ValueError(
-                f"{', '.join(fixed)} cannot change on a loaded experiment (what {self.name}'s shared state holds "
+                f"{', '.join(fixed)} cannot change on a loaded experiment (what {self.name}'s probe holds "
                 f"depends on it); start a HarnessSession with those settings. Changeable here: "
                 f"{', '.join(sorted(shareable_fields()))}"
             )
         settings = replace(self.settings, **changes)
-        experiments = self.state.experiments
-        if settings not in experiments:
-            experiments[settings] = self._sibling(settings)
-        return experiments[settings]
+        if settings not in self._siblings:
+            self._siblings[settings] = Experiment(self.probe.with_settings(settings), settings, self.rankings,
+                                                  self._siblings)  # fmt: skip
+        return self._siblings[settings]
 
-    @abstractmethod
-    def _sibling(self, settings: HarnessSettings) -> Experiment:
-        """An experiment on this model and state under `settings` (differing only where `with_settings` allows)."""
-
-    # -- what the model is given, what it does (each kind of experiment its own) --------------------------------
-    @abstractmethod
+    # -- the probe's data and observations --------------------------------------------------------------------
     def samples(self, category: str) -> Sequence[object]:
-        """The model's inputs on `category`, one per row of its batches (images, or a text's openings)."""
+        return self.probe.samples(category)
 
-    @abstractmethod
-    def ranking_data(self, category: str) -> tuple[Sequence[object], list[Caption]]:
-        """The inputs and teacher-forced targets the ranking loss (and mean ablation) is computed on."""
+    def ranking_data(self, category: str):
+        return self.probe.ranking_data(category)
 
-    @abstractmethod
     def data_record(self, category: str) -> dict[str, object]:
-        """What identifies the data of `category` in a ranking's cache key."""
+        return self.probe.data_record(category)
 
-    @abstractmethod
-    def observe(
-        self, category: str, mask: NeuronMask | JointMask | None = None, *, stage_only: bool = False
-    ) -> Observation:
-        """What the model does on `category` under `mask` (None: unmasked). `stage_only`: no more than the
-        stage reads."""
-
-    @abstractmethod
-    def observe_many(
-        self, category: str, site: AnySite, neuron_sets: Sequence[torch.Tensor], *, stage_only: bool = False
-    ) -> list[Observation]:
-        """`observe` under each zero-ablation neuron set, in batched passes with per-row masks."""
-
-    def clip_label(self) -> str | None:
-        """The CLIP model that scores this experiment's captions, for its records; None: no CLIP score."""
-        return None
-
-    @abstractmethod
-    def criterion(self) -> Criterion:
-        """The stage criterion: which of this experiment's metrics it reads, under the settings' thresholds."""
+    def baseline(self, category: str) -> Observation:
+        """The unmasked model on `category` (computed once, by the probe)."""
+        return self.probe.baseline(category)
 
     def means(self, observed: Observation, where: str) -> dict[str, float | None]:
-        """Each declared metric's mean over the samples (None where it was not measured), checked finite."""
+        """Each of the probe's metrics as a mean over the samples (None where it was not measured), checked
+        finite."""
         means: dict[str, float | None] = {}
         for name in self.metrics:
             values = observed.values.get(name)
             mean = None if values is None else _mean(values)
             means[name] = None if mean is None else require_finite(mean, f"{get_metric(name).title} of {where}")
         return means
-
-    def _captions(self, category: str, encoded_images: list[EncodedImage] | None = None) -> list[Caption]:
-        return generate_captions(
-            self.loaded,
-            self.samples(category),
-            max_new_tokens=self.settings.max_new_tokens,
-            batch_size=self.settings.batch_size,
-            encoded_images=encoded_images,
-        )
-
-    def baseline(self, category: str) -> Observation:
-        """The unmasked model on `category` (computed once)."""
-        if category not in self.state.baselines:
-            self.state.baselines[category] = self.observe(category)
-        return self.state.baselines[category]
 
     # -- ranking ----------------------------------------------------------------------------------------------
     def ranking(self, site_name: str, category: str) -> Ranking:
@@ -263,7 +195,7 @@ class Experiment(ABC):
         """Mean activation of each neuron over the ranking's inputs, targets and positions (mean ablation), in
         the shape of the site's scores."""
         key = (site_name, category, self.settings.ranking.positions)
-        if key not in self.state.means:
+        if key not in self._means:
             site = self.site(site_name)
             parts = [
                 mean_activations(
@@ -275,8 +207,8 @@ class Experiment(ABC):
                 )
                 for part in site.parts
             ]
-            self.state.means[key] = torch.cat([part.reshape(-1) for part in parts]).reshape(site.score_shape)
-        return self.state.means[key]
+            self._means[key] = torch.cat([part.reshape(-1) for part in parts]).reshape(site.score_shape)
+        return self._means[key]
 
     def selection(self, site_name: str, category: str, k: int, intervention: Intervention) -> torch.Tensor:
         """Flat indices of the k neurons `intervention` switches off, in rank order for CAN."""
@@ -303,13 +235,12 @@ class Experiment(ABC):
         resolved = {
             "device": loaded.device.type,  # cuda:0 and cuda:1 compute alike
             "dtype": str(loaded.dtype).removeprefix("torch."),
-            "clip_model": self.clip_label(),
             "search_parallel": search_parallel_for(self.settings, loaded.device),
+            **self.probe.resolved_settings(),
         }
         spec = recorded(loaded.spec, scopes)
-        settings = recorded(
-            self.settings, scopes, kind=self.kind, method=self.settings.ranking.method, resolved=resolved
-        )
+        reads = self.settings.ranking.method_declaration.reads
+        settings = recorded(self.settings, scopes, kind=self.probe.name, reads=reads, resolved=resolved)
         clash = set(spec) & set(settings)
         if clash:
             raise TypeError(f"model spec and settings fields share record names: {sorted(clash)}")
@@ -351,9 +282,9 @@ class Experiment(ABC):
             return self._point(site_name, category, 0, intervention, self.baseline(category), None, [])
         chosen = self.selection(site_name, category, k, intervention)
         values = self.mean_activations(site_name, category) if intervention.ablation == "mean" else None
-        mask = mask_neurons(site, chosen, mode=self.settings.mask_mode, values=values)
-        observed = self.observe(category, mask, stage_only=stage_only)
-        return self._point(site_name, category, k, intervention, observed, chosen, sorted(mask.modes))
+        masking = Masking(site, (chosen,), values, self.settings.mask_mode)
+        (observed,) = self.probe.observe(category, masking, stage_only=stage_only)
+        return self._point(site_name, category, k, intervention, observed, chosen, sorted(masking.modes))
 
     def measure_many(
         self,
@@ -373,7 +304,8 @@ class Experiment(ABC):
         points: dict[int, CollapsePoint] = {}
         if len(together) > 1:
             chosen = [self.selection(site_name, category, *variants[index]) for index in together]
-            observed = self.observe_many(category, site, chosen, stage_only=stage_only)
+            masking = Masking(site, tuple(chosen), mode=self.settings.mask_mode)
+            observed = self.probe.observe(category, masking, stage_only=stage_only)
             for index, neurons, observation in zip(together, chosen, observed, strict=True):
                 k, intervention = variants[index]
                 points[index] = self._point(site_name, category, k, intervention, observation, neurons, ["hook"])
@@ -412,12 +344,13 @@ class Experiment(ABC):
             site=site_name,
             category=category,
             k=k,
+            probe=self.probe.name,
             n_samples=len(self.samples(category)),
             metrics=values,
             baselines=baselines,
             chance=dict(observed.chance),
             baseline_chance=dict(baseline.chance),
-            stage=self.criterion().stage(k, values, baselines, observed.chance),
+            stage=self.probe.criterion().stage(k, values, baselines, observed.chance),
             generated=captions is not None,
             captions=[] if captions is None else [c.text for c in captions],
             masked_neurons=neurons,
@@ -429,41 +362,10 @@ class Experiment(ABC):
             provenance=self.provenance_record(),
         )
 
-    def search(
-        self,
-        site_name: str,
-        category: str,
-        *,
-        measure_many: Callable[[Sequence[int]], list[CollapsePoint]] | None = None,
-    ) -> tuple[ThresholdSearch, dict[int, CollapsePoint]]:
-        """k₁ and k₂ of one curve by the settings' search (adaptive, or the papers' linear scan) up to their
-        k_max, `search_parallel` ks in each batched pass, every point measured as far as its stage needs (a text
-        model's continuations are not generated). `measure_many(ks)` replaces that measurement, e.g. by one that
-        reuses points already measured. Another search or range: `with_settings(search=…, k_max=…)`."""
-        mode = self.settings.search
-        site = self.site(site_name)
-        limit = site.check_k(min(self.settings.k_max, site.size))
-        measure_many = measure_many or (
-            lambda ks: self.measure_many(site_name, category, [(k, TOP_K_ZERO) for k in ks], stage_only=True)
-        )
-        parallel = search_parallel_for(self.settings, self.loaded.device)
-        points: dict[int, CollapsePoint] = {}
-        title = f"{mode} search of {self.name} / {site_name} / {category} (k ≤ {limit}, {parallel} k a pass)"
-        with progress.task(title) as task:
-
-            def stages_at(ks: Sequence[int]) -> list[int]:
-                measured = measure_many(ks)
-                points.update((point.k, point) for point in measured)
-                last = ", ".join(f"k={p.k} stage {p.stage} Δlog10 PPL {p.log10_ppl_ratio:+.2f}" for p in measured)
-                task.step(f"last: {last}", steps=len(measured))
-                return [point.stage for point in measured]
-
-            return search_thresholds(mode, stages_at, limit, parallel), points
-
 
 @functools.cache
 def shareable_fields() -> frozenset[str]:
-    """The settings fields an experiment's siblings may change on one ModelState: the nested rankings and stage
+    """The settings fields an experiment's siblings may change on one probe: the nested rankings and stage
     thresholds, and every measurement setting the unmasked baseline is not measured with (harness.core.recorded
     tags)."""
     shareable = set()
@@ -472,11 +374,6 @@ def shareable_fields() -> frozenset[str]:
         if tag.nested or (tag.scope == MEASUREMENT and not tag.per_session):
             shareable.add(setting.name)
     return frozenset(shareable)
-
-
-def set_slices(per_set: int, sets: int) -> list[slice]:
-    """The rows of each neuron set in a set-major batch of `sets` × `per_set` rows."""
-    return [slice(index * per_set, (index + 1) * per_set) for index in range(sets)]
 
 
 def _mean(values: list[float]) -> float:

@@ -46,19 +46,21 @@ class HarnessSettings:
     # text-only models' texts, one category per file; None: built-in paragraph
     texts: tuple[Path, ...] | None = field(default=None, metadata=affects(P))
     # a text is scored as one sequence of at most this many tokens (as PCICN)
-    text_max_tokens: int = field(default=512, metadata=affects(R, kinds=("text",)))
+    text_max_tokens: int = field(default=512, metadata=affects(R, kinds=("continuation",)))
     # cut the text into windows of this many tokens instead
-    text_window: int | None = field(default=None, metadata=affects(R, kinds=("text",)))
+    text_window: int | None = field(default=None, metadata=affects(R, kinds=("continuation",)))
     # rows of one forward pass: the same numbers up to float rounding
     batch_size: int = field(default=8, metadata=affects(P))
     # a VLM's caption length (its greedy caption is the ranking's target), a text model's continuations
     max_new_tokens: int = field(default=64, metadata=affects(R))
+    # the vqa probe's answers: a word or a short phrase, so their generation stops early
+    answer_max_tokens: int = field(default=8, metadata=affects(R, kinds=("vqa",)))
     ranking: RankingOptions = field(default_factory=RankingOptions, metadata=nested())
     thresholds: StageThresholds = field(default_factory=StageThresholds, metadata=nested())
     # None: the model's registered CLIP; recorded as the CLIP in effect, which scores the baseline too
     clip: ClipSpec | None = field(
         default=None,
-        metadata=affects(M, kinds=("image",), resolved=True, recorded_as="clip_model", per_session=True),
+        metadata=affects(M, kinds=("captioning",), resolved=True, recorded_as="clip_model", per_session=True),
     )
     device: str = field(default="auto", metadata=affects(R, resolved=True))  # recorded as the device type used
     # None: the model's registered dtype; recorded as the dtype used
@@ -83,7 +85,7 @@ class HarnessSettings:
     model_paths: tuple[tuple[str, Path], ...] = field(default=(), metadata=affects(P))
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "max_new_tokens", "k_max", "max_image_pixels"):
+        for name in ("batch_size", "max_new_tokens", "answer_max_tokens", "k_max", "max_image_pixels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)!r}")
         for name in ("max_images", "text_window", "search_parallel"):

@@ -13,7 +13,7 @@ import torch
 
 from harness.core.errors import UnknownNameError
 from harness.models.sites import ResolvedSite, inside_language_model
-from harness.science.ranking_options import AGGREGATIONS
+from harness.science.ranking_methods import AGGREGATIONS
 
 
 def summed_over_images(

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from harness.core.errors import UnknownNameError
 from harness.core.metrics import format_ppl
+from harness.core.named import Registry
 
 # How a metric takes part in the stage criterion (harness.science.stages), each against a StageThresholds field:
 # "ratio_at_least": its change against the baseline (a log10) is at least log10(threshold) — a PPL ratio;
@@ -86,25 +87,20 @@ class Metric:
         return f"{self.delta_title or self.title}@k₂"
 
 
-_METRICS: dict[str, Metric] = {}
+_METRICS: Registry[Metric] = Registry("metric")
 
 
 def register_metric(metric: Metric, *, replace: bool = False) -> Metric:
     """Add a metric; re-declaring a name needs `replace=True`, so a typo never shadows a built-in."""
-    if metric.name in _METRICS and not replace and _METRICS[metric.name] != metric:
-        raise ValueError(f"metric {metric.name!r} is already registered; pass replace=True to redefine it")
-    _METRICS[metric.name] = metric
-    return metric
+    return _METRICS.add(metric.name, metric, replace=replace)
 
 
 def get_metric(name: str) -> Metric:
-    if name not in _METRICS:
-        raise UnknownNameError("metric", name, sorted(_METRICS))
-    return _METRICS[name]
+    return _METRICS.get(name)
 
 
 def registered_metrics() -> list[str]:
-    return list(_METRICS)
+    return _METRICS.names()
 
 
 def _score(value: float) -> str:
@@ -167,5 +163,20 @@ DEGENERATE_RATE = register_metric(
         format=_share,
         stage2=Rule("at_least", "stage2_degenerate_rate"),
         in_tables=False,
+    )
+)
+VQA_ACCURACY = register_metric(
+    Metric(
+        name="vqa_accuracy",
+        title="accuracy",
+        description="share of questions about the image answered right (the true answer named, no other; the vqa "
+        "probe)",
+        higher_is_better=True,
+        format=_share,
+        tolerance=0.05,
+        tolerance_flag="--can-baseline-accuracy-atol",
+        chance_title="chance acc.",
+        stage1=Rule("fraction_at_most", "stage1_accuracy_fraction"),
+        stage2=Rule("at_chance"),
     )
 )

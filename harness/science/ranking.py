@@ -77,15 +77,36 @@ def importances(
     options: RankingOptions,
     batch_size: int,
 ) -> list[torch.Tensor]:
-    """The scores of several sites, computed in the same passes; each equals that site's `importance` alone."""
-    if options.method == "random":
-        return [
-            torch.rand(site.n_layers, site.width, generator=torch.Generator().manual_seed(options.seed))
-            for site in sites
-        ]
-    score = _noise_sensitivity if options.method == "pcicn" else _gradient_importance
+    """The scores of several sites, computed in the same passes by the registered method's scoring function
+    (harness.science.ranking_methods); each equals that site's `importance` alone."""
+    score = options.method_declaration.score
     with progress.task(f"ranking {loaded.spec.name} {'+'.join(s.name for s in sites)} ({options.label})") as task:
         return score(loaded, sites, images, captions, options=options, batch_size=batch_size, task=task)
+
+
+def random_scores(loaded, sites, images, captions, *, options: RankingOptions, batch_size: int, task):
+    """Seeded uniform scores: a ranking that knows nothing."""
+    return [torch.rand(s.n_layers, s.width, generator=torch.Generator().manual_seed(options.seed)) for s in sites]
+
+
+def can_scores(loaded, sites, images, captions, *, options: RankingOptions, batch_size: int, task):
+    """CAN: |a|·|∂L/∂a|^α (no backward pass at α = 0, where |g|⁰ = 1)."""
+    alpha = options.alpha
+    if alpha == 0:
+        return _gradient_weighted(loaded, sites, images, captions, options, batch_size, task, None)
+    return _gradient_weighted(
+        loaded, sites, images, captions, options, batch_size, task, lambda a, g: a.abs() * g.abs().pow(alpha)
+    )
+
+
+def activation_scores(loaded, sites, images, captions, *, options: RankingOptions, batch_size: int, task):
+    """|a|: CAN with α = 0."""
+    return _gradient_weighted(loaded, sites, images, captions, options, batch_size, task, None)
+
+
+def gradient_scores(loaded, sites, images, captions, *, options: RankingOptions, batch_size: int, task):
+    """|∂L/∂a|."""
+    return _gradient_weighted(loaded, sites, images, captions, options, batch_size, task, lambda a, g: g.abs())
 
 
 class _Captured:
@@ -116,16 +137,19 @@ class _Captured:
         self.values = [[None] * site.n_layers for site in self.sites]
 
 
-def _gradient_importance(loaded, sites, images, captions, *, options: RankingOptions, batch_size: int, task):
-    need_grad = options.method == "gradient" or (options.method == "can" and options.alpha > 0)
-
-    def contribution(activation: torch.Tensor, grad: torch.Tensor | None) -> torch.Tensor:
-        if options.method == "gradient":
-            return grad.abs()
-        if grad is None:  # activation only, or CAN with α = 0 (|g|⁰ = 1)
-            return activation.abs()
-        return activation.abs() * grad.abs().pow(options.alpha)
-
+def _gradient_weighted(
+    loaded,
+    sites,
+    images,
+    captions,
+    options: RankingOptions,
+    batch_size: int,
+    task,
+    contribution: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None,
+) -> list[torch.Tensor]:
+    """Each activation's `contribution(a, ∂L/∂a)` (None: |a|, with no backward pass), aggregated over positions
+    and averaged over images."""
+    need_grad = contribution is not None
     totals = [torch.zeros(s.n_layers, s.width, dtype=torch.float32, device=loaded.device) for s in sites]
     captured = _Captured(sites)
 
@@ -150,8 +174,8 @@ def _gradient_importance(loaded, sites, images, captions, *, options: RankingOpt
             for site, total in zip(sites, totals, strict=True):
                 for layer in range(site.n_layers):
                     activation, grad = next(pairs)
-                    grad = None if grad is None else grad.float()
-                    values = contribution(activation.detach().float(), grad)
+                    activation = activation.detach().float()
+                    values = activation.abs() if grad is None else contribution(activation, grad.float())
                     total[layer] += summed_over_images(site, values, weights, options.aggregation)
             captured.clear()
             task.step()
@@ -159,7 +183,7 @@ def _gradient_importance(loaded, sites, images, captions, *, options: RankingOpt
 
 
 @torch.no_grad()
-def _noise_sensitivity(loaded, sites, images, captions, *, options: RankingOptions, batch_size: int, task):
+def noise_sensitivity_scores(loaded, sites, images, captions, *, options: RankingOptions, batch_size: int, task):
     """PCICN: per batch one clean pass, then K passes with N(0, σ²) added to the input-embedding output (drawn on
     the CPU from one seeded generator, pass by pass, in the embedding output's shape, as the authors'
     `randn_like`). Each element's mean |clean − noisy| over the K passes is aggregated over positions."""

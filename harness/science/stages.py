@@ -31,11 +31,13 @@ class StageThresholds:
     """The criterion's thresholds: each changes stages, never rankings (harness.core.recorded)."""
 
     stage1_ppl_ratio: float = field(default=2.0, metadata=affects(MEASUREMENT))
-    stage1_clip_fraction: float = field(default=0.9, metadata=affects(MEASUREMENT, kinds=("image",)))
+    stage1_clip_fraction: float = field(default=0.9, metadata=affects(MEASUREMENT, kinds=("captioning",)))
+    # visual question answering: stage 1 when the accuracy falls to this fraction of its baseline
+    stage1_accuracy_fraction: float = field(default=0.9, metadata=affects(MEASUREMENT, kinds=("vqa",)))
     stage2_log10_ppl_ratio: float = field(default=1.0, metadata=affects(MEASUREMENT))
     stage2_degenerate_rate: float = field(default=0.5, metadata=affects(MEASUREMENT))
     # text-only models: "ppl" (PCICN's criterion) or "ppl+degenerate"
-    text_stage2: str = field(default="ppl", metadata=affects(MEASUREMENT, kinds=("text",)))
+    text_stage2: str = field(default="ppl", metadata=affects(MEASUREMENT, kinds=("continuation",)))
 
     def __post_init__(self) -> None:
         if self.text_stage2 not in TEXT_STAGE2:
@@ -45,8 +47,9 @@ class StageThresholds:
                 raise ValueError(f"{name} must be a finite number, got {value!r}")
         if self.stage1_ppl_ratio <= 1:
             raise ValueError(f"stage-1 PPL ratio must be > 1, got {self.stage1_ppl_ratio}")
-        if not 0 < self.stage1_clip_fraction <= 1:
-            raise ValueError(f"stage-1 CLIP fraction must be in (0, 1], got {self.stage1_clip_fraction}")
+        for name in ("stage1_clip_fraction", "stage1_accuracy_fraction"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)}")
         if self.stage2_log10_ppl_ratio <= 0:
             raise ValueError(f"stage-2 log10 PPL ratio must be > 0, got {self.stage2_log10_ppl_ratio}")
         if not 0 < self.stage2_degenerate_rate <= 1:

@@ -2,6 +2,7 @@
 the default image set, and the catalogue of the built-in models (catalogue.py). The scripts that trained the
 shipped models live outside the package, in the repository's training/ folder."""
 
+import functools
 from pathlib import Path
 
 from harness.core.store import EmbeddedAsset
@@ -26,10 +27,23 @@ SMOL_LLAVA = EmbeddedAsset(
     build=smol_llava.build_smol_llava,
     base_model=smol_llava.LANGUAGE_MODEL,
 )
+# smol-llava with its projector fine-tuned to answer questions too (training/smol_llava_qa_training.py)
+SMOL_LLAVA_QA = EmbeddedAsset(
+    name="smol-llava-qa",
+    version=f"1-{smol_llava.parts_digest(smol_llava.QA_PARTS_FOLDER)[:12]}",
+    build=functools.partial(
+        smol_llava.build_smol_llava,
+        parts_folder=smol_llava.QA_PARTS_FOLDER,
+        name="smol-llava-qa",
+        training="training.smol_llava_qa_training",
+    ),
+    base_model=smol_llava.LANGUAGE_MODEL,
+)
 WORLD_IMAGES = EmbeddedAsset(name="world-images", version=world.VERSION, build=world.write_category_folders)
 
 __all__ = [
     "SMOL_LLAVA",
+    "SMOL_LLAVA_QA",
     "SYNTH_FOLDER",
     "TINY_CLIP",
     "TINY_INSTRUCTBLIP",

@@ -11,6 +11,7 @@ from harness.core.store import EmbeddedAsset
 from harness.models.registry import CAUSAL_LM, ClipSpec, ModelSpec, PackagedGguf
 from harness.zoo import (
     SMOL_LLAVA,
+    SMOL_LLAVA_QA,
     SYNTH_FOLDER,
     TINY_CLIP,
     TINY_INSTRUCTBLIP,
@@ -76,6 +77,17 @@ def synthetic_world_models() -> list[ModelSpec]:
             description="The default: a LLaVA whose language model is the real pretrained SmolLM2-135M-Instruct "
             "(frozen, the smollm2-135m checkpoint), with a CLIP vision tower and LLaVA-1.5 projector trained on "
             "the synthetic world; see harness/zoo/smol_llava/MODEL_CARD.md.",
+        ),
+        ModelSpec(
+            name="smol-llava-qa",
+            source=f"assembled from {smol_llava.LANGUAGE_MODEL} and harness/zoo/smol_llava_qa/",
+            embedded=SMOL_LLAVA_QA,
+            clip=SYNTH_CLIP,
+            prompt_template=smol_llava.PROMPT_TEMPLATE,
+            instruction=smol_llava.INSTRUCTION,
+            description="smol-llava with its projector fine-tuned to answer the vqa probe's questions about the "
+            "synthetic world as well as caption it (SmolLM2-135M still frozen); see "
+            "harness/zoo/smol_llava_qa/MODEL_CARD.md.",
         ),
         ModelSpec(
             name="planted-llava",

@@ -24,6 +24,8 @@ import torch
 from harness.core.errors import ModelUnavailableError
 
 PARTS_FOLDER = Path(__file__).parent / "smol_llava"  # written by `python -m training.smol_llava_training`
+# smol-llava-qa's, written by `python -m training.smol_llava_qa_training`
+QA_PARTS_FOLDER = Path(__file__).parent / "smol_llava_qa"
 PARTS_WEIGHTS = "vision_and_projector.safetensors"
 PARTS_FILES = ("config.json", "processor_config.json", PARTS_WEIGHTS)
 LANGUAGE_MODEL = "smollm2-135m"  # the registered model whose checkpoint is the language model
@@ -145,17 +147,25 @@ def load_parts(folder: Path, language_folder: Path):
     return load_file(str(folder / PARTS_WEIGHTS)), config, settings
 
 
-def build_smol_llava(staging: Path, language_folder: Path, parts_folder: Path = PARTS_FOLDER) -> None:
-    """Assemble the checkpoint into `staging` (the harness cache's build step)."""
+def build_smol_llava(
+    staging: Path,
+    language_folder: Path,
+    parts_folder: Path = PARTS_FOLDER,
+    *,
+    name: str = "smol-llava",
+    training: str = "training.smol_llava_training",
+) -> None:
+    """Assemble the checkpoint `name` into `staging` (the harness cache's build step) from the parts that the
+    module `training` writes into `parts_folder`."""
     from harness.core import progress
 
-    missing = [name for name in PARTS_FILES if not (parts_folder / name).is_file()]
+    missing = [file for file in PARTS_FILES if not (parts_folder / file).is_file()]
     if missing:
         raise ModelUnavailableError(
-            f"smol-llava: the trained parts {', '.join(missing)} are missing from {parts_folder}; write them with "
-            "`python -m training.smol_llava_training` (in a checkout of the repository)"
+            f"{name}: the trained parts {', '.join(missing)} are missing from {parts_folder}; write them with "
+            f"`python -m {training}` (in a checkout of the repository)"
         )
-    progress.announce("smol-llava: assembling the checkpoint from SmolLM2-135M and the committed parts (once)")
+    progress.announce(f"{name}: assembling the checkpoint from SmolLM2-135M and the committed parts (once)")
     parts, config, settings = load_parts(parts_folder, language_folder)
     model = assemble(language_folder, parts, config)
     processor = build_processor(image_tokenizer(language_folder), settings)
