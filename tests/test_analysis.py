@@ -6,7 +6,13 @@ import pytest
 
 from harness.reporting.report import render_thresholds
 from harness.runner.analysis import ControlOutcome, CurveAnalysis, analyse_curve
-from harness.runner.assertions import assert_collapses_within, assert_controls_hold, assert_two_stage
+from harness.runner.assertions import (
+    assert_collapses_within,
+    assert_controls_hold,
+    assert_fluent_baseline,
+    assert_metric_rise,
+    assert_two_stage,
+)
 from harness.runner.curve import CollapseCurve
 from harness.science.threshold_search import ThresholdSearch
 
@@ -31,6 +37,32 @@ def test_analysis_measures_controls_at_k2_and_the_layer_breakdown(experiment, un
     assert sum(analysis.layers[SITE].values()) == search.k2
     assert set(analysis.layers[SITE]) <= set(range(experiment.site(SITE).n_layers))
     assert analysis.finding == all(control.stage < 2 for control in analysis.controls)
+
+
+def verdict(check, target) -> str | None:
+    """The first line of `check(target)`'s assertion failure (None: it passed)."""
+    try:
+        check(target)
+    except AssertionError as error:
+        return str(error).splitlines()[0]
+    return None
+
+
+def test_the_point_assertions_read_an_analysed_curve_as_its_curve(experiment, unmodified):
+    """`assert_fluent_baseline` and the metric assertions give the same verdict on a case's `collapse_analysis`
+    as on the curve it searched; a k the search did not evaluate is named, with the ones it did."""
+    curve = CollapseCurve(experiment, SITE, "circle")
+    analysis = analyse_curve(experiment, SITE, "circle", curve=curve)
+    k = max(analysis.points)
+    for check in (
+        lambda target: assert_fluent_baseline(target),
+        lambda target: assert_fluent_baseline(target, max_degenerate_rate=1.0),
+        lambda target: assert_metric_rise(target, "log10_ppl", k, 0.5),
+    ):
+        assert verdict(check, analysis) == verdict(check, curve)
+    missing = next(k for k in range(1, 10**6) if k not in analysis.points)
+    with pytest.raises(ValueError, match=rf"k={missing} was not evaluated by the search \(it has \[0, "):
+        assert_metric_rise(analysis, "log10_ppl", missing, 0.5)
 
 
 def made_up(stages: dict[int, int], k1, k2, control_stages=(0, 1)) -> CurveAnalysis:

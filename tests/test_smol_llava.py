@@ -177,13 +177,25 @@ def test_the_qa_fine_tune_is_reproducible(language_folder, tmp_path):
     assert digests[0] != smol_llava.parts_digest(smol_llava.QA_PARTS_FOLDER)
 
 
+def vqa_accuracy(session, model: str) -> float:
+    """The vqa probe's baseline accuracy over the circle and square images of the default image set."""
+    vqa = session.experiment(model, "vqa")
+    accuracy = [vqa.baseline(category).values["vqa_accuracy"] for category in ("circle", "square")]
+    return sum(map(sum, accuracy)) / sum(map(len, accuracy))
+
+
+def test_smol_llava_answers_the_questions_near_chance(session, experiment):
+    """Why smol-llava-qa exists: smol-llava, trained on captions alone, answers the vqa probe's questions barely
+    better than guessing among each question's answers (27.8 %): measured 35.4 % on circle and square."""
+    chance = (1 / 4 + 1 / 4 + 1 / 3) / 3  # four colours, four shapes, three positions
+    assert vqa_accuracy(session, MODEL) < chance + 0.10
+
+
 def test_the_qa_model_cards_accuracy_holds(session, qa_experiment):
     """The vqa probe's accuracy on two categories of the default image set is within 10 points of the card's
     held-out accuracy, and at least twice the chance level."""
     recorded = json.loads((smol_llava.QA_PARTS_FOLDER / "quality.json").read_text())["quality_heldout"]
-    vqa = session.experiment("smol-llava-qa", "vqa")
-    accuracy = [vqa.baseline(category).values["vqa_accuracy"] for category in ("circle", "square")]
-    measured = sum(map(sum, accuracy)) / sum(map(len, accuracy))
+    measured = vqa_accuracy(session, "smol-llava-qa")
     assert measured >= recorded["vqa"]["accuracy"] - 0.10
     assert measured >= 2 * recorded["vqa"]["chance"]
 

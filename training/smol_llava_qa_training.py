@@ -109,7 +109,7 @@ def measure(parts_folder: Path, lm_folder: Path, recipe: Recipe, log) -> dict:
 
     heldout = world.sample("heldout", recipe.heldout_images, seed=recipe.seed)
     with tempfile.TemporaryDirectory() as folder:
-        smol_llava.build_smol_llava(Path(folder), lm_folder, parts_folder)
+        smol_llava.build_smol_llava(Path(folder), lm_folder, parts_folder, name="smol-llava-qa")
         spec = ModelSpec(
             name="smol-llava-qa", source=folder, prompt_template=smol_llava.PROMPT_TEMPLATE,
             instruction=smol_llava.INSTRUCTION,

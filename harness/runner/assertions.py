@@ -18,12 +18,21 @@ def _metric_at(target: CollapseCurve | CurveAnalysis, metric_name: str, k: int) 
     """(metric, value at k, value at k = 0) on a curve or an analysed curve; a metric its points do not carry is
     a ValueError naming the ones they do."""
     metric = get_metric(metric_name)
-    point = target.point(k) if isinstance(target, CollapseCurve) else target.points[k]
+    point = _point_of(target, k)
     value, baseline = point.metrics.get(metric.name), point.baselines.get(metric.name)
     if value is None or baseline is None:
         carried = ", ".join(name for name, v in point.metrics.items() if v is not None)
         raise ValueError(f"{point.model} has no {metric.name} measured at k={k} to assert on (it has: {carried})")
     return metric, value, baseline
+
+
+def _point_of(target: CollapseCurve | CurveAnalysis, k: int):
+    """The point at k of a curve (measured if it was not) or of an analysed curve (one it evaluated)."""
+    if isinstance(target, CollapseCurve):
+        return target.point(k)
+    if k not in target.points:
+        raise ValueError(f"{target.model}: k={k} was not evaluated by the search (it has {sorted(target.points)})")
+    return target.points[k]
 
 
 def _fail_on(target: CollapseCurve | CurveAnalysis, message: str) -> None:
@@ -73,19 +82,19 @@ def assert_clip_drop(curve: CollapseCurve, k: int, max_fraction: float = 0.9) ->
     assert_metric_drop(curve, CLIP.name, k, max_fraction)
 
 
-def assert_fluent_baseline(curve: CollapseCurve, max_degenerate_rate: float = 0.0) -> None:
+def assert_fluent_baseline(target: CollapseCurve | CurveAnalysis, max_degenerate_rate: float = 0.0) -> None:
     """The unmasked model's outputs are language (at most `max_degenerate_rate` degenerate) and every metric
-    with a chance level is past it."""
+    with a chance level is past it, on a curve or an analysed curve."""
     __tracebackhide__ = True
-    point = curve.point(0)
+    point = _point_of(target, 0)
     degenerate = point.metrics.get(DEGENERATE_RATE.name)
     if degenerate is not None and degenerate > max_degenerate_rate:
-        _fail(curve, f"{degenerate:.0%} of the baseline outputs are degenerate")
+        _fail_on(target, f"{degenerate:.0%} of the baseline outputs are degenerate")
     for name, chance in point.chance.items():
         metric, value = get_metric(name), point.metrics.get(name)
         if chance is not None and value is not None and metric.at_chance(value, chance):
-            _fail(curve, f"baseline {metric.title} {metric.format(value)} is not past the chance level "
-                         f"{metric.format(chance)}")  # fmt: skip
+            _fail_on(target, f"baseline {metric.title} {metric.format(value)} is not past the chance level "
+                             f"{metric.format(chance)}")  # fmt: skip
 
 
 # -- on an analysed curve: thresholds from the search, controls at k₂ -----------------------------------------
