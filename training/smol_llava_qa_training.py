@@ -28,12 +28,7 @@ import torch
 from harness.data import world
 from harness.runner.probes.vqa import QUESTIONS
 from harness.zoo import smol_llava
-from training.smol_llava_training import (
-    check_language_model_frozen,
-    language_folder,
-    train,
-    write_parts,
-)
+from training.smol_llava_training import language_folder, train_and_write
 from training.synth_training import add_recipe_options, machine_description, recipe_from_options
 
 QA_FOLDER = Path(smol_llava.__file__).parent / "smol_llava_qa"
@@ -200,19 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     model, processor, settings = starting_model(lm_folder)
     data = examples(processor, training_pairs(recipe))
     log(f"training on {len(data['input_ids'])} captions and answers, sequences of {data['input_ids'].shape[1]}")
-    started = time.perf_counter()
-    trace = train(model, data, recipe, log)
-    seconds = {"training": time.perf_counter() - started}
-    frozen = check_language_model_frozen(model, lm_folder)
-    write_parts(args.out, model, settings)
-    log(f"parts written to {args.out} (sha256 {smol_llava.parts_digest(args.out)[:16]})")
-    if args.no_measure:
-        return 0
-    quality = measure(args.out, lm_folder, recipe, log)
-    seconds["total"] = time.perf_counter() - begun
-    write_model_card(args.out, recipe, quality, trace, seconds, frozen)
-    print((args.out / "MODEL_CARD.md").read_text())
-    return 0
+    return train_and_write(model, data, recipe, settings, lm_folder, args, measure, write_model_card, begun, log)
 
 
 if __name__ == "__main__":

@@ -288,8 +288,15 @@ def main(argv: list[str] | None = None) -> int:
     model, processor, settings = initial_model(lm_folder, recipe.seed, recipe.vision_feature_layer)
     examples = caption_examples(processor, world.sample("train", recipe.train_images, seed=recipe.seed))
     log(f"training on {recipe.train_images} renderings, sequences of {examples['input_ids'].shape[1]} tokens")
+    card = write_model_card
+    return train_and_write(model, examples, recipe, settings, lm_folder, args, measure, card, begun, log)
+
+
+def train_and_write(model, data, recipe, settings, lm_folder: Path, args, measure, write_card, begun, log) -> int:
+    """Train on `data`, check the language model frozen, write the parts into `args.out`; then, unless
+    `args.no_measure`, measure the assembled model and write its card (both scripts' last steps)."""
     started = time.perf_counter()
-    trace = train(model, examples, recipe, log)
+    trace = train(model, data, recipe, log)
     seconds = {"training": time.perf_counter() - started}
     frozen = check_language_model_frozen(model, lm_folder)
     write_parts(args.out, model, settings)
@@ -298,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     quality = measure(args.out, lm_folder, recipe, log)
     seconds["total"] = time.perf_counter() - begun
-    write_model_card(args.out, recipe, quality, trace, seconds, frozen)
+    write_card(args.out, recipe, quality, trace, seconds, frozen)
     print((args.out / "MODEL_CARD.md").read_text())
     return 0
 
