@@ -106,19 +106,25 @@ def test_missing_parts_are_named_with_the_command_that_writes_them(tmp_path):
         smol_llava.build_smol_llava(tmp_path / "staging", tmp_path / "unused", parts_folder=tmp_path)
 
 
+def digests_of_two_runs(script, tmp_path: Path, *, train_images: int) -> list[str]:
+    """The parts' sha256 after two runs of a training script's shortened recipe (2 steps of batch 4), same seed."""
+    digests, threads = [], torch.get_num_threads()  # the script sets its recipe's thread count
+    for run in ("a", "b"):
+        out = tmp_path / run
+        script.main(
+            ["--out", str(out), "--cache-dir", str(default_cache_dir()), "--steps", "2", "--train-images",
+             str(train_images), "--batch", "4", "--no-measure"]
+        )  # fmt: skip
+        digests.append(smol_llava.parts_digest(out))
+    torch.set_num_threads(threads)
+    return digests
+
+
 def test_the_training_script_is_reproducible(language_folder, tmp_path):
     """The same seed gives the same trained parts, byte for byte (a shortened recipe, run twice)."""
     from training import smol_llava_training
 
-    digests, threads = [], torch.get_num_threads()  # the script sets its recipe's thread count
-    for run in ("a", "b"):
-        out = tmp_path / run
-        smol_llava_training.main(
-            ["--out", str(out), "--cache-dir", str(default_cache_dir()), "--steps", "2", "--train-images", "32",
-             "--batch", "4", "--no-measure"]
-        )  # fmt: skip
-        digests.append(smol_llava.parts_digest(out))
-    torch.set_num_threads(threads)
+    digests = digests_of_two_runs(smol_llava_training, tmp_path, train_images=32)
     assert digests[0] == digests[1]
     assert digests[0] != smol_llava.parts_digest()  # two steps are not the committed training
 
@@ -164,15 +170,7 @@ def test_the_qa_fine_tune_is_reproducible(language_folder, tmp_path):
     """The same seed gives the same projector, byte for byte (a shortened recipe, run twice)."""
     from training import smol_llava_qa_training
 
-    digests, threads = [], torch.get_num_threads()
-    for run in ("a", "b"):
-        out = tmp_path / run
-        smol_llava_qa_training.main(
-            ["--out", str(out), "--cache-dir", str(default_cache_dir()), "--steps", "2", "--train-images", "8",
-             "--batch", "4", "--no-measure"]
-        )  # fmt: skip
-        digests.append(smol_llava.parts_digest(out))
-    torch.set_num_threads(threads)
+    digests = digests_of_two_runs(smol_llava_qa_training, tmp_path, train_images=8)
     assert digests[0] == digests[1]
     assert digests[0] != smol_llava.parts_digest(smol_llava.QA_PARTS_FOLDER)
 

@@ -28,7 +28,7 @@ import torch
 from harness.data import world
 from harness.runner.probes.vqa import QUESTIONS
 from harness.zoo import smol_llava
-from training.smol_llava_training import language_folder, train_and_write
+from training.smol_llava_training import language_folder, prompted_examples, train_and_write
 from training.synth_training import add_recipe_options, machine_description, recipe_from_options
 
 QA_FOLDER = Path(smol_llava.__file__).parent / "smol_llava_qa"
@@ -67,30 +67,6 @@ def training_pairs(recipe: Recipe) -> list[tuple[object, str, str]]:
         pairs += [(image, question.text, getattr(scene, question.attribute)) for question in QUESTIONS]
     random.Random(recipe.seed).shuffle(pairs)
     return pairs
-
-
-def examples(processor, pairs) -> dict[str, torch.Tensor]:
-    """Chat prompts (left-padded to one width, so every target starts in the same column) followed by the target
-    and `<|im_end|>`, right-padded; labels -100 outside the targets."""
-    tokenizer = processor.tokenizer
-    tokenizer.padding_side = "left"
-    prompts = [smol_llava.PROMPT_TEMPLATE.format(instruction=instruction) for _, instruction, _ in pairs]
-    encoded = processor(images=[image for image, _, _ in pairs], text=prompts, return_tensors="pt", padding=True)
-    targets = tokenizer([target for _, _, target in pairs], add_special_tokens=False)["input_ids"]
-    width = max(len(ids) for ids in targets) + 1
-    target_ids = torch.full((len(pairs), width), tokenizer.pad_token_id)
-    labels = torch.full((len(pairs), width), -100)
-    for row, ids in enumerate(targets):
-        target = [*ids, tokenizer.eos_token_id]
-        target_ids[row, : len(target)] = torch.tensor(target)
-        labels[row, : len(target)] = torch.tensor(target)
-    prompt_width = encoded["input_ids"].shape[1]
-    return {
-        "input_ids": torch.cat([encoded["input_ids"], target_ids], dim=1),
-        "attention_mask": torch.cat([encoded["attention_mask"], (labels != -100).long()], dim=1),
-        "pixel_values": encoded["pixel_values"],
-        "labels": torch.cat([torch.full((len(pairs), prompt_width), -100), labels], dim=1),
-    }
 
 
 def measure(parts_folder: Path, lm_folder: Path, recipe: Recipe, log) -> dict:
@@ -193,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     begun = time.perf_counter()
     lm_folder = language_folder(args.cache_dir or default_cache_dir())
     model, processor, settings = starting_model(lm_folder)
-    data = examples(processor, training_pairs(recipe))
+    data = prompted_examples(processor, training_pairs(recipe))
     log(f"training on {len(data['input_ids'])} captions and answers, sequences of {data['input_ids'].shape[1]}")
     return train_and_write(model, data, recipe, settings, lm_folder, args, measure, write_model_card, begun, log)
 

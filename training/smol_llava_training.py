@@ -100,24 +100,31 @@ def initial_model(lm_folder: Path, seed: int, vision_feature_layer: int):
 
 
 def caption_examples(processor, pairs) -> dict[str, torch.Tensor]:
-    """The chat prompt with the image, then the caption and `<|im_end|>`, right-padded; labels -100 elsewhere."""
-    prompt = smol_llava.PROMPT_TEMPLATE.format(instruction=smol_llava.INSTRUCTION)
-    encoded = processor(images=[image for _, image in pairs], text=[prompt] * len(pairs), return_tensors="pt")
+    """Each rendering's chat prompt with the image, then its caption (see `prompted_examples`)."""
+    return prompted_examples(processor, [(image, smol_llava.INSTRUCTION, scene.caption) for scene, image in pairs])
+
+
+def prompted_examples(processor, pairs) -> dict[str, torch.Tensor]:
+    """Chat prompts (left-padded to one width, so every target starts in the same column) followed by the target
+    and `<|im_end|>`, right-padded; labels -100 outside the targets."""
     tokenizer = processor.tokenizer
-    captions = tokenizer([scene.caption for scene, _ in pairs], add_special_tokens=False)["input_ids"]
-    width = max(len(ids) for ids in captions) + 1
-    caption_ids = torch.full((len(pairs), width), tokenizer.pad_token_id)
+    tokenizer.padding_side = "left"
+    prompts = [smol_llava.PROMPT_TEMPLATE.format(instruction=instruction) for _, instruction, _ in pairs]
+    encoded = processor(images=[image for image, _, _ in pairs], text=prompts, return_tensors="pt", padding=True)
+    targets = tokenizer([target for _, _, target in pairs], add_special_tokens=False)["input_ids"]
+    width = max(len(ids) for ids in targets) + 1
+    target_ids = torch.full((len(pairs), width), tokenizer.pad_token_id)
     labels = torch.full((len(pairs), width), -100)
-    for row, ids in enumerate(captions):
+    for row, ids in enumerate(targets):
         target = [*ids, tokenizer.eos_token_id]
-        caption_ids[row, : len(target)] = torch.tensor(target)
+        target_ids[row, : len(target)] = torch.tensor(target)
         labels[row, : len(target)] = torch.tensor(target)
-    prompt_length = encoded["input_ids"].shape[1]
+    prompt_width = encoded["input_ids"].shape[1]
     return {
-        "input_ids": torch.cat([encoded["input_ids"], caption_ids], dim=1),
+        "input_ids": torch.cat([encoded["input_ids"], target_ids], dim=1),
         "attention_mask": torch.cat([encoded["attention_mask"], (labels != -100).long()], dim=1),
         "pixel_values": encoded["pixel_values"],
-        "labels": torch.cat([torch.full((len(pairs), prompt_length), -100), labels], dim=1),
+        "labels": torch.cat([torch.full((len(pairs), prompt_width), -100), labels], dim=1),
     }
 
 
